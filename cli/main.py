@@ -1,0 +1,103 @@
+"""The `samcache` command line: each command parses its options, calls one sam_cache function and prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+import sam_cache
+from sam_cache.errors import SamCacheError
+
+app = typer.Typer(
+    name="samcache",
+    help="Run SAM's frozen image encoder once, cache the embeddings in Zarr, then finetune and score "
+    "mask decoders from the cache without running the encoder again.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _pair(text: Optional[str]):
+    if text is None:
+        return None
+    parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+    return (parts[0], parts[0]) if len(parts) == 1 else tuple(parts)
+
+
+@app.command()
+def embed(
+    dataset: Path = typer.Argument(..., help="Dataset folder (images/ + labels/ or masks/), manifest (CSV/JSON), "
+                                   "or a single stack/volume/Zarr array."),
+    output: Path = typer.Option(..., "-o", "--output", help="Cache to create or finish (a .zarr folder)."),
+    model: str = typer.Option("vit_h", help="SAM type: vit_h, vit_l, vit_b, or tiny (untrained, for smoke runs)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="SAM checkpoint; default $SAMCACHE_CHECKPOINT, the local "
+                                              "cache dir, or the official download (sha256 checked)."),
+    random_init: bool = typer.Option(False, "--random-init", help="Random weights (fixed seed): speed tests only."),
+    fallback_tiny: bool = typer.Option(False, "--fallback-tiny",
+                                       help="If no weights are on disk and none can be downloaded, use `tiny`."),
+    images: Optional[str] = typer.Option(None, help="Glob of image files inside DATASET, e.g. '**/img*.tif'."),
+    labels: Optional[str] = typer.Option(None, help="Glob of label files (paired by what the wildcards match), "
+                                         "or the label file of a single-file DATASET."),
+    patch: Optional[str] = typer.Option(None, help="Patch size, e.g. 256 or 256,512; default whole images."),
+    stride: Optional[str] = typer.Option(None, help="Patch stride; default = patch (no overlap)."),
+    axis: Optional[int] = typer.Option(None, help="Slicing axis of volumes; default last for NIfTI, first otherwise."),
+    skip_empty: bool = typer.Option(False, "--skip-empty", help="Drop slices/tiles whose label holds no object."),
+    label_kind: str = typer.Option("auto", help="Label encoding: auto, binary, instance or class."),
+    intensity: str = typer.Option("auto", help="To uint8: auto (uint8 as is, else min-max), none, minmax, percentile."),
+    percentiles: Optional[str] = typer.Option(None, help="Low,high percentiles for --intensity percentile."),
+    window: Optional[str] = typer.Option(None, help="CT window: a preset (abdomen, soft-tissue, liver, lung, bone, "
+                                         "brain) or LEVEL,WIDTH in HU."),
+    dtype: str = typer.Option("float16", help="Embedding storage type: float16 or float32."),
+    batch_size: Optional[int] = typer.Option(None, help="Encoder batch; default from free device memory."),
+    device: Optional[str] = typer.Option(None, help="cuda, cuda:1, cpu; default cuda if available."),
+    precision: str = typer.Option("auto", help="Encoder precision: auto (bf16 on GPU, fp32 on CPU), fp32, bf16."),
+    shard_size: int = typer.Option(32, help="Samples per Zarr shard (the unit of writing and resuming)."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes for reading tiles (default 1)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild OUTPUT if it was made differently."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or invalid files with a warning."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Embed every tile of DATASET once and store embeddings, images and labels in a Zarr cache.
+
+    Re-running the same command finishes what is missing; a cache made with another model, checkpoint,
+    preprocessing or dataset is refused unless --overwrite.
+    """
+    try:
+        summary = sam_cache.embed(
+            dataset, output, model=model, checkpoint=checkpoint, random_init=random_init,
+            fallback_tiny=fallback_tiny, images=images, labels=labels, patch=_pair(patch), stride=_pair(stride),
+            axis=axis, skip_empty=skip_empty, label_kind=label_kind,
+            intensity=sam_cache.Intensity.parse(intensity, window, percentiles), dtype=dtype,
+            batch_size=batch_size, device=device, precision=precision, shard_size=shard_size, workers=workers,
+            overwrite=overwrite, skip_bad=skip_bad, progress=not quiet,
+            log=lambda msg: typer.secho(msg, fg=typer.colors.YELLOW, err=True),
+        )
+    except (SamCacheError, ValueError) as e:
+        _fail(e)
+    typer.echo(str(summary))
+
+
+@app.command()
+def info(
+    cache: Path = typer.Argument(..., help="A cache made by `samcache embed`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the attributes as JSON."),
+):
+    """Say what a cache holds and what made it."""
+    try:
+        report = sam_cache.describe(cache)
+    except SamCacheError as e:
+        _fail(e)
+    typer.echo(json.dumps(report, indent=2, default=str) if as_json else sam_cache.format_info(report))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())

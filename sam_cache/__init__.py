@@ -1,0 +1,10 @@
+"""samcache: run SAM's frozen image encoder once, cache the embeddings in Zarr, train and score decoders from it."""
+
+__version__ = "0.1.0"
+
+from .cache import open_cache
+from .embed import EmbedSummary, embed
+from .info import describe, format_info
+from .intensity import Intensity
+
+__all__ = ["EmbedSummary", "Intensity", "describe", "embed", "format_info", "open_cache", "__version__"]

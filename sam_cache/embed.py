@@ -1,0 +1,234 @@
+"""`samcache embed`: sources -> tiles -> encoder -> cache, resumable and crash-safe.
+
+DataLoader workers read and cut tiles; the device preprocesses and encodes batches; a background thread
+writes whole shards. Batches never straddle shards, so a resumed run computes exactly what an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import __version__
+from . import cache as C
+from .encoder import Encoder
+from .errors import InputError
+from .intensity import Intensity
+from .models import load_sam, load_sam_or_tiny
+from .sources import discover
+from .tiles import Plan, TileDataset, TileSpec, plan
+
+
+@dataclass
+class EmbedSummary:
+    path: str
+    model: str
+    trained: bool
+    samples: int
+    computed: int  # samples encoded by this run (the rest were already in the cache)
+    objects: int
+    bytes: int
+    seconds: float
+    images_per_s: float  # encoded samples per second of the encode stage (reading, encoding, writing)
+    skipped_files: int
+
+    def __str__(self) -> str:
+        note = "" if self.trained else " (untrained model: smoke run only)"
+        return (f"{self.path}: {self.samples} samples ({self.computed} encoded now), {self.objects} objects, "
+                f"{self.bytes / 2**20:.1f} MiB, {self.seconds:.1f} s in all, {self.images_per_s:.2f} images/s encoding, "
+                f"model {self.model}{note}")
+
+
+def _sources_table(p: Plan) -> dict:
+    width = max((len(s.source.names) for s in p.sources), default=0)
+    table = {
+        "source_path": [s.source.image for s in p.sources],
+        "label_paths": [json.dumps(list(s.source.labels)) for s in p.sources],
+        "source_sha256": [s.sha256 for s in p.sources],
+        "source_shape": [json.dumps(list(s.shape)) for s in p.sources],
+        "slice_axis": [-1 if s.axis is None else s.axis for s in p.sources],
+        "intensity_lo": [np.nan if s.range is None else s.range[0] for s in p.sources],
+        "intensity_hi": [np.nan if s.range is None else s.range[1] for s in p.sources],
+    }
+    if p.class_names:  # class of each one-object mask file: label id k of a source is mask k-1
+        index = {n: i for i, n in enumerate(p.class_names)}
+        table["mask_class"] = np.array([[index[n] for n in s.source.names] + [-1] * (width - len(s.source.names))
+                                        for s in p.sources], dtype=np.int32)
+    return table
+
+
+def _batches(todo: np.ndarray, shard: int, batch_size: int) -> list[list[int]]:
+    """Batches of the samples still to do, each inside one shard."""
+    out = []
+    for k in np.unique(todo // shard):
+        members = todo[todo // shard == k]
+        out += [members[i:i + batch_size].tolist() for i in range(0, len(members), batch_size)]
+    return out
+
+
+class _Writer(threading.Thread):
+    """Writes finished shards in the background; the first error is re-raised by `check`."""
+
+    def __init__(self, group):
+        super().__init__(daemon=True)
+        self.group, self.queue, self.error = group, queue.Queue(maxsize=2), None
+
+    def run(self):
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    C.write_shard(self.group, *item)
+                except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                    self.error = e
+
+    def check(self):
+        if self.error is not None:
+            raise self.error
+
+    def put(self, item):
+        self.check()
+        self.queue.put(item)
+
+    def close(self):
+        self.queue.put(None)
+        self.join()
+        self.check()
+
+
+def embed(
+    dataset: str | Path,
+    output: str | Path,
+    model: str = "vit_h",
+    checkpoint: str | Path | None = None,
+    random_init: bool = False,
+    fallback_tiny: bool = False,
+    images: str | None = None,
+    labels: str | None = None,
+    patch: int | tuple[int, int] | None = None,
+    stride: int | tuple[int, int] | None = None,
+    axis: int | None = None,
+    skip_empty: bool = False,
+    label_kind: str = "auto",
+    intensity: Intensity | None = None,
+    dtype: str = "float16",
+    batch_size: int | None = None,
+    device: str | None = None,
+    precision: str = "auto",
+    shard_size: int = 32,
+    workers: int | None = None,
+    overwrite: bool = False,
+    skip_bad: bool = False,
+    progress: bool = True,
+    log=print,
+) -> EmbedSummary:
+    """Embed every tile of `dataset` with SAM's frozen image encoder into the Zarr cache `output`.
+
+    Re-running the same call finishes only what is missing; a different model, checkpoint, preprocessing
+    or dataset is refused unless `overwrite`. Bad files raise InputError naming the file (with
+    `skip_bad` they are skipped with a warning). Returns a summary.
+    """
+    t0 = time.perf_counter()
+    output = Path(output)
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be float16 or float32, not {dtype!r}")
+    pair = lambda v: None if v is None else ((v, v) if isinstance(v, int) else tuple(v))  # noqa: E731
+    spec = TileSpec(pair(patch), pair(stride), axis, skip_empty, label_kind, intensity or Intensity())
+
+    sources, problems = discover(dataset, images, labels)
+    for problem in problems:
+        if not skip_bad:
+            raise problem
+        warnings.warn(f"skipping: {problem}", stacklevel=2)
+    p = plan(sources, spec, skip_bad=skip_bad)
+    sam, mspec = (load_sam_or_tiny(model, checkpoint, random_init, log) if fallback_tiny
+                  else load_sam(model, checkpoint, random_init))
+    encoder = Encoder(sam, device, precision)
+    del sam  # only the image encoder is needed here
+    attrs = {
+        "format": C.FORMAT, "version": __version__,
+        "model": mspec.fingerprint(),
+        "preprocessing": {**spec.to_dict(), **encoder.config, "canvas": list(p.canvas), "dtype": dtype,
+                          "shard_size": shard_size},
+        "data": {"sources": C.fingerprint_hash([s.sha256 for s in p.sources]), "n_sources": len(p.sources),
+                 "samples": len(p.tiles)},
+    }
+    attrs["fingerprint"] = C.fingerprint_hash({k: attrs[k] for k in ("model", "preprocessing", "data")})
+    attrs.update(label_kind=p.label_kind, class_names=p.class_names, checkpoint=mspec.checkpoint,
+                 embedding_shape=list(encoder.embedding_shape), complete=False,
+                 created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    group = C.prepare(output, attrs, overwrite, lambda path: C.create(
+        path, attrs, p, encoder.embedding_shape, dtype, shard_size, _sources_table(p)))
+
+    todo = np.flatnonzero(~C.done_mask(group))
+    batch_size = batch_size or encoder.auto_batch_size()
+    t_encode = time.perf_counter()
+    computed = _encode(encoder, p, group, todo, shard_size, batch_size, dtype, workers, progress)
+    encode_s = time.perf_counter() - t_encode
+    elapsed = time.perf_counter() - t0
+    stats = {"last_run": {"seconds": round(elapsed, 2), "encoded": int(computed), "batch_size": batch_size,
+                          "device": str(encoder.device)}}
+    C.finish(output, group, stats)
+    return EmbedSummary(
+        str(output), mspec.type, mspec.trained, len(p.tiles), int(computed), int(p.column("objects").sum()),
+        C.size_on_disk(output), elapsed, computed / encode_s if computed else 0.0, len(p.skipped),
+    )
+
+
+def _encode(encoder, p, group, todo, shard, batch_size, dtype, workers, progress) -> int:
+    if len(todo) == 0:
+        return 0
+    workers = 1 if workers is None else workers
+    loader = DataLoader(
+        TileDataset(p, np.arange(len(p.tiles))), batch_sampler=_batches(todo, shard, batch_size),
+        num_workers=workers, multiprocessing_context="spawn" if workers else None,
+        pin_memory=encoder.device.type == "cuda", persistent_workers=False,
+    )
+    labelled = p.label_kind is not None
+    n = len(p.tiles)
+    writer = _Writer(group)
+    writer.start()
+    buffers: dict[int, dict] = {}
+    bar = _progress(len(todo), progress)
+    try:
+        for batch in loader:
+            emb = encoder(batch["image"], batch["valid"]).to(getattr(torch, dtype)).cpu().numpy()
+            for row, index in enumerate(batch["index"].tolist()):
+                k = index // shard
+                start, stop = k * shard, min(n, (k + 1) * shard)
+                buf = buffers.setdefault(k, {"filled": 0, "arrays": {
+                    "embedding": np.zeros((stop - start, *emb.shape[1:]), emb.dtype),
+                    "image": np.zeros((stop - start, *batch["image"].shape[1:]), np.uint8),
+                    **({"label": np.zeros((stop - start, *batch["label"].shape[1:]), np.int32)} if labelled else {}),
+                }})
+                buf["arrays"]["embedding"][index - start] = emb[row]
+                buf["arrays"]["image"][index - start] = batch["image"][row].numpy()
+                if labelled:
+                    buf["arrays"]["label"][index - start] = batch["label"][row].numpy()
+                buf["filled"] += 1
+                if buf["filled"] == stop - start:
+                    writer.put((start, buffers.pop(k)["arrays"]))
+            bar.update(len(batch["index"]))
+    finally:
+        writer.close()
+        bar.close()
+    if buffers:  # cannot happen: the todo list holds whole shards
+        raise InputError(None, f"internal error: shards {sorted(buffers)} were left unfinished")
+    return len(todo)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="embed", disable=not enabled)
+
+

@@ -1,0 +1,77 @@
+"""The frozen image encoder, batched on the device, with SAM's exact preprocessing.
+
+Preprocessing is SamPredictor's, on the device: resize the longest side of each tile's valid region to
+the model's input size (`ResizeLongestSide.apply_image_torch`: bilinear, antialiased), normalise with the
+model's pixel mean/std, pad bottom/right to a square. On CUDA the encoder runs under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Encoder:
+    """Runs `sam.image_encoder` frozen, in inference mode, on uint8 tiles [B, H, W, 3] with valid sizes [B, 2]."""
+
+    def __init__(self, sam: Sam, device: str | torch.device | None = None, precision: str = "auto"):
+        self.device = torch.device(device) if device else default_device()
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        self.precision = precision
+        self.model = sam.image_encoder.to(self.device).eval().requires_grad_(False)
+        self.img_size = sam.image_encoder.img_size
+        self.resize = ResizeLongestSide(self.img_size)
+        self.pixel_mean = sam.pixel_mean.to(self.device)
+        self.pixel_std = sam.pixel_std.to(self.device)
+        self.embedding_shape = (sam.prompt_encoder.embed_dim, *sam.prompt_encoder.image_embedding_size)
+        self.config = {
+            "img_size": self.img_size, "precision": precision,
+            "pixel_mean": sam.pixel_mean.flatten().tolist(), "pixel_std": sam.pixel_std.flatten().tolist(),
+            "resize": "ResizeLongestSide.apply_image_torch (bilinear, antialias) on the valid region",
+        }
+
+    def input_size(self, h: int, w: int) -> tuple[int, int]:
+        """The resized (unpadded) size of a tile of valid size (h, w) in the model's input frame."""
+        return self.resize.get_preprocess_shape(h, w, self.img_size)
+
+    def preprocess(self, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, H, W, 3] on the device -> normalised, padded float [B, 3, S, S]."""
+        x = images.permute(0, 3, 1, 2).float()
+        out = torch.zeros(x.shape[0], 3, self.img_size, self.img_size, device=x.device)
+        sizes = [tuple(v) for v in valid.tolist()]
+        for h, w in sorted(set(sizes)):  # tiles of one valid size resize together
+            idx = [i for i, s in enumerate(sizes) if s == (h, w)]
+            resized = self.resize.apply_image_torch(x[idx, :, :h, :w])
+            th, tw = resized.shape[-2:]
+            out[idx, :, :th, :tw] = (resized - self.pixel_mean) / self.pixel_std
+        return out
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Embeddings [B, C, h, w] (float32) of uint8 tiles."""
+        images = images.to(self.device, non_blocking=True)
+        x = self.preprocess(images, valid)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.model(x).float()
+
+    def auto_batch_size(self, cap: int = 64) -> int:
+        """Largest batch that fits in ~80% of free device memory, from a one-image probe; 2 on CPU."""
+        if self.device.type != "cuda":
+            return 2
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        probe = torch.zeros(2, self.img_size, self.img_size, 3, dtype=torch.uint8, device=self.device)
+        self(probe, torch.tensor([[self.img_size, self.img_size]] * 2))
+        per_image = (torch.cuda.max_memory_allocated(self.device) - base) / 2
+        return int(max(1, min(cap, 0.8 * free // max(per_image, 1))))
+
