@@ -162,6 +162,7 @@ def embed(
         "data": {"sources": C.fingerprint_hash([s.sha256 for s in p.sources]), "n_sources": len(p.sources),
                  "samples": len(p.tiles)},
     }
+    attrs = json.loads(json.dumps(attrs))  # as stored: tuples become lists, so comparisons are like for like
     attrs["fingerprint"] = C.fingerprint_hash({k: attrs[k] for k in ("model", "preprocessing", "data")})
     attrs.update(label_kind=p.label_kind, class_names=p.class_names, checkpoint=mspec.checkpoint,
                  embedding_shape=list(encoder.embedding_shape), complete=False,

@@ -1,13 +1,17 @@
 """The frozen image encoder, batched on the device, with SAM's exact preprocessing.
 
 Preprocessing is SamPredictor's, on the device: resize the longest side of each tile's valid region to
-the model's input size (`ResizeLongestSide.apply_image_torch`: bilinear, antialiased), normalise with the
-model's pixel mean/std, pad bottom/right to a square. On CUDA the encoder runs under bf16 autocast.
+the model's input size (bilinear, antialiased, to `ResizeLongestSide.get_preprocess_shape`), normalise with
+the model's pixel mean/std, pad bottom/right to a square. On CUDA the encoder runs under bf16 autocast.
+
+segment_anything's own `ResizeLongestSide.apply_image_torch` cannot be used: it reads the target size
+from `image.shape[0], image.shape[1]` (batch and channels) of its BCHW input, not from height and width.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -35,7 +39,7 @@ class Encoder:
         self.config = {
             "img_size": self.img_size, "precision": precision,
             "pixel_mean": sam.pixel_mean.flatten().tolist(), "pixel_std": sam.pixel_std.flatten().tolist(),
-            "resize": "ResizeLongestSide.apply_image_torch (bilinear, antialias) on the valid region",
+            "resize": "longest side to img_size, bilinear, antialias, on the valid region",
         }
 
     def input_size(self, h: int, w: int) -> tuple[int, int]:
@@ -49,8 +53,8 @@ class Encoder:
         sizes = [tuple(v) for v in valid.tolist()]
         for h, w in sorted(set(sizes)):  # tiles of one valid size resize together
             idx = [i for i, s in enumerate(sizes) if s == (h, w)]
-            resized = self.resize.apply_image_torch(x[idx, :, :h, :w])
-            th, tw = resized.shape[-2:]
+            th, tw = self.input_size(h, w)
+            resized = F.interpolate(x[idx, :, :h, :w], (th, tw), mode="bilinear", align_corners=False, antialias=True)
             out[idx, :, :th, :tw] = (resized - self.pixel_mean) / self.pixel_std
         return out
 

@@ -31,9 +31,13 @@ class Intensity:
     def parse(cls, mode: str = "auto", window: str | None = None, percentiles: str | None = None) -> "Intensity":
         """From CLI text: `--window abdomen` or `--window 40,400` implies mode window."""
         if window is not None:
-            lw = WINDOWS.get(window) or tuple(float(v) for v in window.split(","))
+            try:
+                lw = WINDOWS.get(window) or tuple(float(v) for v in window.split(","))
+            except ValueError:
+                lw = ()
             if len(lw) != 2 or lw[1] <= 0:
-                raise ValueError(f"--window takes a preset ({', '.join(WINDOWS)}) or LEVEL,WIDTH with WIDTH > 0")
+                raise ValueError(f"--window takes a preset ({', '.join(WINDOWS)}) or LEVEL,WIDTH with WIDTH > 0, "
+                                 f"not {window!r}")
             return cls("window", window=lw)
         if mode not in MODES:
             raise ValueError(f"unknown intensity mode {mode!r}; choose one of {', '.join(MODES)}")

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny SAM checkpoints built here, small synthetic datasets, the shared real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sam_cache.models import build_tiny, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """Real datasets: $SAMCACHE_TEST_DATA, else ../shared/data beside the repository."""
+    root = Path(os.environ.get("SAMCACHE_TEST_DATA", REPO.parent / "shared" / "data"))
+    assert root.is_dir(), f"real test data not found at {root}; set SAMCACHE_TEST_DATA"
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny SAM saved in segment_anything's checkpoint format, with its own seed's weights."""
+    torch.manual_seed(123)
+    return save_checkpoint(build_tiny(), tmp_path_factory.mktemp("ckpt") / "tiny_seed123.pth")
+
+
+def write_dataset(root: Path, sizes, seed: int = 0, label_dir: str = "labels") -> Path:
+    """images/ + labels/ of random gray images with a few rectangular instances each."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / label_dir).mkdir(parents=True, exist_ok=True)
+    for i, (h, w) in enumerate(sizes):
+        image = rng.integers(0, 255, (h, w), dtype=np.uint8)
+        label = np.zeros((h, w), np.uint16)
+        for k in range(1, 4):
+            y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
+            label[y:y + 6, x:x + 6] = k
+            image[y:y + 6, x:x + 6] = 200
+        Image.fromarray(image).save(root / "images" / f"im{i}.png")
+        Image.fromarray(label).save(root / label_dir / f"im{i}.png")
+    return root
+
+
+@pytest.fixture
+def small_dataset(tmp_path) -> Path:
+    """Six images of mixed sizes (aspect ratios differ) with instance labels."""
+    return write_dataset(tmp_path / "data", [(64, 96), (64, 96), (80, 40), (64, 96), (50, 50), (64, 96)])
