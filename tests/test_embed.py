@@ -84,7 +84,7 @@ def _embed_cmd(data, out):
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
-    from tests.conftest import write_dataset
+    from .conftest import write_dataset
 
     data = write_dataset(tmp_path / "data", [(64, 64)] * 10)
     reference = tmp_path / "ref.zarr"
