@@ -11,6 +11,7 @@ import typer
 
 import sam_cache
 from sam_cache.errors import SamCacheError
+from sam_cache.prompts import prompt_names
 
 app = typer.Typer(
     name="samcache",
@@ -84,6 +85,47 @@ def embed(
     except (SamCacheError, ValueError) as e:
         _fail(e)
     typer.echo(str(summary))
+
+
+@app.command()
+def finetune(
+    cache: Path = typer.Argument(..., help="A cache with labels, made by `samcache embed`."),
+    prompt: str = typer.Option("box", help="Prompt strategy: " + ", ".join(prompt_names()) + "."),
+    out: Path = typer.Option(Path("runs/finetune"), "--out", "-o", help="Run folder for weights, metrics, curves."),
+    epochs: int = typer.Option(5, help="Epochs."),
+    lr: float = typer.Option(1e-5, help="Learning rate."),
+    optimizer: str = typer.Option("adam", help="adam, adamw or sgd (momentum 0.9)."),
+    weight_decay: float = typer.Option(0.0, help="Weight decay."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    schedule: str = typer.Option("constant", help="LR schedule: constant, cosine or step."),
+    batch_size: int = typer.Option(8, help="Cached samples per step."),
+    objects_per_sample: int = typer.Option(4, help="Objects drawn from each sample per step."),
+    min_area: int = typer.Option(10, help="Ignore objects smaller than this many pixels."),
+    jitter: Optional[float] = typer.Option(None, help="box-jitter: max shift per side, px (>=1) or fraction (<1)."),
+    single_mask: bool = typer.Option(False, "--single-mask", help="Train SAM's single-mask output, not best of 3."),
+    val_fraction: float = typer.Option(0.2, help="Share of source files held out for validation."),
+    split: str = typer.Option("source", help="source (seeded split of files) or column (the cache's `split`)."),
+    early_stopping: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val Dice."),
+    seed: int = typer.Option(0, help="Seed for splits, objects, prompts and order."),
+    workers: int = typer.Option(0, help="DataLoader worker processes reading the cache."),
+    checkpoint: Optional[Path] = typer.Option(None, help="The SAM checkpoint the cache was made with, if moved."),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu; default cuda if available."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Train SAM's mask decoder from the cached embeddings; the image encoder is never run."""
+    options = {"jitter": jitter} if jitter is not None else {}
+    config = sam_cache.FinetuneConfig(
+        prompt=prompt, prompt_options=options, epochs=epochs, lr=lr, optimizer=optimizer,
+        weight_decay=weight_decay, momentum=momentum, schedule=schedule, batch_size=batch_size,
+        objects_per_sample=objects_per_sample, min_area=min_area, multimask=not single_mask,
+        val_fraction=val_fraction, split=split, early_stopping=early_stopping, seed=seed, workers=workers)
+    try:
+        result = sam_cache.finetune(cache, out, config, checkpoint=checkpoint, device=device, resume=resume,
+                                    progress=not quiet)
+    except SamCacheError as e:
+        _fail(e)
+    typer.echo(str(result))
 
 
 @app.command()

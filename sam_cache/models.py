@@ -239,3 +239,49 @@ def save_checkpoint(sam: torch.nn.Module, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(sam.state_dict(), path)
     return path
+
+
+def _prompt_modules(model_type: str, state: dict | None):
+    """PromptEncoder + MaskDecoder as segment_anything's builders make them (the same for vit_b/l/h), or as
+    the tiny checkpoint's shapes say. No image encoder is built."""
+    if model_type == "tiny":
+        sam = build_tiny(**(tiny_config(state) if state else {}))  # tiny's encoder is negligible
+        return sam.prompt_encoder, sam.mask_decoder
+    embed, size, patch = 256, 1024, 16
+    prompt_encoder = PromptEncoder(embed_dim=embed, image_embedding_size=(size // patch, size // patch),
+                                   input_image_size=(size, size), mask_in_chans=16)
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=embed, mlp_dim=2048, num_heads=8),
+        transformer_dim=embed, iou_head_depth=3, iou_head_hidden_dim=256,
+    )
+    return prompt_encoder, mask_decoder
+
+
+def load_decoder(model: dict, checkpoint: str | Path | None = None):
+    """The prompt encoder and mask decoder that match a cache's model fingerprint, from the same weights.
+
+    `model` is the cache's `model` attribute. A real checkpoint is checked by sha256 against it. Random-init
+    models are rebuilt from their seed (the whole model once, to replay the seeded init; its image
+    encoder is dropped at once and never run). Returns (PromptDecoder, ModelSpec).
+    """
+    from .decoder import PromptDecoder
+
+    model_type, want = model["type"], model["checkpoint_sha256"]
+    if want.startswith("random-init:"):
+        sam, spec = load_sam(model_type, random_init=True)
+        decoder = PromptDecoder.from_sam(sam)
+    else:
+        path = resolve_checkpoint(model_type, checkpoint, download=False)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint file not found; pass --checkpoint with the cache's checkpoint")
+        sha = file_sha256(path)
+        if sha != want:
+            raise CheckpointError(
+                f"{path}: sha256 {sha[:16]}… is not the checkpoint the cache was embedded with ({want[:16]}…); "
+                "pass --checkpoint with that file")
+        state = load_state_dict(path)
+        decoder = PromptDecoder(*_prompt_modules(model_type, state))
+        decoder.load_state_dict(PromptDecoder.sam_state_dict_subset(state))
+        spec = ModelSpec(model_type, str(path), sha, trained=model["trained"])
+    return decoder.eval(), spec
