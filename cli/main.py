@@ -129,6 +129,67 @@ def finetune(
 
 
 @app.command()
+def evaluate(
+    cache: Path = typer.Argument(..., help="A cache with labels."),
+    checkpoint: str = typer.Option("base", help="base (the cache's own SAM), a finetune run folder, or a SAM .pth."),
+    prompt: str = typer.Option("box", help="Prompt strategy: " + ", ".join(prompt_names()) + "."),
+    split: str = typer.Option("all", help="all, train or val (the split finetune uses: by source, seeded)."),
+    val_fraction: float = typer.Option(0.2, help="Validation share of source files, for --split train/val."),
+    mask: str = typer.Option("best-iou", help="single (SAM's single-mask output) or best-iou (best of 3)."),
+    seed: int = typer.Option(0, help="Prompt seed."),
+    min_area: int = typer.Option(1, help="Ignore objects smaller than this many pixels."),
+    per: Optional[str] = typer.Option(None, help="Also print means per `class` or per `sample` (image)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write per-object results (.nc) here."),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu; default cuda if available."),
+    base_checkpoint: Optional[Path] = typer.Option(None, help="The cache's SAM checkpoint, if it moved."),
+):
+    """Score one decoder and one prompt strategy on every object: Dice, IoU, precision, recall."""
+    try:
+        results = sam_cache.evaluate(cache, checkpoint, prompt, split, seed, mask, min_area, val_fraction,
+                                     device=device, base_checkpoint=base_checkpoint)
+    except (SamCacheError, ValueError) as e:
+        _fail(e)
+    summary = sam_cache.summarize(results)
+    typer.echo(summary.drop(columns=["seed"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if per:
+        typer.echo(sam_cache.per_group(results, per).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if out:
+        results.to_netcdf(out, engine="h5netcdf")
+        typer.echo(f"per-object results: {out}")
+
+
+@app.command()
+def ablate(
+    cache: Path = typer.Argument(..., help="A cache with labels."),
+    prompts: str = typer.Option("box,box-larger,center-point,random-point,random-3-points",
+                                help="Comma-separated strategies: " + ", ".join(prompt_names()) + "."),
+    checkpoints: str = typer.Option("base", help="Comma-separated: base, finetune run folders, SAM .pth files."),
+    seeds: int = typer.Option(1, help="Number of prompt seeds (0..N-1)."),
+    out: Path = typer.Option(Path("ablation"), "--out", "-o", help="Folder for results.nc and the reports."),
+    mask: str = typer.Option("best-iou", help="single or best-iou (best of 3 by predicted IoU)."),
+    min_area: int = typer.Option(1, help="Ignore objects smaller than this many pixels."),
+    partition_size: int = typer.Option(64, help="Samples per Dask task."),
+    scheduler: Optional[str] = typer.Option(None, help="dask.distributed scheduler address; default local threads."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    examples: int = typer.Option(4, help="Samples drawn in examples.png (0: none)."),
+    base_checkpoint: Optional[Path] = typer.Option(None, help="The cache's SAM checkpoint, if it moved."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Score prompt strategies × checkpoints × seeds on every object, in one pass over the cache."""
+    try:
+        results = sam_cache.ablate(
+            cache, out, prompts=[p.strip() for p in prompts.split(",")],
+            checkpoints=[c.strip() for c in checkpoints.split(",")], seeds=list(range(seeds)), mask_mode=mask,
+            min_area=min_area, partition_size=partition_size, scheduler=scheduler, device=device,
+            base_checkpoint=base_checkpoint, progress=not quiet, examples=examples)
+    except (SamCacheError, ValueError) as e:
+        _fail(e)
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(f"{results.sizes['object']} objects; results in {out}/results.nc, summary.csv, summary.md, "
+               "ablation.png" + (", examples.png" if examples else ""))
+
+
+@app.command()
 def info(
     cache: Path = typer.Argument(..., help="A cache made by `samcache embed`."),
     as_json: bool = typer.Option(False, "--json", help="Print the attributes as JSON."),

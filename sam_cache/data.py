@@ -59,8 +59,7 @@ class ObjectSamples(torch.utils.data.Dataset):
     def __getitem__(self, i):
         index = int(self.indices[i])
         g = self.group
-        label = np.asarray(g["label"][index])
-        h, w = int(g["valid_h"][index]), int(g["valid_w"][index])
+        label, (h, w) = read_label(g, index)
         masks, ids = objects(label[:h, :w], self.kind, self.min_area)
         gen = sample_generator(self.seed, self.epoch, index)
         if self.k is not None and len(ids) > self.k:
@@ -84,6 +83,11 @@ class ObjectSamples(torch.utils.data.Dataset):
         if self.with_embedding:
             item["embedding"] = torch.from_numpy(np.asarray(g["embedding"][index]))
         return item
+
+
+def read_label(group, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """A sample's stored label (canvas) and its valid size."""
+    return np.asarray(group["label"][index]), (int(group["valid_h"][index]), int(group["valid_w"][index]))
 
 
 def _pad(t: torch.Tensor, k: int, value=0) -> torch.Tensor:

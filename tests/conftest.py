@@ -51,3 +51,41 @@ def write_dataset(root: Path, sizes, seed: int = 0, label_dir: str = "labels") -
 def small_dataset(tmp_path) -> Path:
     """Six images of mixed sizes (aspect ratios differ) with instance labels."""
     return write_dataset(tmp_path / "data", [(64, 96), (64, 96), (80, 40), (64, 96), (50, 50), (64, 96)])
+
+
+MICRO = dict(img_size=256, embed_dim=32, mlp_dim=64, iou_hidden=32, decoder_depth=1)
+
+
+@pytest.fixture(scope="session")
+def micro_checkpoint(tmp_path_factory) -> Path:
+    """A tiny SAM at 256² input with 32×16×16 embeddings: decoder steps take milliseconds on a CPU."""
+    torch.manual_seed(7)
+    return save_checkpoint(build_tiny(**MICRO), tmp_path_factory.mktemp("micro") / "micro.pth")
+
+
+def write_rectangles(root: Path, n: int = 32, size: int = 64, seed: int = 0) -> Path:
+    """Bright rectangles (2 instances per image) on a dark noisy background: a task a decoder can learn."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image = rng.integers(0, 60, (size, size), dtype=np.uint8)
+        label = np.zeros((size, size), np.uint16)
+        for k in (1, 2):
+            h, w = rng.integers(10, 24, 2)
+            y, x = rng.integers(0, size - h), rng.integers(0, size - w)
+            label[y:y + h, x:x + w][label[y:y + h, x:x + w] == 0] = k
+            image[y:y + h, x:x + w] = rng.integers(150, 255)
+        Image.fromarray(image).save(root / "images" / f"r{i:02d}.png")
+        Image.fromarray(label).save(root / "labels" / f"r{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def rect_cache(tmp_path_factory, micro_checkpoint) -> Path:
+    import sam_cache
+
+    root = tmp_path_factory.mktemp("rect")
+    data = write_rectangles(root / "data")
+    sam_cache.embed(data, root / "rect.zarr", model="tiny", checkpoint=micro_checkpoint, workers=0, progress=False)
+    return root / "rect.zarr"

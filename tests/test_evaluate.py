@@ -1,0 +1,144 @@
+"""Scoring: metrics on hand-built masks, evaluate, and the ablation grid on Dask."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+from typer.testing import CliRunner
+
+import sam_cache
+from sam_cache.cli.main import app
+from sam_cache.errors import CheckpointError, SamCacheError
+from sam_cache.evaluate import summarize
+from sam_cache.metrics import scores
+
+
+def m(*rows):
+    return torch.tensor(rows, dtype=torch.bool)[None]
+
+
+def test_metrics_on_hand_built_masks():
+    pred, true = m([1, 1, 0, 0]), m([0, 1, 1, 0])
+    s = scores(pred, true)
+    assert s["dice"].item() == pytest.approx(0.5) and s["iou"].item() == pytest.approx(1 / 3)
+    assert s["precision"].item() == pytest.approx(0.5) and s["recall"].item() == pytest.approx(0.5)
+    perfect = scores(true, true)
+    assert all(v.item() == 1 for v in perfect.values())
+    both_empty = scores(m([0, 0]), m([0, 0]))
+    assert all(v.item() == 1 for v in both_empty.values())
+    missed = scores(m([0, 0]), m([1, 0]))  # nothing predicted, something there
+    assert (missed["dice"].item(), missed["iou"].item(), missed["recall"].item(), missed["precision"].item()) == (0, 0, 0, 1)
+    invented = scores(m([1, 0]), m([0, 0]))  # something predicted, nothing there
+    assert (invented["dice"].item(), invented["precision"].item(), invented["recall"].item()) == (0, 0, 1)
+    batch = scores(torch.cat([pred, true]), torch.cat([true, true]))
+    assert batch["dice"].tolist() == pytest.approx([0.5, 1.0])
+
+
+@pytest.fixture(scope="module")
+def run(rect_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "run"
+    sam_cache.finetune(rect_cache, out, sam_cache.FinetuneConfig(epochs=4, lr=1e-2, val_fraction=0.25),
+                       progress=False)
+    return out
+
+
+PROMPTS = ["box", "box-larger", "random-3-points", "points-neg", "none"]
+
+
+@pytest.fixture(scope="module")
+def grid(rect_cache, run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablate")
+    sam_cache.ablate(rect_cache, out, prompts=PROMPTS, checkpoints=["base", str(run)], seeds=[0, 1],
+                     partition_size=8, progress=False, examples=2)
+    return out
+
+
+def test_grid_writes_results_and_reports(grid):
+    r = xr.open_dataset(grid / "results.nc", engine="h5netcdf")
+    assert dict(r.sizes) == {"object": 64, "prompt": 5, "checkpoint": 2, "seed": 2}
+    assert set(r.data_vars) >= {"dice", "iou", "precision", "recall", "prompt_valid"}
+    assert {"sample", "class", "area"} <= set(r.coords)
+    for name in ("summary.csv", "summary.md", "ablation.png", "examples.png"):
+        assert (grid / name).stat().st_size > 0
+    # the finetuned decoder helps, and the table says by how much
+    s = pd.read_csv(grid / "summary.csv")
+    box = s[s.prompt == "box"].groupby("checkpoint")["mdice"].mean()
+    assert box["run"] > box["base"] + 0.2
+
+
+def test_summary_follows_from_results(grid):
+    r = xr.open_dataset(grid / "results.nc", engine="h5netcdf")
+    s = pd.read_csv(grid / "summary.csv")
+    for _, row in s.iterrows():
+        d = r.dice.sel(prompt=row.prompt, checkpoint=row.checkpoint, seed=row.seed).values
+        assert row.objects == np.isfinite(d).sum()
+        assert row.dice == pytest.approx(np.nanmean(d), rel=1e-5)
+    md = (grid / "summary.md").read_text()
+    mean = s.groupby(["prompt", "checkpoint"])["mdice"].mean()
+    base, ft = mean[("box", "base")], mean[("box", "run")]
+    assert f"{100 * base:.2f}" in md and f"{100 * ft:.2f}" in md
+    assert f"{100 * (ft - base):+.2f} / {100 * (ft - base) / base:+.1f}%" in md
+
+
+def test_grid_equals_one_by_one_evaluate(grid, rect_cache, run):
+    r = xr.open_dataset(grid / "results.nc", engine="h5netcdf")
+    for prompt, ckpt, seed in [("box", "base", 0), ("random-3-points", str(run), 1), ("points-neg", str(run), 0)]:
+        one = sam_cache.evaluate(rect_cache, ckpt, prompt, seed=seed, device="cpu")
+        name = "base" if ckpt == "base" else "run"
+        np.testing.assert_allclose(one.dice.values[:, 0, 0, 0],
+                                   r.dice.sel(prompt=prompt, checkpoint=name, seed=seed).values, rtol=1e-6)
+
+
+def test_partitioning_and_distributed_cluster_give_identical_results(grid, rect_cache, run, tmp_path):
+    from distributed import LocalCluster
+
+    ref = xr.open_dataset(grid / "results.nc", engine="h5netcdf")
+    prompts, ckpts = ["box", "random-3-points"], ["base", str(run)]
+    other = sam_cache.ablate(rect_cache, tmp_path / "p5", prompts=prompts, checkpoints=ckpts, seeds=[0, 1],
+                             partition_size=5, progress=False, examples=0)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        dist = sam_cache.ablate(rect_cache, tmp_path / "dist", prompts=prompts, checkpoints=ckpts, seeds=[0, 1],
+                                partition_size=3, scheduler=cluster.scheduler_address, progress=False, examples=0)
+    for res in (other, dist):
+        np.testing.assert_array_equal(res.dice.values, ref.dice.sel(prompt=prompts).values)
+        np.testing.assert_array_equal(res.sample.values, ref.sample.values)
+
+
+def test_too_small_objects_are_counted_not_dropped(tmp_path, micro_checkpoint):
+    from PIL import Image
+
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    lab = np.zeros((32, 32), np.uint16)
+    lab[3, 3] = 1  # one pixel: too small for three distinct points
+    lab[10:20, 10:20] = 2
+    Image.fromarray((lab > 0).astype(np.uint8) * 200).save(root / "images" / "a.png")
+    Image.fromarray(lab).save(root / "labels" / "a.png")
+    sam_cache.embed(root, tmp_path / "c.zarr", model="tiny", checkpoint=micro_checkpoint, workers=0, progress=False)
+    r = sam_cache.evaluate(tmp_path / "c.zarr", "base", "random-3-points")
+    assert r.sizes["object"] == 2 and r.prompt_valid.values[:, 0, 0].tolist() == [False, True]
+    assert np.isnan(r.dice.values[0]).all() and np.isfinite(r.dice.values[1]).all()
+    s = summarize(r)
+    assert int(s.objects.iloc[0]) == 1 and int(s.skipped.iloc[0]) == 1
+
+
+def test_bad_input(rect_cache, tmp_path, tiny_checkpoint):
+    with pytest.raises(SamCacheError, match="unknown prompt strategy 'middle'"):
+        sam_cache.ablate(rect_cache, tmp_path / "a", prompts=["box", "middle"], progress=False)
+    with pytest.raises(CheckpointError, match="does not fit this cache's SAM tiny"):
+        sam_cache.evaluate(rect_cache, str(tiny_checkpoint), "box")  # tiny of other sizes than the cache's
+    r = CliRunner().invoke(app, ["ablate", str(rect_cache), "--prompts", "box,nope", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "unknown prompt strategy 'nope'" in r.output
+
+
+def test_cli_evaluate_and_ablate(rect_cache, run, tmp_path):
+    r = CliRunner().invoke(app, ["evaluate", str(rect_cache), "--checkpoint", str(run), "--split", "val",
+                                 "--per", "sample", "-o", str(tmp_path / "e.nc")])
+    assert r.exit_code == 0, r.output
+    assert "dice" in r.output and "objects" in r.output and (tmp_path / "e.nc").exists()
+    r = CliRunner().invoke(app, ["ablate", str(rect_cache), "--prompts", "box,center-point", "--checkpoints",
+                                 f"base,{run}", "--seeds", "2", "-o", str(tmp_path / "abl"), "-q", "--examples", "0"])
+    assert r.exit_code == 0, r.output
+    assert "| box |" in r.output and "run vs base" in r.output

@@ -1,0 +1,139 @@
+"""Decoder-only finetuning from the cache."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor, sam_model_registry
+from segment_anything.modeling import ImageEncoderViT
+from typer.testing import CliRunner
+
+import sam_cache
+from sam_cache.cli.main import app
+from sam_cache.data import ObjectSamples, loader
+from sam_cache.errors import CheckpointError, SamCacheError
+from sam_cache.finetune import FinetuneConfig, mask_losses, split_samples
+from sam_cache.inference import predict_masks
+from sam_cache.models import load_decoder, load_sam
+
+from .conftest import write_dataset
+
+
+def rows(run):
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_finetuning_beats_the_untrained_decoder_on_a_synthetic_task(rect_cache, tmp_path, monkeypatch):
+    def never(*a, **k):
+        raise AssertionError("the image encoder ran during finetune")
+
+    monkeypatch.setattr(ImageEncoderViT, "forward", never)
+    r = sam_cache.finetune(rect_cache, tmp_path / "run", FinetuneConfig(epochs=12, lr=1e-2, val_fraction=0.25),
+                           progress=False)
+    assert r.best_val_dice > r.base_val_dice + 0.3, r
+    m = rows(tmp_path / "run")
+    assert [int(x["epoch"]) for x in m] == list(range(13)) and {"train_loss", "val_dice", "val_iou"} <= set(m[0])
+    assert float(m[-1]["train_loss"]) < float(m[1]["train_loss"])
+    for name in ("decoder.pth", "decoder_last.pth", "sam_finetuned.pth", "config.json", "curves.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    weights = torch.load(tmp_path / "run" / "decoder.pth", weights_only=True)
+    assert weights and all(k.startswith("mask_decoder.") for k in weights)
+
+
+def test_finetuning_helps_on_real_em_data(data_root, micro_checkpoint, tmp_path):
+    cache = tmp_path / "em.zarr"
+    sam_cache.embed(data_root / "em-isbi2012", cache, model="tiny", checkpoint=micro_checkpoint, patch=256,
+                    workers=0, progress=False)
+    r = sam_cache.finetune(cache, tmp_path / "run", FinetuneConfig(epochs=3, lr=1e-2, objects_per_sample=8),
+                           progress=False)
+    assert r.best_val_dice > r.base_val_dice + 0.15, r
+
+
+def test_split_is_by_source_file(rect_cache):
+    train, val = split_samples(rect_cache, 0.25, seed=0)
+    ds = sam_cache.open_cache(rect_cache)
+    assert len(val) == 8 and len(train) == 24
+    assert not set(ds.source.values[train]) & set(ds.source.values[val])
+
+
+def test_resume_equals_an_uninterrupted_run(rect_cache, tmp_path):
+    config = FinetuneConfig(epochs=4, lr=1e-2, val_fraction=0.25)
+    sam_cache.finetune(rect_cache, tmp_path / "full", config, progress=False)
+    half = FinetuneConfig(**{**config.__dict__, "epochs": 2})
+    sam_cache.finetune(rect_cache, tmp_path / "split", half, progress=False)
+    sam_cache.finetune(rect_cache, tmp_path / "split", config, resume=True, progress=False)
+    a = torch.load(tmp_path / "full" / "decoder_last.pth", weights_only=True)
+    b = torch.load(tmp_path / "split" / "decoder_last.pth", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val_dice"] for r in rows(tmp_path / "full")] == [r["val_dice"] for r in rows(tmp_path / "split")]
+
+
+def test_best_of_three_loss_is_monai_dicece_per_mask():
+    from monai.losses import DiceCELoss
+
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(5, 3, 16, 16, generator=g), (torch.rand(5, 16, 16, generator=g) > 0.6).float()
+    per = mask_losses(logits, target)
+    for m in range(3):
+        want = DiceCELoss(sigmoid=True, squared_pred=True)(logits[:, m:m + 1], target[:, None])
+        torch.testing.assert_close(per[:, m].mean(), want)
+
+
+def test_sam_finetuned_loads_in_stock_segment_anything(tmp_path):
+    """vit_b-shaped random-init weights, so segment_anything's own registry loads the finetuned checkpoint."""
+    data = write_dataset(tmp_path / "data", [(64, 64), (64, 64)])
+    cache = tmp_path / "b.zarr"
+    sam_cache.embed(data, cache, model="vit_b", random_init=True, workers=0, progress=False, batch_size=2)
+    run = tmp_path / "run"
+    sam_cache.finetune(cache, run, FinetuneConfig(epochs=1, lr=1e-2, val_fraction=0.5, batch_size=1,
+                                                  min_area=1), progress=False)
+    sam = sam_model_registry["vit_b"](checkpoint=str(run / "sam_finetuned.pth"))
+    base, _ = load_sam("vit_b", random_init=True)
+    assert not torch.equal(sam.mask_decoder.output_upscaling[0].weight, base.mask_decoder.output_upscaling[0].weight)
+
+    # samcache's inference from the cache, with the finetuned decoder
+    decoder, _ = load_decoder(sam_cache.describe(cache)["model"])
+    decoder.mask_decoder.load_state_dict({k[len("mask_decoder."):]: v for k, v in
+                                          torch.load(run / "decoder.pth", weights_only=True).items()})
+    batch = next(iter(loader(ObjectSamples(cache, [0], "box", None, 1024, min_area=1), 1)))
+    ours = predict_masks(decoder, batch, "single", "cpu")[0]
+    # stock SamPredictor on the same tile with the same box (in the tile's own frame)
+    image = sam_cache.open_cache(cache).image[0].values
+    predictor = SamPredictor(sam)
+    predictor.set_image(image)
+    box_tile = batch["boxes"][0] * 64 / 1024
+    for k in range(len(box_tile)):
+        stock, _, _ = predictor.predict(box=box_tile[k].numpy(), multimask_output=False)
+        agree = (stock[0] == ours[k].numpy()).mean()
+        assert agree > 0.99, agree  # the embedding is fp16 in the cache and resized by torch, not PIL
+
+
+def test_bad_input(rect_cache, tmp_path, tiny_checkpoint):
+    unlabeled = tmp_path / "u"
+    (unlabeled / "images").mkdir(parents=True)
+    import shutil
+
+    for p in sorted((rect_cache.parent / "data" / "images").iterdir())[:3]:
+        shutil.copy(p, unlabeled / "images")
+    sam_cache.embed(unlabeled, tmp_path / "u.zarr", model="tiny", workers=0, progress=False)
+    with pytest.raises(SamCacheError, match="no labels"):
+        sam_cache.finetune(tmp_path / "u.zarr", tmp_path / "r1", progress=False)
+    with pytest.raises(SamCacheError, match="unknown prompt strategy 'boxx'.*box-jitter"):
+        sam_cache.finetune(rect_cache, tmp_path / "r2", FinetuneConfig(prompt="boxx"), progress=False)
+    with pytest.raises(CheckpointError, match="not the checkpoint the cache was embedded with"):
+        sam_cache.finetune(rect_cache, tmp_path / "r3", checkpoint=tiny_checkpoint, progress=False)
+    with pytest.raises(SamCacheError, match="cannot be split"):
+        sam_cache.finetune(rect_cache, tmp_path / "r4", FinetuneConfig(val_fraction=1.0), progress=False)
+    r = CliRunner().invoke(app, ["finetune", str(rect_cache), "--prompt", "nope", "-o", str(tmp_path / "r5")])
+    assert r.exit_code == 2 and "unknown prompt strategy" in r.output
+
+
+def test_cli_finetune(rect_cache, tmp_path):
+    r = CliRunner().invoke(app, ["finetune", str(rect_cache), "--prompt", "box-jitter", "--jitter", "0.1",
+                                 "--epochs", "2", "--lr", "1e-3", "--optimizer", "sgd", "-o", str(tmp_path / "run"),
+                                 "-q"])
+    assert r.exit_code == 0, r.output
+    assert "best val Dice" in r.output and "s/epoch" in r.output
+    assert len(rows(tmp_path / "run")) == 3
