@@ -148,6 +148,8 @@ def validate(decoder, data, device, multimask: bool) -> dict:
     decoder.eval()
     dice, iou = [], []
     for batch in data:
+        if batch["masks"].shape[1] == 0:  # a background tile: no object to prompt
+            continue
         logits, iou_pred = decode_batch(decoder, batch, multimask, device)
         best = iou_pred.argmax(-1)
         chosen = torch.take_along_dim(logits, best[..., None, None, None], dim=2).squeeze(2).float()
@@ -171,13 +173,18 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         raise SamCacheError(f"unknown prompt strategy {c.prompt!r}; choose one of {', '.join(prompt_names())}")
     cache, out = Path(cache), Path(out)
     attrs = read_attrs(cache)
+    if attrs.get("label_kind") is None:
+        raise SamCacheError(f"{cache}: the cache holds no labels; embed a dataset with labels to finetune")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     decoder, spec = load_decoder(attrs["model"], checkpoint or attrs.get("checkpoint"))
     decoder.to(device)
     decoder.prompt_encoder.requires_grad_(False)
     train_idx, val_idx = split_samples(cache, c.val_fraction, c.seed, c.split)
-    if len(train_idx) == 0:
-        raise SamCacheError(f"{cache}: the training split is empty")
+    counts = open_cache(cache)["objects"].values
+    for name, idx in (("training", train_idx), ("validation", val_idx)):
+        if (len(idx) or name == "training") and counts[idx].sum() == 0:
+            raise SamCacheError(f"{cache}: the {name} split holds no objects ({len(idx)} samples); "
+                                "change --seed or --val-fraction, or add a `split` variable")
     img_size = decoder.img_size[0]
     make = lambda idx, k: ObjectSamples(cache, idx, c.prompt, k, img_size, c.seed, c.min_area,  # noqa: E731
                                         c.prompt_options)
