@@ -97,6 +97,20 @@ def mismatch(old: dict, new: dict) -> str | None:
     return None
 
 
+def staging(path: Path) -> Path:
+    """Where an --overwrite rebuild is written, beside the old cache, until it replaces it."""
+    return path.with_name(f".{path.name}.rebuild")
+
+
+def replace(staged: Path, path: Path) -> None:
+    """Swap a finished rebuild in for the old cache."""
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    path.rename(old)
+    staged.rename(path)
+    shutil.rmtree(old)
+
+
 def prepare(path: Path, attrs: dict, overwrite: bool, create_fn) -> zarr.Group:
     """Open `path` to add to it: new, resumed (same fingerprint), rebuilt (overwrite) or refused."""
     if path.exists():

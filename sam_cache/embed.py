@@ -167,7 +167,11 @@ def embed(
     attrs.update(label_kind=p.label_kind, class_names=p.class_names, checkpoint=mspec.checkpoint,
                  embedding_shape=list(encoder.embedding_shape), complete=False,
                  created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    group = C.prepare(output, attrs, overwrite, lambda path: C.create(
+    # An --overwrite rebuild goes to a staging folder and replaces the old cache only once it is complete,
+    # so a run that fails or is killed part way never costs the old cache.
+    rebuild = overwrite and output.exists()
+    target = C.staging(output) if rebuild else output
+    group = C.prepare(target, attrs, overwrite, lambda path: C.create(
         path, attrs, p, encoder.embedding_shape, dtype, shard_size, _sources_table(p)))
 
     todo = np.flatnonzero(~C.done_mask(group))
@@ -178,7 +182,9 @@ def embed(
     elapsed = time.perf_counter() - t0
     stats = {"last_run": {"seconds": round(elapsed, 2), "encoded": int(computed), "batch_size": batch_size,
                           "device": str(encoder.device)}}
-    C.finish(output, group, stats)
+    C.finish(target, group, stats)
+    if rebuild:
+        C.replace(target, output)
     return EmbedSummary(
         str(output), mspec.type, mspec.trained, len(p.tiles), int(computed), int(p.column("objects").sum()),
         C.size_on_disk(output), elapsed, computed / encode_s if computed else 0.0, len(p.skipped),

@@ -23,14 +23,24 @@ def default_device() -> torch.device:
 class Encoder:
     """Runs `sam.image_encoder` frozen, in inference mode, on uint8 tiles [B, H, W, 3] with valid sizes [B, 2]."""
 
-    def __init__(self, sam: Sam, device: str | torch.device | None = None, precision: str = "auto"):
+    def __init__(self, sam: Sam, device: str | torch.device | None = None, precision: str = "auto",
+                 fast: bool | None = None, compile: bool = False):
+        """`fast` (default: on CUDA) swaps in SDPA attention (fast_encoder.py) and, with bf16, keeps the
+        weights in bf16 instead of autocasting; `compile` adds torch.compile (static shapes)."""
         self.device = torch.device(device) if device else default_device()
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
         self.precision = precision
+        self.fast = self.device.type == "cuda" if fast is None else fast
         self.model = sam.image_encoder.to(self.device).eval().requires_grad_(False)
+        self.dtype = torch.bfloat16 if self.fast and precision == "bf16" else torch.float32
+        if self.fast:
+            from .fast_encoder import optimize
+
+            self.model = optimize(self.model).to(self.dtype)
+        self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
         self.img_size = sam.image_encoder.img_size
         self.resize = ResizeLongestSide(self.img_size)
         self.pixel_mean = sam.pixel_mean.to(self.device)
@@ -40,6 +50,7 @@ class Encoder:
             "img_size": self.img_size, "precision": precision,
             "pixel_mean": sam.pixel_mean.flatten().tolist(), "pixel_std": sam.pixel_std.flatten().tolist(),
             "resize": "longest side to img_size, bilinear, antialias, on the valid region",
+            "attention": "sdpa" if self.fast else "eager", "weights": str(self.dtype).replace("torch.", ""),
         }
 
     def input_size(self, h: int, w: int) -> tuple[int, int]:
@@ -62,9 +73,10 @@ class Encoder:
     def __call__(self, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, C, h, w] (float32) of uint8 tiles."""
         images = images.to(self.device, non_blocking=True)
-        x = self.preprocess(images, valid)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            return self.model(x).float()
+        x = self.preprocess(images, valid).to(self.dtype)
+        autocast = self.precision == "bf16" and self.dtype != torch.bfloat16
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+            return self.forward(x).float()
 
     def auto_batch_size(self, cap: int = 64) -> int:
         """Largest batch that fits in ~80% of free device memory, from a one-image probe; 2 on CPU."""

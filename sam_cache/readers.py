@@ -103,9 +103,19 @@ def read_array(path: str | Path) -> np.ndarray:
     return arr
 
 
-@lru_cache(maxsize=2)
 def read_cached(path: str) -> np.ndarray:
-    """read_array with a small per-process cache: the tiles of one image or volume are read back to back."""
+    """read_array with a small per-process cache (the tiles of one image or volume are read back to back),
+    keyed by the file's size and mtime too, so a file changed on disk is read again."""
+    try:
+        st = Path(path).stat()
+        stamp = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        stamp = None
+    return _read_cached(str(path), stamp)
+
+
+@lru_cache(maxsize=2)
+def _read_cached(path: str, stamp) -> np.ndarray:
     arr = read_array(path)
     arr.setflags(write=False)
     return arr

@@ -124,3 +124,27 @@ def test_tiny_checkpoint_loads_and_is_fingerprinted(tmp_path, tiny_checkpoint):
 def test_not_a_cache(tmp_path):
     r = CliRunner().invoke(app, ["info", str(tmp_path)])
     assert r.exit_code == 2 and "not a samcache cache" in r.output
+
+
+def test_a_rebuild_that_fails_midway_keeps_the_old_cache(tmp_path, monkeypatch):
+    from sam_cache.tiles import TileDataset
+
+    data = write_dataset(tmp_path / "data", [(64, 96)] * 4)
+    out = tmp_path / "c.zarr"
+    embed(data, out, shard_size=2)
+    before = sam_cache.open_cache(out).embedding.values
+    real = TileDataset.__getitem__
+
+    def flaky(self, i):
+        if i == 3:
+            raise InputError("im3.png", "changed on disk during the run")
+        return real(self, i)
+
+    monkeypatch.setattr(TileDataset, "__getitem__", flaky)
+    with pytest.raises(InputError, match="changed on disk"):
+        embed(data, out, shard_size=2, patch=32, overwrite=True)
+    np.testing.assert_array_equal(sam_cache.open_cache(out).embedding.values, before)
+    monkeypatch.setattr(TileDataset, "__getitem__", real)
+    rebuilt = embed(data, out, shard_size=2, patch=32, overwrite=True)
+    assert rebuilt.samples == 4 * 2 * 3 and sam_cache.open_cache(out).sizes["sample"] == 24
+    assert not any(p.name.startswith(".c.zarr") for p in tmp_path.iterdir())

@@ -1,0 +1,58 @@
+"""Figure 5: ablation throughput, prompts evaluated per second, and the share of time reading vs decoding.
+
+    python benchmarks/ablate_speed.py --model vit_b --n 8       # CPU (reuses finetune_speed.py's cache)
+    python benchmarks/ablate_speed.py --model vit_h --n 1980    # GPU
+
+A prompt is one object × strategy × checkpoint × seed decoded and scored at the tile's resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import zarr
+
+from common import save, table
+from finetune_speed import em_cache
+from sam_cache.cache import read_attrs
+from sam_cache.data import read_label
+from sam_cache.evaluate import load_checkpoint, score_samples
+from sam_cache.labels import objects
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="vit_b")
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--prompts", default="box,center-point,random-3-points")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    path = em_cache(args.model, args.n, args.device)
+    attrs = read_attrs(path)
+    decoders = {"base": load_checkpoint(attrs, "base").to(args.device)}
+    prompts = args.prompts.split(",")
+    idx = np.arange(args.n)
+    group = zarr.open_group(path, mode="r")
+    t = time.perf_counter()  # the reading part alone: embeddings, labels, objects
+    for i in idx:
+        np.asarray(group["embedding"][int(i)])
+        label, (h, w) = read_label(group, int(i))
+        objects(label[:h, :w], attrs["label_kind"], 1)
+    read = time.perf_counter() - t
+    score_samples(path, idx[:1], prompts, decoders, device=args.device)  # warm-up
+    t = time.perf_counter()
+    r = score_samples(path, idx, prompts, decoders, device=args.device)
+    total = time.perf_counter() - t
+    n_prompts = r.sizes["object"] * len(prompts) * len(decoders)
+    rows = [{"samples": args.n, "objects": r.sizes["object"], "prompts": n_prompts, "seconds": total,
+             "prompts_per_s": n_prompts / total, "read_share": read / total, "decode_share": 1 - read / total}]
+    print(f"{args.model} decoder on {args.device}, prompts {prompts}")
+    print(table(rows, ["samples", "objects", "prompts", "seconds", "prompts_per_s", "read_share", "decode_share"]))
+    print("results:", save(f"ablate_{args.model}_{torch.device(args.device).type}", vars(args), rows))
+
+
+if __name__ == "__main__":
+    main()
