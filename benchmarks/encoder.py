@@ -11,12 +11,13 @@ Random-init weights (speed does not depend on them).
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import numpy as np
 import torch
 from segment_anything import SamPredictor
 
-from common import save, sync, table, timed
+from common import save, table, timed
 from sam_cache.encoder import Encoder
 from sam_cache.models import load_sam
 
@@ -58,7 +59,7 @@ def main():
             if dev.type == "cuda":
                 tiles = tiles.pin_memory()
             valid = torch.tensor([[1024, 1024]] * bs)
-            t = timed(lambda: enc(tiles, valid), dev, repeats=args.repeats)
+            t = timed(partial(enc, tiles, valid), dev, repeats=args.repeats)
             ips = bs / t["median_s"]
             rows.append({"path": name, "batch": bs, "images_per_s": ips,
                          "TFLOPs": ips * flop if flop else None, "of_peak": ips * flop / peak if flop else None,

@@ -17,8 +17,7 @@ import zarr
 
 from .cache import read_attrs
 from .errors import SamCacheError
-from .evaluate import checkpoint_name, load_checkpoint, score_samples
-from .prompts import prompt_names
+from .evaluate import check_request, checkpoint_name, load_checkpoint, score_samples
 from .reports import write_reports
 
 ENGINE = "h5netcdf"
@@ -42,12 +41,7 @@ def ablate(cache, out, prompts=("box", "box-larger", "center-point", "random-poi
     Returns the results (lazily opened from results.nc).
     """
     cache, out = Path(cache), Path(out)
-    attrs = read_attrs(cache)
-    if attrs.get("label_kind") is None:
-        raise SamCacheError(f"{cache}: the cache holds no labels; there is nothing to score against")
-    unknown = [p for p in prompts if p not in prompt_names()]
-    if unknown:
-        raise SamCacheError(f"unknown prompt strategy {unknown[0]!r}; choose from {', '.join(prompt_names())}")
+    attrs = check_request(cache, prompts, mask_mode)
     names = [checkpoint_name(c) for c in checkpoints]
     if len(set(names)) != len(names):
         raise SamCacheError(f"checkpoint names must differ: {names}")

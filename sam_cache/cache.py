@@ -27,7 +27,6 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
-from . import __version__
 from .errors import CacheIncompleteError, CacheMismatchError, SamCacheError
 
 FORMAT = 1

@@ -74,9 +74,8 @@ def _classes(attrs: dict, group, source: int, ids: np.ndarray) -> list[str]:
     return ["object"] * len(ids)
 
 
-def score_samples(cache, indices, prompts, decoders: dict, seeds=(0,), mask_mode="best-iou", min_area=1,
-                  prompt_options=None, device="cpu") -> xr.Dataset:
-    """Scores of every object of `indices` for every prompt × decoder × seed, as an xarray Dataset."""
+def check_request(cache, prompts, mask_mode: str) -> dict:
+    """Refuse what cannot be scored, before any work: no labels, unknown prompts or mask mode."""
     attrs = read_attrs(cache)
     if attrs.get("label_kind") is None:
         raise SamCacheError(f"{cache}: the cache holds no labels; there is nothing to score against")
@@ -85,6 +84,13 @@ def score_samples(cache, indices, prompts, decoders: dict, seeds=(0,), mask_mode
         raise SamCacheError(f"unknown prompt strategy {unknown[0]!r}; choose from {', '.join(prompt_names())}")
     if mask_mode not in MASK_MODES:
         raise SamCacheError(f"unknown mask mode {mask_mode!r}; choose one of {', '.join(MASK_MODES)}")
+    return attrs
+
+
+def score_samples(cache, indices, prompts, decoders: dict, seeds=(0,), mask_mode="best-iou", min_area=1,
+                  prompt_options=None, device="cpu") -> xr.Dataset:
+    """Scores of every object of `indices` for every prompt × decoder × seed, as an xarray Dataset."""
+    attrs = check_request(cache, prompts, mask_mode)
     group = zarr.open_group(str(cache), mode="r")
     names = list(decoders)
     img_size = decoders[names[0]].img_size[0]

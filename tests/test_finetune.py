@@ -2,7 +2,6 @@
 
 import csv
 
-import numpy as np
 import pytest
 import torch
 from segment_anything import SamPredictor, sam_model_registry
