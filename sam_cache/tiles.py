@@ -88,14 +88,6 @@ def _hash_files(paths) -> str:
     return h.hexdigest()
 
 
-def _slices(arr: np.ndarray, axis: int | None):
-    if axis is None:
-        yield 0, arr
-    else:
-        for s in range(arr.shape[axis]):
-            yield s, np.take(arr, s, axis=axis)
-
-
 def _spatial(source: Source, spec: TileSpec):
     """Read and validate one source: image (spatial, channels), label, slicing axis."""
     image, has_channels = split_channels(np.asarray(read_cached(source.image)), source.image)
@@ -121,10 +113,9 @@ def _spatial(source: Source, spec: TileSpec):
 def scan(source: Source, index: int, spec: TileSpec) -> ScannedSource:
     image, spatial, axis, label = _spatial(source, spec)
     rows = []
-    label_slices = _slices(label, axis) if label is not None else None
-    for s, img2d in _slices(np.empty(spatial, dtype=bool), axis):
-        lab2d = next(label_slices)[1] if label_slices else None
-        h, w = img2d.shape
+    h, w = [n for i, n in enumerate(spatial) if i != axis]
+    for s in range(1 if axis is None else spatial[axis]):
+        lab2d = None if label is None else label if axis is None else np.take(label, s, axis=axis)
         ph, pw = spec.patch or (h, w)
         sy, sx = spec.stride or (ph, pw)
         for y0 in origins(h, ph, sy):
