@@ -61,6 +61,8 @@ def embed(
     batch_size: Optional[int] = typer.Option(None, help="Encoder batch; default from free device memory."),
     device: Optional[str] = typer.Option(None, help="cuda, cuda:1, cpu; default cuda if available."),
     precision: str = typer.Option("auto", help="Encoder precision: auto (bf16 on GPU, fp32 on CPU), fp32, bf16."),
+    fast: Optional[bool] = typer.Option(None, "--fast/--no-fast", help="SDPA attention (+ bf16 weights with "
+                                        "bf16); default on for CUDA."),
     shard_size: int = typer.Option(32, help="Samples per Zarr shard (the unit of writing and resuming)."),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes for reading tiles (default 1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild OUTPUT if it was made differently."),
@@ -78,7 +80,8 @@ def embed(
             fallback_tiny=fallback_tiny, images=images, labels=labels, patch=_pair(patch), stride=_pair(stride),
             axis=axis, skip_empty=skip_empty, label_kind=label_kind,
             intensity=sam_cache.Intensity.parse(intensity, window, percentiles), dtype=dtype,
-            batch_size=batch_size, device=device, precision=precision, shard_size=shard_size, workers=workers,
+            batch_size=batch_size, device=device, precision=precision, fast=fast, shard_size=shard_size,
+            workers=workers,
             overwrite=overwrite, skip_bad=skip_bad, progress=not quiet,
             log=lambda msg: typer.secho(msg, fg=typer.colors.YELLOW, err=True),
         )

@@ -124,6 +124,7 @@ def embed(
     batch_size: int | None = None,
     device: str | None = None,
     precision: str = "auto",
+    fast: bool | None = None,
     shard_size: int = 32,
     workers: int | None = None,
     overwrite: bool = False,
@@ -152,7 +153,7 @@ def embed(
     p = plan(sources, spec, skip_bad=skip_bad)
     sam, mspec = (load_sam_or_tiny(model, checkpoint, random_init, log) if fallback_tiny
                   else load_sam(model, checkpoint, random_init))
-    encoder = Encoder(sam, device, precision)
+    encoder = Encoder(sam, device, precision, fast=fast)
     del sam  # only the image encoder is needed here
     attrs = {
         "format": C.FORMAT, "version": __version__,
