@@ -1,6 +1,7 @@
 """The encoder stage and the cache: preprocessing, stored values, resume after SIGKILL, refusal."""
 
 import os
+from contextlib import nullcontext
 import signal
 import subprocess
 import sys
@@ -103,7 +104,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         if out.exists():  # whatever is marked done is right; nothing else claims to be valid
-            with pytest.raises(CacheIncompleteError) if not sam_cache.describe(out)["complete"] else _nullctx():
+            with pytest.raises(CacheIncompleteError) if not sam_cache.describe(out)["complete"] else nullcontext():
                 sam_cache.open_cache(out)
             part = sam_cache.open_cache(out, allow_partial=True)
             idx = np.flatnonzero(zarr.open_group(str(out), mode="r")["done"][:])
@@ -122,14 +123,6 @@ def assert_same_embeddings(got, want):
     ulp = np.spacing(np.abs(want.astype(np.float16)))
     assert (np.abs(got.astype(np.float32) - want.astype(np.float32)) <= ulp).all()
     assert (got == want).mean() > 0.99
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_em_cli_makes_120_samples_that_xarray_opens_lazily(data_root, tmp_path):

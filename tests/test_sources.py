@@ -88,3 +88,25 @@ def test_intensity_modes():
     assert to_uint8(f, Intensity().range(f))[0, :, 0].tolist() == [0, 128, 255]
     with pytest.raises(ValueError, match="preset"):
         Intensity.parse(window="nonsense")
+
+
+def test_zarr_volume_and_csv_manifest(tmp_path):
+    import zarr
+    from PIL import Image
+
+    vol = np.random.default_rng(0).random((5, 40, 30)).astype(np.float32)
+    lab = np.zeros((5, 40, 30), np.uint16)
+    lab[1:3, 5:15, 5:15] = 4
+    zarr.create_array(str(tmp_path / "vol.zarr"), data=vol)
+    zarr.create_array(str(tmp_path / "lab.zarr"), data=lab)
+    p = planned(tmp_path / "vol.zarr", None, str(tmp_path / "lab.zarr"), skip_empty=True)
+    assert len(p.tiles) == 2 and p.sources[0].axis == 0 and p.label_kind == "binary"
+    tile = TileDataset(p, [0])[0]
+    assert tile["image"].dtype == np.uint8 and tile["label"].max() == 1
+
+    for i in range(2):
+        Image.fromarray(np.full((20, 20), 9 * i, np.uint8)).save(tmp_path / f"a{i}.png")
+        Image.fromarray((np.arange(400).reshape(20, 20) % 3 == 0).astype(np.uint8)).save(tmp_path / f"m{i}.png")
+    (tmp_path / "list.csv").write_text("image,label\na0.png,m0.png\na1.png,m1.png\n")
+    p = planned(tmp_path / "list.csv")
+    assert len(p.sources) == 2 and p.sources[1].source.labels[0].endswith("m1.png")
