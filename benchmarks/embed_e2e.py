@@ -40,7 +40,7 @@ def main():
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=None, help="reader processes (default: samcache's)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     data = dataset(args.n, args.size)

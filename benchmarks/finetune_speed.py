@@ -96,7 +96,8 @@ def main():
     print(table(rows, ["way", "epoch_s", "read_s", "compute_s"]))
     print(f"from the cache: {ratio:.1f}x faster per epoch; read share of a cached step "
           f"{r_cache / (r_cache + c_cache):.1%}")
-    print("results:", save(f"finetune_{args.model}_{device.type}", vars(args), rows + [{"ratio": ratio}]))
+    name = f"finetune_{args.model}_{device.type}_k{args.objects_per_sample}"
+    print("results:", save(name, vars(args), rows + [{"ratio": ratio}]))
 
 
 if __name__ == "__main__":

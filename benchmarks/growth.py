@@ -69,7 +69,7 @@ def main():
             rows.append({"n": n, "stage": name, **r, "ms_per_sample": 1000 * r["seconds"] / n})
             print(rows[-1], flush=True)
     print(table(rows, ["n", "stage", "seconds", "ms_per_sample", "peak_rss_MiB"]))
-    print("results:", save("growth", vars(args), rows))
+    print("results:", save("growth_" + args.sizes.replace(",", "_"), vars(args), rows))
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def embed(
     fast: Optional[bool] = typer.Option(None, "--fast/--no-fast", help="SDPA attention (+ bf16 weights with "
                                         "bf16); default on for CUDA."),
     shard_size: int = typer.Option(32, help="Samples per Zarr shard (the unit of writing and resuming)."),
-    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes for reading tiles (default 1)."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes reading tiles (default: "
+                                          "0 on CPU, up to 4 with a GPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild OUTPUT if it was made differently."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or invalid files with a warning."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

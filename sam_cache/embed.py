@@ -8,6 +8,7 @@ uninterrupted one would.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -22,7 +23,6 @@ from torch.utils.data import DataLoader
 from . import __version__
 from . import cache as C
 from .encoder import Encoder
-from .errors import InputError
 from .intensity import Intensity
 from .models import load_sam, load_sam_or_tiny
 from .sources import discover
@@ -195,42 +195,38 @@ def embed(
 def _encode(encoder, p, group, todo, shard, batch_size, dtype, workers, progress) -> int:
     if len(todo) == 0:
         return 0
-    workers = 1 if workers is None else workers
+    if workers is None:  # on a CPU the encoder is the bottleneck: reading inline beats a spawned reader
+        workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if encoder.device.type == "cuda" else 0
     loader = DataLoader(
         TileDataset(p, np.arange(len(p.tiles))), batch_sampler=_batches(todo, shard, batch_size),
         num_workers=workers, multiprocessing_context="spawn" if workers else None,
         pin_memory=encoder.device.type == "cuda", persistent_workers=False,
     )
-    labelled = p.label_kind is not None
+    names = ("embedding", "image", "label") if p.label_kind is not None else ("embedding", "image")
     n = len(p.tiles)
     writer = _Writer(group)
     writer.start()
-    buffers: dict[int, dict] = {}
+    shards: dict[int, tuple[dict, list]] = {}  # shard -> (arrays being filled, [rows filled])
     bar = _progress(len(todo), progress)
     try:
-        for batch in loader:
+        for batch in loader:  # a batch lies inside one shard
             emb = encoder(batch["image"], batch["valid"]).to(getattr(torch, dtype)).cpu().numpy()
-            for row, index in enumerate(batch["index"].tolist()):
-                k = index // shard
-                start, stop = k * shard, min(n, (k + 1) * shard)
-                buf = buffers.setdefault(k, {"filled": 0, "arrays": {
-                    "embedding": np.zeros((stop - start, *emb.shape[1:]), emb.dtype),
-                    "image": np.zeros((stop - start, *batch["image"].shape[1:]), np.uint8),
-                    **({"label": np.zeros((stop - start, *batch["label"].shape[1:]), np.int32)} if labelled else {}),
-                }})
-                buf["arrays"]["embedding"][index - start] = emb[row]
-                buf["arrays"]["image"][index - start] = batch["image"][row].numpy()
-                if labelled:
-                    buf["arrays"]["label"][index - start] = batch["label"][row].numpy()
-                buf["filled"] += 1
-                if buf["filled"] == stop - start:
-                    writer.put((start, buffers.pop(k)["arrays"]))
-            bar.update(len(batch["index"]))
+            values = {"embedding": emb, "image": batch["image"].numpy(), "label": batch["label"].numpy()}
+            index = batch["index"].numpy()
+            k = int(index[0]) // shard
+            start, stop = k * shard, min(n, (k + 1) * shard)
+            arrays, filled = shards.setdefault(
+                k, ({m: np.zeros((stop - start, *values[m].shape[1:]), values[m].dtype) for m in names}, [0]))
+            for m in names:
+                arrays[m][index - start] = values[m]
+            filled[0] += len(index)
+            if filled[0] == stop - start:
+                writer.put((start, shards.pop(k)[0]))
+            bar.update(len(index))
     finally:
         writer.close()
         bar.close()
-    if buffers:  # cannot happen: the todo list holds whole shards
-        raise InputError(None, f"internal error: shards {sorted(buffers)} were left unfinished")
+    assert not shards, f"shards {sorted(shards)} left unfinished"  # the todo list holds whole shards
     return len(todo)
 
 

@@ -202,7 +202,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, best, start = state["history"], state["best"], state["epoch"] + 1
-    elif not history:
+    else:
         base = validate(decoder, val_data, device, c.multimask) if len(val_idx) else {"val_dice": float("nan")}
         history.append({"epoch": 0, "train_loss": float("nan"), **base, "seconds": 0.0, "read_wait_s": 0.0,
                         "lr": c.lr})
