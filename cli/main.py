@@ -137,8 +137,9 @@ def evaluate(
     cache: Path = typer.Argument(..., help="A cache with labels."),
     checkpoint: str = typer.Option("base", help="base (the cache's own SAM), a finetune run folder, or a SAM .pth."),
     prompt: str = typer.Option("box", help="Prompt strategy: " + ", ".join(prompt_names()) + "."),
-    split: str = typer.Option("all", help="all, train or val (the split finetune uses: by source, seeded)."),
-    val_fraction: float = typer.Option(0.2, help="Validation share of source files, for --split train/val."),
+    split: str = typer.Option("all", help="all, train or val: for a run folder, the run's own split; for other "
+                              "checkpoints, a seeded split by source file."),
+    val_fraction: float = typer.Option(0.2, help="Validation share of source files (checkpoints other than runs)."),
     mask: str = typer.Option("best-iou", help="single (SAM's single-mask output) or best-iou (best of 3)."),
     seed: int = typer.Option(0, help="Prompt seed."),
     min_area: int = typer.Option(1, help="Ignore objects smaller than this many pixels."),

@@ -167,7 +167,9 @@ def per_group(results: xr.Dataset, by: str) -> pd.DataFrame:
 def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = "all", seed: int = 0,
              mask_mode: str = "best-iou", min_area: int = 1, val_fraction: float = 0.2, split_seed: int = 0,
              prompt_options=None, device: str | None = None, base_checkpoint=None) -> xr.Dataset:
-    """Score one decoder with one prompt strategy on every object of a split (all, train or val)."""
+    """Score one decoder with one prompt strategy on every object of a split (all, train or val).
+
+    For a finetune run folder, train/val are the run's own split (its val_fraction, seed and split mode)."""
     from .finetune import split_samples
 
     attrs = read_attrs(cache)
@@ -176,7 +178,12 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
     if split == "all":
         indices = np.arange(n)
     elif split in ("train", "val"):
-        train, val = split_samples(cache, val_fraction, split_seed)
+        how = "source"
+        run_config = Path(checkpoint) / "config.json"
+        if run_config.exists():  # score the run on the very split it was trained and validated on
+            config = json.loads(run_config.read_text())
+            val_fraction, split_seed, how = config["val_fraction"], config["seed"], config["split"]
+        train, val = split_samples(cache, val_fraction, split_seed, how)
         indices = train if split == "train" else val
     else:
         raise SamCacheError(f"unknown split {split!r}; choose all, train or val")

@@ -23,7 +23,7 @@ from . import __version__
 from .cache import open_cache, read_attrs
 from .data import ObjectSamples, loader, low_res_targets
 from .errors import SamCacheError
-from .inference import decode_batch, masks_at_tile_size
+from .inference import choose, decode_batch, masks_at_tile_size
 from .metrics import scores
 from .models import load_decoder, load_sam, load_state_dict
 from .prompts import prompt_names
@@ -151,8 +151,7 @@ def validate(decoder, data, device, multimask: bool) -> dict:
         if batch["masks"].shape[1] == 0:  # a background tile: no object to prompt
             continue
         logits, iou_pred = decode_batch(decoder, batch, multimask, device)
-        best = iou_pred.argmax(-1)
-        chosen = torch.take_along_dim(logits, best[..., None, None, None], dim=2).squeeze(2).float()
+        chosen = choose(logits, iou_pred).float()
         for b, pred in enumerate(masks_at_tile_size(decoder, chosen, batch["valid_size"])):
             h, w = batch["valid_size"][b].tolist()
             keep = batch["prompt_valid"][b]

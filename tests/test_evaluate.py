@@ -142,3 +142,13 @@ def test_cli_evaluate_and_ablate(rect_cache, run, tmp_path):
                                  f"base,{run}", "--seeds", "2", "-o", str(tmp_path / "abl"), "-q", "--examples", "0"])
     assert r.exit_code == 0, r.output
     assert "| box |" in r.output and "run vs base" in r.output
+
+
+def test_val_split_of_a_run_is_the_runs_own(rect_cache, tmp_path):
+    from sam_cache.finetune import split_samples
+
+    run = tmp_path / "run"
+    sam_cache.finetune(rect_cache, run, sam_cache.FinetuneConfig(epochs=1, val_fraction=0.5, seed=3), progress=False)
+    r = sam_cache.evaluate(rect_cache, str(run), "box", split="val")
+    _, val = split_samples(rect_cache, 0.5, 3)
+    assert sorted(set(r.sample.values.tolist())) == sorted(val.tolist())

@@ -14,7 +14,7 @@ from sam_cache.data import ObjectSamples, loader
 from sam_cache.errors import CheckpointError, SamCacheError
 from sam_cache.finetune import FinetuneConfig, mask_losses, split_samples
 from sam_cache.inference import predict_masks
-from sam_cache.models import load_decoder, load_sam
+from sam_cache.models import build_tiny, load_decoder, load_sam, save_checkpoint
 
 from .conftest import write_dataset
 
@@ -41,22 +41,25 @@ def test_finetuning_beats_the_untrained_decoder_on_a_synthetic_task(rect_cache, 
     assert weights and all(k.startswith("mask_decoder.") for k in weights)
 
 
-def test_finetune_on_real_nuclei_data(data_root, micro_checkpoint, tmp_path):
-    """Real data end to end: StarDist nuclei cut into 64² patches, split by file (the 256² image validates).
+def test_finetuning_beats_the_untrained_decoder_on_real_nuclei(data_root, tmp_path):
+    """StarDist nuclei (real DSB2018 images and instance labels) cut into 64² patches, split by file: seed 3
+    trains on the 512² image (64 patches) and validates on the other (16 patches).
 
-    This checks that training on real data runs and fits the training objects; it does not claim a val
-    Dice margin: a random-init decoder does not learn to follow box prompts on these objects in a few
-    hundred steps (see the closing note), and no pretrained SAM weights can be downloaded here."""
+    The model is `tiny` at a 256² input with SAM's decoder width (256 channels, 16×16 embeddings): a
+    random-init decoder this wide learns to follow box prompts within a few hundred steps, where one of 32
+    channels does not (see the closing note of this change)."""
+    torch.manual_seed(7)
+    ckpt = save_checkpoint(build_tiny(img_size=256), tmp_path / "tiny256.pth")
     cache = tmp_path / "nuclei.zarr"
     sam_cache.embed(data_root / "nuclei-stardist", cache, images="**/img2d.tif", labels="**/mask2d.tif",
-                    model="tiny", checkpoint=micro_checkpoint, patch=64, workers=0, progress=False)
-    r = sam_cache.finetune(cache, tmp_path / "run", FinetuneConfig(epochs=10, lr=3e-3, val_fraction=0.5, seed=1),
+                    model="tiny", checkpoint=ckpt, patch=64, workers=0, progress=False)
+    train, val = split_samples(cache, 0.5, seed=3)
+    assert (len(train), len(val)) == (64, 16)
+    r = sam_cache.finetune(cache, tmp_path / "run", FinetuneConfig(epochs=10, lr=1e-3, val_fraction=0.5, seed=3),
                            progress=False)
+    assert r.best_val_dice > r.base_val_dice + 0.15, r
     m = rows(tmp_path / "run")
-    assert len(m) == 11 and int(m[0]["val_objects"]) > 100
-    losses = [float(x["train_loss"]) for x in m[1:]]
-    assert losses[-1] < 0.85 * losses[0]
-    assert 0 <= r.best_val_dice <= 1 and r.best_val_dice == max(float(x["val_dice"]) for x in m[1:])
+    assert int(m[0]["val_objects"]) > 30 and float(m[-1]["train_loss"]) < float(m[1]["train_loss"])
 
 
 def test_split_is_by_source_file(rect_cache):
