@@ -35,13 +35,13 @@ class ObjectSamples(torch.utils.data.Dataset):
     """
 
     def __init__(self, path, indices, prompt: str, k: int | None, img_size: int, seed: int = 0,
-                 min_area: int = 1, prompt_options: dict | None = None, epoch: int = 0, with_embedding=True):
+                 min_area: int = 1, prompt_options: dict | None = None, epoch: int = 0):
         attrs = read_attrs(path)
         if attrs.get("label_kind") is None:
             raise SamCacheError(f"{path}: the cache holds no labels; embed a dataset with labels to train or score")
         self.path, self.indices, self.prompt, self.k = str(path), np.asarray(indices), prompt, k
         self.kind, self.img_size, self.seed, self.min_area = attrs["label_kind"], img_size, seed, min_area
-        self.options, self.epoch, self.with_embedding = prompt_options or {}, epoch, with_embedding
+        self.options, self.epoch = prompt_options or {}, epoch
         self._group = None
 
     def __len__(self):
@@ -59,7 +59,7 @@ class ObjectSamples(torch.utils.data.Dataset):
     def __getitem__(self, i):
         index = int(self.indices[i])
         g = self.group
-        label, (h, w) = read_label(g, index)
+        label, (h, w) = stored_label(g, index)
         masks, ids = objects(label[:h, :w], self.kind, self.min_area)
         gen = sample_generator(self.seed, self.epoch, index)
         if self.k is not None and len(ids) > self.k:
@@ -71,7 +71,7 @@ class ObjectSamples(torch.utils.data.Dataset):
         H, W = label.shape
         full = torch.zeros(k, H, W, dtype=torch.bool)
         full[:n, :h, :w] = masks
-        item = {
+        return {
             "index": index, "n": n, "valid_size": torch.tensor([h, w]),
             "masks": full, "ids": _pad(torch.from_numpy(ids.astype(np.int64)), k),
             "areas": _pad(masks.flatten(1).sum(1), k),
@@ -79,13 +79,11 @@ class ObjectSamples(torch.utils.data.Dataset):
             "points": _pad(prompts.points, k) if prompts.points is not None else torch.zeros(k, 0, 2),
             "labels": _pad(prompts.labels, k, -1) if prompts.labels is not None else torch.zeros(k, 0, dtype=torch.int64),
             "boxes": _pad(prompts.boxes, k) if prompts.boxes is not None else torch.zeros(k, 0),
+            "embedding": torch.from_numpy(np.asarray(g["embedding"][index])),
         }
-        if self.with_embedding:
-            item["embedding"] = torch.from_numpy(np.asarray(g["embedding"][index]))
-        return item
 
 
-def read_label(group, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+def stored_label(group, index: int) -> tuple[np.ndarray, tuple[int, int]]:
     """A sample's stored label (canvas) and its valid size."""
     return np.asarray(group["label"][index]), (int(group["valid_h"][index]), int(group["valid_w"][index]))
 

@@ -19,7 +19,7 @@ import xarray as xr
 import zarr
 
 from .cache import read_attrs
-from .data import read_label, sample_generator
+from .data import stored_label, sample_generator
 from .errors import CheckpointError, SamCacheError
 from .inference import MASK_MODES, choose, masks_at_tile_size
 from .labels import objects
@@ -97,7 +97,7 @@ def score_samples(cache, indices, prompts, decoders: dict, seeds=(0,), mask_mode
     P, C, S = len(prompts), len(names), len(seeds)
     rows, values, valid = [], [], []
     for index in np.asarray(indices, dtype=int):
-        label, (h, w) = read_label(group, index)
+        label, (h, w) = stored_label(group, index)
         masks, ids = objects(label[:h, :w], attrs["label_kind"], min_area)
         if len(ids) == 0:
             continue

@@ -68,7 +68,7 @@ def examples_figure(results: xr.Dataset, cache, path: Path, n: int, device, base
     import zarr
 
     from .cache import read_attrs
-    from .data import read_label, sample_generator
+    from .data import stored_label, sample_generator
     from .evaluate import checkpoint_name, load_checkpoint
     from .inference import choose, masks_at_tile_size
     from .labels import objects
@@ -83,7 +83,7 @@ def examples_figure(results: xr.Dataset, cache, path: Path, n: int, device, base
     fig, axes = plt.subplots(len(samples), 2 + len(decoders), figsize=(3 * (2 + len(decoders)), 3 * len(samples)),
                              squeeze=False)
     for row, index in zip(axes, samples):
-        label, (h, w) = read_label(group, index)
+        label, (h, w) = stored_label(group, index)
         masks, _ = objects(label[:h, :w], attrs["label_kind"], int(results.attrs.get("min_area", 1)))
         image = np.asarray(group["image"][index])[:h, :w]
         true = torch.from_numpy(masks)
