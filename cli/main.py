@@ -143,21 +143,22 @@ def evaluate(
     mask: str = typer.Option("best-iou", help="single (SAM's single-mask output) or best-iou (best of 3)."),
     seed: int = typer.Option(0, help="Prompt seed."),
     min_area: int = typer.Option(1, help="Ignore objects smaller than this many pixels."),
-    per: Optional[str] = typer.Option(None, help="Also print means per `class` or per `sample` (image)."),
+    per: Optional[str] = typer.Option(None, help="Also print means per `class`, `source` (image file) or `sample` "
+                                      "(tile)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write per-object results (.nc) here."),
     device: Optional[str] = typer.Option(None, help="cuda or cpu; default cuda if available."),
     base_checkpoint: Optional[Path] = typer.Option(None, help="The cache's SAM checkpoint, if it moved."),
 ):
     """Score one decoder and one prompt strategy on every object: Dice, IoU, precision, recall."""
+    fmt = lambda v: f"{v:.4f}"  # noqa: E731
     try:
         results = sam_cache.evaluate(cache, checkpoint, prompt, split, seed, mask, min_area, val_fraction,
                                      device=device, base_checkpoint=base_checkpoint)
+        typer.echo(sam_cache.summarize(results).drop(columns=["seed"]).to_string(index=False, float_format=fmt))
+        if per:
+            typer.echo(sam_cache.per_group(results, per).to_string(index=False, float_format=fmt))
     except (SamCacheError, ValueError) as e:
         _fail(e)
-    summary = sam_cache.summarize(results)
-    typer.echo(summary.drop(columns=["seed"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if per:
-        typer.echo(sam_cache.per_group(results, per).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if out:
         results.to_netcdf(out, engine="h5netcdf")
         typer.echo(f"per-object results: {out}")

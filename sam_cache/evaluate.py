@@ -158,7 +158,10 @@ def summarize(results: xr.Dataset) -> pd.DataFrame:
 
 
 def per_group(results: xr.Dataset, by: str) -> pd.DataFrame:
-    """Mean scores and object counts per `class` or per `sample` (image), for each prompt × checkpoint."""
+    """Mean scores and object counts per `class`, `source` (image file) or `sample` (tile), for each
+    prompt × checkpoint."""
+    if by not in ("class", "source", "sample"):
+        raise SamCacheError(f"cannot group by {by!r}; choose class, source or sample")
     df = results[list(METRICS)].to_dataframe().reset_index().dropna(subset=["dice"])
     g = df.groupby(["prompt", "checkpoint", by])
     return g[list(METRICS)].mean().join(g.size().rename("objects")).reset_index()

@@ -135,7 +135,7 @@ def test_bad_input(rect_cache, tmp_path, tiny_checkpoint):
 
 def test_cli_evaluate_and_ablate(rect_cache, run, tmp_path):
     r = CliRunner().invoke(app, ["evaluate", str(rect_cache), "--checkpoint", str(run), "--split", "val",
-                                 "--per", "sample", "-o", str(tmp_path / "e.nc")])
+                                 "--per", "source", "-o", str(tmp_path / "e.nc")])
     assert r.exit_code == 0, r.output
     assert "dice" in r.output and "objects" in r.output and (tmp_path / "e.nc").exists()
     r = CliRunner().invoke(app, ["ablate", str(rect_cache), "--prompts", "box,center-point", "--checkpoints",
