@@ -18,7 +18,7 @@ import zarr
 from common import save, table
 from finetune_speed import em_cache
 from sam_cache.cache import read_attrs
-from sam_cache.data import stored_label
+from sam_cache.data import sample_table, stored_label
 from sam_cache.evaluate import load_checkpoint, score_samples
 from sam_cache.labels import objects
 
@@ -37,9 +37,10 @@ def main():
     idx = np.arange(args.n)
     group = zarr.open_group(path, mode="r")
     t = time.perf_counter()  # the reading part alone: embeddings, labels, objects
+    coords = sample_table(group)
     for i in idx:
         np.asarray(group["embedding"][int(i)])
-        label, (h, w) = stored_label(group, int(i))
+        label, (h, w) = stored_label(group, coords, int(i))
         objects(label[:h, :w], attrs["label_kind"], 1)
     read = time.perf_counter() - t
     score_samples(path, idx[:1], prompts, decoders, device=args.device)  # warm-up

@@ -73,8 +73,7 @@ def create(path: Path, attrs: dict, plan, embedding_shape, dtype: str, shard: in
     if plan.label_kind is not None:
         _array(group, "label", (n, H, W), (1, H, W), (shard, H, W), "int32",
                ("sample", "height", "width"), PIXEL_CODEC, coords)
-    columns = dict(zip(("source", "slice", "y0", "x0", "valid_h", "valid_w", "objects"), plan.tiles.T))
-    for name, values in columns.items():
+    for name, values in zip(SAMPLE_COORDS, plan.tiles.T):
         _array(group, name, (n,), (n,), None, "int32", ("sample",))[:] = values.astype(np.int32)
     _array(group, "done", (n,), (shard,), None, "bool", ("sample",))
     for name, values in sources_table.items():

@@ -42,24 +42,25 @@ class ObjectSamples(torch.utils.data.Dataset):
         self.path, self.indices, self.prompt, self.k = str(path), np.asarray(indices), prompt, k
         self.kind, self.img_size, self.seed, self.min_area = attrs["label_kind"], img_size, seed, min_area
         self.options, self.epoch = prompt_options or {}, epoch
-        self._group = None
+        self._group = self._table = None
 
     def __len__(self):
         return len(self.indices)
 
     def __getstate__(self):  # never pickle an open store into a worker
-        return {**self.__dict__, "_group": None}
+        return {**self.__dict__, "_group": None, "_table": None}
 
     @property
     def group(self):
         if self._group is None:
             self._group = zarr.open_group(self.path, mode="r")
+            self._table = sample_table(self._group)
         return self._group
 
     def __getitem__(self, i):
         index = int(self.indices[i])
         g = self.group
-        label, (h, w) = stored_label(g, index)
+        label, (h, w) = stored_label(g, self._table, index)
         masks, ids = objects(label[:h, :w], self.kind, self.min_area)
         gen = sample_generator(self.seed, self.epoch, index)
         if self.k is not None and len(ids) > self.k:
@@ -83,9 +84,15 @@ class ObjectSamples(torch.utils.data.Dataset):
         }
 
 
-def stored_label(group, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+def sample_table(group) -> dict[str, np.ndarray]:
+    """The per-sample coordinates a reader needs, read once: each is a single chunk holding every sample,
+    so reading one element per sample would decode the whole array again and again."""
+    return {name: np.asarray(group[name][:]) for name in ("source", "valid_h", "valid_w")}
+
+
+def stored_label(group, table: dict, index: int) -> tuple[np.ndarray, tuple[int, int]]:
     """A sample's stored label (canvas) and its valid size."""
-    return np.asarray(group["label"][index]), (int(group["valid_h"][index]), int(group["valid_w"][index]))
+    return np.asarray(group["label"][index]), (int(table["valid_h"][index]), int(table["valid_w"][index]))
 
 
 def _pad(t: torch.Tensor, k: int, value=0) -> torch.Tensor:

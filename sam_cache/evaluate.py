@@ -19,7 +19,7 @@ import xarray as xr
 import zarr
 
 from .cache import read_attrs
-from .data import stored_label, sample_generator
+from .data import sample_generator, sample_table, stored_label
 from .errors import CheckpointError, SamCacheError
 from .inference import MASK_MODES, choose, masks_at_tile_size
 from .labels import objects
@@ -92,17 +92,18 @@ def score_samples(cache, indices, prompts, decoders: dict, seeds=(0,), mask_mode
     """Scores of every object of `indices` for every prompt × decoder × seed, as an xarray Dataset."""
     attrs = check_request(cache, prompts, mask_mode)
     group = zarr.open_group(str(cache), mode="r")
+    table = sample_table(group)
     names = list(decoders)
     img_size = decoders[names[0]].img_size[0]
     P, C, S = len(prompts), len(names), len(seeds)
     rows, values, valid = [], [], []
     for index in np.asarray(indices, dtype=int):
-        label, (h, w) = stored_label(group, index)
+        label, (h, w) = stored_label(group, table, index)
         masks, ids = objects(label[:h, :w], attrs["label_kind"], min_area)
         if len(ids) == 0:
             continue
         emb = torch.from_numpy(np.asarray(group["embedding"][index]))[None].to(device).float()  # one read
-        source = int(group["source"][index])
+        source = int(table["source"][index])
         true = torch.from_numpy(masks)
         out = np.full((len(ids), P, C, S, len(METRICS)), np.nan, np.float32)
         ok = np.zeros((len(ids), P, S), bool)

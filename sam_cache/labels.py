@@ -62,8 +62,12 @@ def read_label(paths, names, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def detect_kind(nonzero_values: list[np.ndarray], any_volume: bool) -> str:
-    if all(len(v) <= 1 for v in nonzero_values):
+def detect_kind(values_per_file: list[int], mask_files: bool, any_volume: bool) -> str:
+    """The `auto` rule: instance for mask files; binary when every label file holds at most one non-zero
+    value; class for NIfTI volumes; instance otherwise."""
+    if mask_files:
+        return "instance"
+    if all(v <= 1 for v in values_per_file):
         return "binary"
     return "class" if any_volume else "instance"
 

@@ -68,7 +68,7 @@ def examples_figure(results: xr.Dataset, cache, path: Path, n: int, device, base
     import zarr
 
     from .cache import read_attrs
-    from .data import stored_label, sample_generator
+    from .data import sample_generator, sample_table, stored_label
     from .evaluate import checkpoint_name, load_checkpoint
     from .inference import choose, masks_at_tile_size
     from .labels import objects
@@ -78,12 +78,13 @@ def examples_figure(results: xr.Dataset, cache, path: Path, n: int, device, base
     if not samples:
         return
     attrs, group = read_attrs(cache), zarr.open_group(str(cache), mode="r")
+    table = sample_table(group)
     prompt, seed = str(results.prompt.values[0]), int(results.seed.values[0])
     decoders = {checkpoint_name(c): load_checkpoint(attrs, c, base_checkpoint).to(device) for c in checkpoints}
     fig, axes = plt.subplots(len(samples), 2 + len(decoders), figsize=(3 * (2 + len(decoders)), 3 * len(samples)),
                              squeeze=False)
     for row, index in zip(axes, samples):
-        label, (h, w) = stored_label(group, index)
+        label, (h, w) = stored_label(group, table, index)
         masks, _ = objects(label[:h, :w], attrs["label_kind"], int(results.attrs.get("min_area", 1)))
         image = np.asarray(group["image"][index])[:h, :w]
         true = torch.from_numpy(masks)

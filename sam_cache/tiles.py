@@ -112,6 +112,9 @@ def _spatial(source: Source, spec: TileSpec):
 
 def scan(source: Source, index: int, spec: TileSpec) -> ScannedSource:
     image, spatial, axis, label = _spatial(source, spec)
+    values = int((np.unique(label) > 0).sum()) if label is not None else 0
+    # connected components are only needed where the labels may turn out binary
+    binary_possible = spec.label_kind == "binary" or (spec.label_kind == "auto" and values <= 1 and not source.names)
     rows = []
     h, w = [n for i, n in enumerate(spatial) if i != axis]
     for s in range(1 if axis is None else spatial[axis]):
@@ -125,11 +128,11 @@ def scan(source: Source, index: int, spec: TileSpec) -> ScannedSource:
                     n_ids = n_cc = 0
                 else:
                     t = lab2d[y0:y0 + th, x0:x0 + tw]
-                    n_ids, n_cc = L.count_objects(t, "instance"), L.count_objects(t, "binary")
+                    n_ids = L.count_objects(t, "instance")
+                    n_cc = L.count_objects(t, "binary") if binary_possible else 0
                     if spec.skip_empty and n_ids == 0:
                         continue
                 rows.append((index, s, y0, x0, th, tw, n_ids, n_cc))
-    values = int((np.unique(label) > 0).sum()) if label is not None else 0
     return ScannedSource(
         source, spatial, axis, spec.intensity.range(image), _hash_files((source.image, *source.labels)),
         values, np.array(rows, dtype=np.int64).reshape(-1, 8),
@@ -164,11 +167,8 @@ def plan(sources: list[Source], spec: TileSpec, skip_bad: bool = False, workers:
     if labelled:
         kind = spec.label_kind
         if kind == "auto":
-            if any(s.source.names for s in scanned):
-                kind = "instance"
-            else:
-                kind = "binary" if all(s.label_values <= 1 for s in scanned) else (
-                    "class" if any(is_volume_format(s.source.image) for s in scanned) else "instance")
+            kind = L.detect_kind([s.label_values for s in scanned], any(s.source.names for s in scanned),
+                                 any(is_volume_format(s.source.image) for s in scanned))
     tiles = np.concatenate([s.tiles for s in scanned])
     objects = tiles[:, 7] if kind == "binary" else tiles[:, 6]
     tiles = np.concatenate([tiles[:, :6], objects[:, None]], axis=1)
