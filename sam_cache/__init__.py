@@ -1,16 +1,22 @@
-"""samcache: run SAM's frozen image encoder once, cache the embeddings in Zarr, train and score decoders from it."""
+"""samcache: run SAM's frozen image encoder once, cache the embeddings in Zarr, train and score decoders from it.
 
-__version__ = "0.1.0"
+The data flow, one sub-package each: ingest (sources -> tiles) -> encode (encoder -> cache) -> store (the
+cache's schema, fingerprint, writer and reader) -> decode (prompts -> decoder -> masks) -> train ->
+eval (metrics, runner) -> reports. `runs` owns a finetune's run folder.
+"""
 
-from .ablate import ablate
-from .cache import open_cache
-from .embed import EmbedSummary, embed
-from .evaluate import evaluate, per_group, summarize
-from .finetune import FinetuneConfig, FinetuneResult, finetune
-from .info import describe, format_info
-from .intensity import Intensity
+__version__ = "0.2.0"
+
+from .encode.embed import EmbedSummary, embed
+from .eval.ablate import ablate
+from .eval.aggregate import per_group, summarize
+from .eval.evaluate import evaluate
+from .ingest.intensity import Intensity
+from .store.info import describe, format_info, verify
+from .store.reader import CacheReader, open_cache
+from .train.finetune import FinetuneConfig, FinetuneResult, finetune
 
 __all__ = [
-    "EmbedSummary", "FinetuneConfig", "FinetuneResult", "Intensity", "ablate", "describe", "embed", "evaluate",
-    "finetune", "format_info", "open_cache", "per_group", "summarize", "__version__",
+    "CacheReader", "EmbedSummary", "FinetuneConfig", "FinetuneResult", "Intensity", "ablate", "describe", "embed",
+    "evaluate", "finetune", "format_info", "open_cache", "per_group", "summarize", "verify", "__version__",
 ]

@@ -1,4 +1,7 @@
-"""Errors samcache raises for bad input: each names the file and says what is wrong."""
+"""Errors samcache raises for what a user can fix: each names the file, option or cache, and what is wrong.
+
+The CLI prints any `SamCacheError` as one line and exits with code 2.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +21,12 @@ class InputError(SamCacheError):
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
 
+class OptionError(SamCacheError, ValueError):
+    """An option's value is not one of its choices, or out of range."""
+
+
 class CheckpointError(SamCacheError):
-    """A SAM checkpoint is missing, corrupt or of another model type."""
+    """A SAM checkpoint or a finetune run folder is missing, corrupt, unsafe or of another model."""
 
 
 class CacheMismatchError(SamCacheError):
@@ -28,3 +35,15 @@ class CacheMismatchError(SamCacheError):
 
 class CacheIncompleteError(SamCacheError):
     """A cache that has not finished writing was opened as if it had."""
+
+
+class CacheCorruptError(SamCacheError):
+    """A chunk of a cache is missing or fails its checksum."""
+
+
+class CacheLockedError(SamCacheError):
+    """Another process is writing the cache."""
+
+
+class DiskFullError(SamCacheError):
+    """The device ran out of space while writing; what was committed before is kept."""

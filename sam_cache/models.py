@@ -242,20 +242,15 @@ def save_checkpoint(sam: torch.nn.Module, path: str | Path) -> Path:
 
 
 def _prompt_modules(model_type: str, state: dict | None):
-    """PromptEncoder + MaskDecoder as segment_anything's builders make them (the same for vit_b/l/h), or as
-    the tiny checkpoint's shapes say. No image encoder is built."""
+    """PromptEncoder + MaskDecoder as segment_anything's registry builds them for `model_type` (or as the tiny
+    checkpoint's shapes say), with uninitialised weights for the caller to load. The registry builds on
+    the meta device, so the image encoder costs no memory and no time."""
     if model_type == "tiny":
         sam = build_tiny(**(tiny_config(state) if state else {}))  # tiny's encoder is negligible
         return sam.prompt_encoder, sam.mask_decoder
-    embed, size, patch = 256, 1024, 16
-    prompt_encoder = PromptEncoder(embed_dim=embed, image_embedding_size=(size // patch, size // patch),
-                                   input_image_size=(size, size), mask_in_chans=16)
-    mask_decoder = MaskDecoder(
-        num_multimask_outputs=3,
-        transformer=TwoWayTransformer(depth=2, embedding_dim=embed, mlp_dim=2048, num_heads=8),
-        transformer_dim=embed, iou_head_depth=3, iou_head_hidden_dim=256,
-    )
-    return prompt_encoder, mask_decoder
+    with torch.device("meta"):
+        sam = sam_model_registry[model_type](checkpoint=None)
+    return sam.prompt_encoder.to_empty(device="cpu"), sam.mask_decoder.to_empty(device="cpu")
 
 
 def load_decoder(model: dict, checkpoint: str | Path | None = None):
@@ -265,7 +260,7 @@ def load_decoder(model: dict, checkpoint: str | Path | None = None):
     models are rebuilt from their seed (the whole model once, to replay the seeded init; its image
     encoder is dropped at once and never run). Returns (PromptDecoder, ModelSpec).
     """
-    from .decoder import PromptDecoder
+    from .decode.decoder import PromptDecoder
 
     model_type, want = model["type"], model["checkpoint_sha256"]
     if want.startswith("random-init:"):

@@ -127,7 +127,7 @@ def test_not_a_cache(tmp_path):
 
 
 def test_a_rebuild_that_fails_midway_keeps_the_old_cache(tmp_path, monkeypatch):
-    from sam_cache.tiles import TileDataset
+    from sam_cache.ingest.tiles import TileDataset
 
     data = write_dataset(tmp_path / "data", [(64, 96)] * 4)
     out = tmp_path / "c.zarr"
@@ -147,4 +147,8 @@ def test_a_rebuild_that_fails_midway_keeps_the_old_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(TileDataset, "__getitem__", real)
     rebuilt = embed(data, out, shard_size=2, patch=32, overwrite=True)
     assert rebuilt.samples == 4 * 2 * 3 and sam_cache.open_cache(out).sizes["sample"] == 24
-    assert not any(p.name.startswith(".c.zarr") for p in tmp_path.iterdir())
+    # no staging or old copy is left; only the writer's lock file stays beside the cache, and it is free
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".c.zarr")] == [".c.zarr.lock"]
+    from sam_cache.store.writer import Lock
+
+    Lock(out).acquire().release()

@@ -17,7 +17,7 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from sam_cache.decoder import PromptDecoder, decode, upscale_masks
+from sam_cache.decode.decoder import PromptDecoder, decode, upscale_masks
 from sam_cache.models import load_sam
 
 B, K, P = 3, 4, 3
@@ -120,7 +120,7 @@ def _check_against_stock(sam, data, kind, multimask, all_k=True):
     _, h, w, _, _ = _dims(sam)
     M = sam.mask_decoder.num_multimask_outputs if multimask else 1
     with torch.no_grad():
-        logits, iou = decode(sam.prompt_encoder, sam.mask_decoder, emb, multimask=multimask, n_prompts=k_, **kw)
+        logits, iou, _ = decode(sam.prompt_encoder, sam.mask_decoder, emb, multimask=multimask, n_prompts=k_, **kw)
         assert logits.shape == (b, k_, M, 4 * h, 4 * w)
         assert iou.shape == (b, k_, M)
         worst = 0.0
@@ -166,9 +166,9 @@ def test_one_pass_is_b_times_k_rows_not_b_squared(sam, data):
 def test_none_uses_n_prompts(sam, data):
     emb = data[0]
     with torch.no_grad():
-        logits, iou = decode(sam.prompt_encoder, sam.mask_decoder, emb)
+        logits, iou, _ = decode(sam.prompt_encoder, sam.mask_decoder, emb)
         assert logits.shape[:2] == (B, 1) and iou.shape[:2] == (B, 1)
-        logits5, _ = decode(sam.prompt_encoder, sam.mask_decoder, emb, n_prompts=5)
+        logits5, _, _ = decode(sam.prompt_encoder, sam.mask_decoder, emb, n_prompts=5)
     assert logits5.shape[:2] == (B, 5)
     assert torch.allclose(logits5, logits.expand_as(logits5), atol=ATOL)
 
@@ -185,7 +185,7 @@ def test_matches_sam_predictor_incl_upscaled(request, model, b, k, multimask):
     input_size = predictor.transform.get_preprocess_shape(*original_size, H)
     pd = PromptDecoder.from_sam(sam)
     with torch.no_grad():
-        logits, iou = pd(emb, boxes=boxes, multimask=multimask)
+        logits, iou, _ = pd(emb, boxes=boxes, multimask=multimask)
         up_sam = upscale_masks(sam, logits, input_size, original_size)  # [B, K, M, *original_size]
         assert up_sam.shape == (*logits.shape[:3], *original_size)
         worst = 0.0
@@ -209,7 +209,7 @@ def test_gradients_reach_mask_decoder_with_frozen_prompt_encoder(sam, data):
     pd = PromptDecoder.from_sam(copy.deepcopy(sam)).train()
     pd.prompt_encoder.requires_grad_(False)
     emb = emb.clone().requires_grad_(True)
-    logits, iou = pd(emb, points=points, labels=labels, boxes=boxes, multimask=True)
+    logits, iou, _ = pd(emb, points=points, labels=labels, boxes=boxes, multimask=True)
     (logits.sigmoid().mean() + iou.square().mean()).backward()
     for name, p in pd.mask_decoder.named_parameters():
         assert p.grad is not None, name
@@ -258,7 +258,7 @@ def test_cpu_autocast_bf16(sam, data):
     pd.prompt_encoder.requires_grad_(False)
     ref = decode(pd.prompt_encoder, pd.mask_decoder, emb, points=points, labels=labels, boxes=boxes)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, iou = pd(emb.to(torch.bfloat16), points=points, labels=labels, boxes=boxes)
+        logits, iou, _ = pd(emb.to(torch.bfloat16), points=points, labels=labels, boxes=boxes)
     assert logits.shape == ref[0].shape and iou.shape == ref[1].shape
     assert torch.isfinite(logits).all() and torch.isfinite(iou).all()
     assert _rel(logits, ref[0]) < 0.05 and _rel(iou, ref[1]) < 0.05
@@ -272,7 +272,7 @@ def test_half_precision_module(sam, data):
     with torch.no_grad():
         ref = pd(emb, points=points, labels=labels, boxes=boxes)
         pd = pd.to(torch.bfloat16)
-        logits, iou = pd(emb.to(torch.bfloat16), points=points, labels=labels, boxes=boxes)
+        logits, iou, _ = pd(emb.to(torch.bfloat16), points=points, labels=labels, boxes=boxes)
     assert logits.dtype == torch.bfloat16 and logits.shape == ref[0].shape
     assert _rel(logits, ref[0]) < 0.1 and _rel(iou, ref[1]) < 0.1
 

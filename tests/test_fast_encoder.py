@@ -5,8 +5,8 @@ from functools import partial
 import torch
 from segment_anything.modeling import ImageEncoderViT
 
-from sam_cache.encoder import Encoder
-from sam_cache.fast_encoder import SDPAAttention, optimize
+from sam_cache.encode.encoder import Encoder
+from sam_cache.encode.fast_encoder import SDPAAttention, optimize
 from sam_cache.models import load_sam
 
 
@@ -45,6 +45,6 @@ def test_fast_encoder_path_end_to_end():
     stock = Encoder(sam, "cpu", fast=False)(tiles, valid)
     sam2, _ = load_sam("tiny")
     fast = Encoder(sam2, "cpu", fast=True)
-    assert fast.config["attention"] == "sdpa"
+    assert fast.execution["attention"] == "sdpa"
     cos = torch.nn.functional.cosine_similarity(stock.flatten(1), fast(tiles, valid).flatten(1))
     assert (cos >= 0.999).all()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scipy.ndimage import distance_transform_edt
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from sam_cache.prompts import PROMPTS, Prompts, make_prompts, prompt_names
+from sam_cache.decode.prompts import PROMPTS, Prompts, make_prompts, prompt_names
 
 NAMES = ["box", "box-jitter", "box-larger", "center-point", "random-point", "random-3-points",
          "points-neg", "box+point", "none"]

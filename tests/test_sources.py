@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from sam_cache.intensity import Intensity, to_uint8
-from sam_cache.sources import discover
-from sam_cache.tiles import TileDataset, TileSpec, origins, plan
+from sam_cache.ingest.intensity import Intensity, to_uint8
+from sam_cache.ingest.sources import discover
+from sam_cache.ingest.tiles import TileDataset, TileSpec, origins, plan
 
 
 def planned(*args, **spec):

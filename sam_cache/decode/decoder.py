@@ -14,13 +14,21 @@ parameter dtype, or under the caller's autocast when one is active.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam
 
-__all__ = ["decode", "upscale_masks", "PromptDecoder"]
+__all__ = ["Decoded", "decode", "upscale_masks", "PromptDecoder"]
+
+
+class Decoded(NamedTuple):
+    """The decoder's outputs for B images × K prompts."""
+
+    logits: torch.Tensor  # [B, K, M, 4h, 4w] low-res mask logits
+    iou: torch.Tensor  # [B, K, M] predicted IoU
+    tokens: torch.Tensor  # [B, K, 1 + num_mask_tokens, C]: the IoU token and mask tokens after the transformer
 
 
 def _prompt_dtype_ctx(prompt_encoder: PromptEncoder, device: torch.device):
@@ -84,7 +92,8 @@ def decode(
     multimask: bool = True,
     *,
     n_prompts: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    mask_input: torch.Tensor | None = None,
+) -> Decoded:
     """Decode K prompts on each of B cached image embeddings in one pass.
 
     embeddings [B, C, h, w]; points [B, K, P, 2] (input frame, xy) with labels [B, K, P] (1 fg, 0 bg,
@@ -92,8 +101,11 @@ def decode(
     may be None. With both None the pass is prompt-free: no sparse tokens, dense = no_mask_embed, and
     K = `n_prompts` (all K rows identical).
 
-    Returns (low_res_logits [B, K, M, 4h, 4w], iou_pred [B, K, M]) where M = num_multimask_outputs (3)
-    if `multimask` else 1 — the same slicing as `MaskDecoder.forward`.
+    `mask_input` [B, K, 1, 4h, 4w]: low-res logits of an earlier pass (SAM's mask prompt), e.g. for
+    corrective clicks; None gives SAM's `no_mask_embed`.
+
+    Returns Decoded(logits [B, K, M, 4h, 4w], iou [B, K, M], tokens [B, K, T, C]) where M =
+    num_multimask_outputs (3) if `multimask` else 1 — the same slicing as `MaskDecoder.forward`.
     """
     B, K = _check_prompts(embeddings, points, labels, boxes, n_prompts)
     device = mask_decoder.iou_token.weight.device
@@ -108,8 +120,13 @@ def decode(
                 labels.reshape(B * K, labels.shape[2]).to(device=device),
             )
         bxs = boxes.reshape(B * K, 4).to(device=device, dtype=torch.float32) if boxes is not None else None
-        sparse, dense = prompt_encoder(points=pts, boxes=bxs, masks=None)
-        if pts is None and bxs is None:  # prompt-free: the encoder returns one row; share it across B*K
+        msk = None
+        if mask_input is not None:
+            if tuple(mask_input.shape[:3]) != (B, K, 1):
+                raise ValueError(f"mask_input must be [B, K, 1, H, W] = [{B}, {K}, 1, ...], got {tuple(mask_input.shape)}")
+            msk = mask_input.reshape(B * K, *mask_input.shape[2:]).to(device=device, dtype=torch.float32)
+        sparse, dense = prompt_encoder(points=pts, boxes=bxs, masks=msk)
+        if pts is None and bxs is None and msk is None:  # prompt-free: one row from the encoder, shared
             sparse = sparse.expand(B * K, -1, -1)
             dense = dense.expand(B * K, -1, -1, -1)
         image_pe = prompt_encoder.get_dense_pe()
@@ -143,7 +160,8 @@ def decode(
     # --- MaskDecoder.forward's output selection ---
     sel = slice(1, None) if multimask else slice(0, 1)
     masks, iou_pred = masks[:, sel], iou_pred[:, sel]
-    return masks.reshape(B, K, *masks.shape[1:]), iou_pred.reshape(B, K, iou_pred.shape[-1])
+    return Decoded(masks.reshape(B, K, *masks.shape[1:]), iou_pred.reshape(B, K, iou_pred.shape[-1]),
+                   hs[:, : 1 + md.num_mask_tokens].reshape(B, K, 1 + md.num_mask_tokens, hs.shape[-1]))
 
 
 def _img_size(model) -> tuple[int, int]:
@@ -210,10 +228,11 @@ class PromptDecoder(torch.nn.Module):
         pd.training = sam.training  # children keep their own modes
         return pd
 
-    def forward(self, embeddings, points=None, labels=None, boxes=None, multimask: bool = True, n_prompts: int = 1):
+    def forward(self, embeddings, points=None, labels=None, boxes=None, multimask: bool = True, n_prompts: int = 1,
+                mask_input=None) -> Decoded:
         return decode(
             self.prompt_encoder, self.mask_decoder, embeddings, points, labels, boxes,
-            multimask=multimask, n_prompts=n_prompts,
+            multimask=multimask, n_prompts=n_prompts, mask_input=mask_input,
         )
 
     def upscale(self, low_res_logits, input_size, original_size) -> torch.Tensor:

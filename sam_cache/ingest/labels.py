@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
+from ..errors import InputError
 from .readers import check_finite, is_volume_format, read_array
 
 KINDS = ("auto", "binary", "instance", "class")

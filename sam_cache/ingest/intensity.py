@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..errors import OptionError
+
 # CT windows (level, width) in HU, as radiologists name them.
 WINDOWS = {
     "abdomen": (40.0, 400.0),
@@ -36,11 +38,11 @@ class Intensity:
             except ValueError:
                 lw = ()
             if len(lw) != 2 or lw[1] <= 0:
-                raise ValueError(f"--window takes a preset ({', '.join(WINDOWS)}) or LEVEL,WIDTH with WIDTH > 0, "
+                raise OptionError(f"--window takes a preset ({', '.join(WINDOWS)}) or LEVEL,WIDTH with WIDTH > 0, "
                                  f"not {window!r}")
             return cls("window", window=lw)
         if mode not in MODES:
-            raise ValueError(f"unknown intensity mode {mode!r}; choose one of {', '.join(MODES)}")
+            raise OptionError(f"unknown intensity mode {mode!r}; choose one of {', '.join(MODES)}")
         p = tuple(float(v) for v in percentiles.split(",")) if percentiles else cls.percentiles
         return cls(mode, percentiles=p)
 

@@ -1,10 +1,10 @@
-"""Cached samples -> objects -> prompts, for training and evaluation, without the image encoder.
+"""Cached samples -> objects -> prompts, for training and validation, without the image encoder.
 
-`ObjectSamples` reads one sample's embedding and label from the Zarr cache, finds its objects (with a
-minimum area), draws up to K of them and their prompts from a generator seeded by (seed, epoch, sample),
-so results never depend on batch order, worker count or partitioning. One embedding read serves all the
-objects drawn from it. The store is opened lazily inside each worker process: zarr v3's event loop is not
-fork-safe, so workers are spawned.
+`ObjectSamples` reads one sample's embedding and label through the cache reader, finds its objects (with
+a minimum area), draws up to K of them and their prompts from a generator seeded by (seed, epoch,
+sample), so results never depend on batch order, worker count or partitioning. One embedding read
+serves all the objects drawn from it. The reader reopens the store inside each worker process (zarr v3's
+event loop is not fork-safe, so workers are spawned).
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-import zarr
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch.utils.data import DataLoader
 
-from .cache import read_attrs
-from .errors import SamCacheError
-from .labels import objects
-from .prompts import make_prompts
+from ..decode.prompts import make_prompts
+from ..store.reader import CacheReader
+
+MIN_AREA = 10  # objects smaller than this (pixels) are not trained on or scored, unless told otherwise
 
 
 def sample_generator(seed: int, epoch: int, sample: int) -> torch.Generator:
@@ -30,38 +29,24 @@ class ObjectSamples(torch.utils.data.Dataset):
     """Item i: sample `indices[i]` with up to `k` objects (all if k is None) and their prompts.
 
     Returns embedding [C, h, w], masks [K, H, W] bool on the canvas (the tile's true objects), the prompts
-    (padded to K rows, `valid` False for padding and for objects too small for the strategy), the low-res
-    target masks [K, 4h, 4w] in the decoder's output frame, object ids/areas, and the valid tile size.
+    (padded to K rows, `prompt_valid` False for padding and for objects too small for the strategy),
+    object ids/areas, and the valid tile size.
     """
 
-    def __init__(self, path, indices, prompt: str, k: int | None, img_size: int, seed: int = 0,
-                 min_area: int = 1, prompt_options: dict | None = None, epoch: int = 0):
-        attrs = read_attrs(path)
-        if attrs.get("label_kind") is None:
-            raise SamCacheError(f"{path}: the cache holds no labels; embed a dataset with labels to train or score")
-        self.path, self.indices, self.prompt, self.k = str(path), np.asarray(indices), prompt, k
-        self.kind, self.img_size, self.seed, self.min_area = attrs["label_kind"], img_size, seed, min_area
+    def __init__(self, reader: CacheReader, indices, prompt: str, k: int | None, img_size: int, seed: int = 0,
+                 min_area: int = MIN_AREA, prompt_options: dict | None = None, epoch: int = 0):
+        reader.require_labels("to train or score")
+        self.reader, self.indices, self.prompt, self.k = reader, np.asarray(indices), prompt, k
+        self.img_size, self.seed, self.min_area = img_size, seed, min_area
         self.options, self.epoch = prompt_options or {}, epoch
-        self._group = self._table = None
 
     def __len__(self):
         return len(self.indices)
 
-    def __getstate__(self):  # never pickle an open store into a worker
-        return {**self.__dict__, "_group": None, "_table": None}
-
-    @property
-    def group(self):
-        if self._group is None:
-            self._group = zarr.open_group(self.path, mode="r")
-            self._table = sample_table(self._group)
-        return self._group
-
     def __getitem__(self, i):
         index = int(self.indices[i])
-        g = self.group
-        label, (h, w) = stored_label(g, self._table, index)
-        masks, ids = objects(label[:h, :w], self.kind, self.min_area)
+        masks, ids = self.reader.objects(index, self.min_area)
+        h, w = self.reader.valid_size(index)
         gen = sample_generator(self.seed, self.epoch, index)
         if self.k is not None and len(ids) > self.k:
             pick = torch.randperm(len(ids), generator=gen)[: self.k].sort().values.numpy()
@@ -69,7 +54,7 @@ class ObjectSamples(torch.utils.data.Dataset):
         masks = torch.from_numpy(masks)
         prompts = make_prompts(self.prompt, masks, gen, target_length=self.img_size, **self.options)
         n, k = len(ids), self.k or len(ids)
-        H, W = label.shape
+        H, W = self.reader.canvas
         full = torch.zeros(k, H, W, dtype=torch.bool)
         full[:n, :h, :w] = masks
         return {
@@ -80,19 +65,8 @@ class ObjectSamples(torch.utils.data.Dataset):
             "points": _pad(prompts.points, k) if prompts.points is not None else torch.zeros(k, 0, 2),
             "labels": _pad(prompts.labels, k, -1) if prompts.labels is not None else torch.zeros(k, 0, dtype=torch.int64),
             "boxes": _pad(prompts.boxes, k) if prompts.boxes is not None else torch.zeros(k, 0),
-            "embedding": torch.from_numpy(np.asarray(g["embedding"][index])),
+            "embedding": torch.from_numpy(self.reader.embedding(index)),
         }
-
-
-def sample_table(group) -> dict[str, np.ndarray]:
-    """The per-sample coordinates a reader needs, read once: each is a single chunk holding every sample,
-    so reading one element per sample would decode the whole array again and again."""
-    return {name: np.asarray(group[name][:]) for name in ("source", "valid_h", "valid_w")}
-
-
-def stored_label(group, table: dict, index: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """A sample's stored label (canvas) and its valid size."""
-    return np.asarray(group["label"][index]), (int(table["valid_h"][index]), int(table["valid_w"][index]))
 
 
 def _pad(t: torch.Tensor, k: int, value=0) -> torch.Tensor:

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 from .readers import is_readable_file, stem
 
 IMAGE_DIRS = ("images", "imgs", "image", "raw")

@@ -6,12 +6,11 @@ An array comes back with its channel axis last (if any); `spatial_ndim` says whe
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".zarr")
 
@@ -100,24 +99,6 @@ def read_array(path: str | Path) -> np.ndarray:
         raise InputError(path, f"cannot read (truncated or corrupt?): {type(e).__name__}: {e}") from e
     if arr.size == 0:
         raise InputError(path, "the image is empty (zero size)")
-    return arr
-
-
-def read_cached(path: str) -> np.ndarray:
-    """read_array with a small per-process cache (the tiles of one image or volume are read back to back),
-    keyed by the file's size and mtime too, so a file changed on disk is read again."""
-    try:
-        st = Path(path).stat()
-        stamp = (st.st_size, st.st_mtime_ns)
-    except OSError:
-        stamp = None
-    return _read_cached(str(path), stamp)
-
-
-@lru_cache(maxsize=2)
-def _read_cached(path: str, stamp) -> np.ndarray:
-    arr = read_array(path)
-    arr.setflags(write=False)
     return arr
 
 

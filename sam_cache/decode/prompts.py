@@ -26,6 +26,9 @@ import torch.nn.functional as F
 from monai.transforms.utils import distance_transform_edt
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from .. import options as O
+from ..errors import OptionError
+
 OPTIONS = {"jitter": 0.1, "margin": 5, "n_pos": 1, "n_neg": 1, "neg_margin": 10}
 """Every option a strategy accepts, with its default."""
 
@@ -68,11 +71,27 @@ def make_prompts(
     name: str, masks: torch.Tensor, generator: torch.Generator, target_length: int = 1024, **options
 ) -> Prompts:
     """Prompts of strategy ``name`` for ``masks`` ([K, H, W] bool, tile frame, original size
-    (H, W)), in the frame of ``ResizeLongestSide(target_length)``. Raises ValueError for an
+    (H, W)), in the frame of ``ResizeLongestSide(target_length)``. Raises OptionError (a ValueError) for an
     unknown name, TypeError for an unknown option."""
-    if name not in PROMPTS:
-        raise ValueError(f"unknown prompt strategy {name!r}; known: {', '.join(PROMPTS)}")
+    O.choice("prompt strategy", name, PROMPTS)
     return PROMPTS[name](masks, generator, target_length, **options)
+
+
+# The valid range of each option: (lowest value, what it means).
+LIMITS = {"jitter": (0, "a fraction (< 1) or pixels"), "margin": (0, "pixels"), "n_pos": (1, "points"),
+          "n_neg": (0, "points"), "neg_margin": (1, "pixels")}
+
+
+def check(names, options: dict | None = None) -> None:
+    """Check strategy names and option values before any work, with the valid choices in the message."""
+    O.choices("prompt strategy", names, PROMPTS)
+    unknown = sorted(set(options or {}) - set(OPTIONS))
+    if unknown:
+        raise OptionError(f"unknown prompt option(s) {unknown}; known: {sorted(OPTIONS)}")
+    for key, value in (options or {}).items():
+        low, unit = LIMITS[key]
+        if not isinstance(value, (int, float)) or value < low:
+            raise OptionError(f"--{key.replace('_', '-')} must be >= {low} ({unit}), not {value!r}")
 
 
 def _register(name: str) -> Callable:
@@ -174,7 +193,7 @@ def _box_jitter(masks, generator, *, jitter, **_):
     """Tight box with each side moved uniformly by up to ``jitter``: a fraction of the box
     width/height (in pixels, x1 - x0 + 1) if jitter < 1, else a number of pixels."""
     if jitter < 0:
-        raise ValueError(f"jitter must be >= 0, got {jitter}")
+        raise OptionError(f"jitter must be >= 0, got {jitter}")
     tight = _tight_boxes(masks)
     if jitter < 1:
         size = (tight[:, 2:] - tight[:, :2] + 1).repeat(1, 2)  # [w, h, w, h]
@@ -235,7 +254,7 @@ def _points_neg(masks, generator, *, n_pos, n_neg, neg_margin, **_):
     of pixels within ``neg_margin`` px (square neighbourhood) of the mask but outside it.
     Negatives the ring has no room for are padding (label -1, point (0, 0))."""
     if n_pos < 1 or n_neg < 0 or neg_margin < 1:
-        raise ValueError(
+        raise OptionError(
             f"need n_pos >= 1, n_neg >= 0, neg_margin >= 1; got {n_pos}, {n_neg}, {neg_margin}"
         )
     pos, pos_labels, valid = _positives(masks, generator, n_pos)

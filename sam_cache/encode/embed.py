@@ -1,8 +1,8 @@
 """`samcache embed`: sources -> tiles -> encoder -> cache, resumable and crash-safe.
 
-DataLoader workers read and cut tiles; the device preprocesses and encodes batches; a background thread
-writes whole shards. Batches never straddle shards, so a resumed run computes exactly what an
-uninterrupted one would.
+Tiles are read inline on a CPU (spawned DataLoader workers with a GPU); the device preprocesses and
+encodes batches; a background thread hands whole shards to the cache writer. Batches never straddle
+shards, so a resumed run computes exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -20,13 +20,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from . import __version__
-from . import cache as C
-from .encoder import Encoder
-from .intensity import Intensity
-from .models import load_sam, load_sam_or_tiny
-from .sources import discover
-from .tiles import Plan, TileDataset, TileSpec, plan
+from .. import __version__, options
+from ..ingest.intensity import Intensity
+from ..ingest.labels import KINDS
+from ..ingest.sources import discover
+from ..ingest.tiles import TILE_FIELDS, Plan, TileDataset, TileSpec, plan
+from ..models import load_sam, load_sam_or_tiny
+from ..progress import Progress
+from ..store import fingerprint
+from ..store import schema as S
+from ..store.reader import size_on_disk
+from ..store.writer import CacheWriter, Layout
+from .encoder import PRECISIONS, Encoder
+
+DTYPES = ("float16", "float32")
 
 
 @dataclass
@@ -49,22 +56,24 @@ class EmbedSummary:
                 f"model {self.model}{note}")
 
 
-def _sources_table(p: Plan) -> dict:
+def _layout(p: Plan, encoder: Encoder, dtype: str, shard: int) -> Layout:
     width = max((len(s.source.names) for s in p.sources), default=0)
     table = {
-        "source_path": [s.source.image for s in p.sources],
-        "label_paths": [json.dumps(list(s.source.labels)) for s in p.sources],
-        "source_sha256": [s.sha256 for s in p.sources],
-        "source_shape": [json.dumps(list(s.shape)) for s in p.sources],
-        "slice_axis": [-1 if s.axis is None else s.axis for s in p.sources],
-        "intensity_lo": [np.nan if s.range is None else s.range[0] for s in p.sources],
-        "intensity_hi": [np.nan if s.range is None else s.range[1] for s in p.sources],
+        S.SOURCE_PATH: [s.source.image for s in p.sources],
+        S.LABEL_PATHS: [json.dumps(list(s.source.labels)) for s in p.sources],
+        S.SOURCE_SHA256: [s.sha256 for s in p.sources],
+        S.SOURCE_SHAPE: [json.dumps(list(s.shape)) for s in p.sources],
+        S.SLICE_AXIS: [-1 if s.axis is None else s.axis for s in p.sources],
+        S.INTENSITY_LO: [np.nan if s.range is None else s.range[0] for s in p.sources],
+        S.INTENSITY_HI: [np.nan if s.range is None else s.range[1] for s in p.sources],
     }
     if p.class_names:  # class of each one-object mask file: label id k of a source is mask k-1
         index = {n: i for i, n in enumerate(p.class_names)}
-        table["mask_class"] = np.array([[index[n] for n in s.source.names] + [-1] * (width - len(s.source.names))
+        table[S.MASK_CLASS] = np.array([[index[n] for n in s.source.names] + [-1] * (width - len(s.source.names))
                                         for s in p.sources], dtype=np.int32)
-    return table
+    coords = dict(zip(S.SAMPLE_COORDS, p.tiles.T))  # TILE_FIELDS are the sample coordinates, in order
+    assert len(TILE_FIELDS) == len(S.SAMPLE_COORDS)
+    return Layout(p.canvas, encoder.embedding_shape, dtype, shard, p.label_kind is not None, coords, table)
 
 
 def _batches(todo: np.ndarray, shard: int, batch_size: int) -> list[list[int]]:
@@ -77,17 +86,17 @@ def _batches(todo: np.ndarray, shard: int, batch_size: int) -> list[list[int]]:
 
 
 class _Writer(threading.Thread):
-    """Writes finished shards in the background; the first error is re-raised by `check`."""
+    """Hands finished shards to the cache writer in the background; the first error is re-raised by `check`."""
 
-    def __init__(self, group):
+    def __init__(self, writer: CacheWriter):
         super().__init__(daemon=True)
-        self.group, self.queue, self.error = group, queue.Queue(maxsize=2), None
+        self.writer, self.queue, self.error = writer, queue.Queue(maxsize=2), None
 
     def run(self):
         while (item := self.queue.get()) is not None:
             if self.error is None:
                 try:
-                    C.write_shard(self.group, *item)
+                    self.writer.write_shard(*item)
                 except BaseException as e:  # noqa: BLE001 - handed to the main thread
                     self.error = e
 
@@ -140,8 +149,12 @@ def embed(
     """
     t0 = time.perf_counter()
     output = Path(output)
-    if dtype not in ("float16", "float32"):
-        raise ValueError(f"dtype must be float16 or float32, not {dtype!r}")
+    options.choice("--dtype", dtype, DTYPES)
+    options.choice("--label-kind", label_kind, KINDS)
+    options.choice("--precision", precision, PRECISIONS)
+    options.at_least("--shard-size", shard_size, 1)
+    if batch_size is not None:
+        options.at_least("--batch-size", batch_size, 1)
     pair = lambda v: None if v is None else ((v, v) if isinstance(v, int) else tuple(v))  # noqa: E731
     spec = TileSpec(pair(patch), pair(stride), axis, skip_empty, label_kind, intensity or Intensity())
 
@@ -155,63 +168,53 @@ def embed(
                   else load_sam(model, checkpoint, random_init))
     encoder = Encoder(sam, device, precision, fast=fast)
     del sam  # only the image encoder is needed here
-    attrs = {
-        "format": C.FORMAT, "version": __version__,
-        "model": mspec.fingerprint(),
-        "preprocessing": {**spec.to_dict(), **encoder.config, "canvas": list(p.canvas), "dtype": dtype,
-                          "shard_size": shard_size},
-        "data": {"sources": C.fingerprint_hash([s.sha256 for s in p.sources]), "n_sources": len(p.sources),
-                 "samples": len(p.tiles)},
-    }
-    attrs = json.loads(json.dumps(attrs))  # as stored: tuples become lists, so comparisons are like for like
-    attrs["fingerprint"] = C.fingerprint_hash({k: attrs[k] for k in ("model", "preprocessing", "data")})
-    attrs.update(label_kind=p.label_kind, class_names=p.class_names, checkpoint=mspec.checkpoint,
-                 embedding_shape=list(encoder.embedding_shape), complete=False,
-                 created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    # An --overwrite rebuild goes to a staging folder and replaces the old cache only once it is complete,
-    # so a run that fails or is killed part way never costs the old cache.
-    rebuild = overwrite and output.exists()
-    target = C.staging(output) if rebuild else output
-    group = C.prepare(target, attrs, overwrite, lambda path: C.create(
-        path, attrs, p, encoder.embedding_shape, dtype, shard_size, _sources_table(p)))
-
-    todo = np.flatnonzero(~C.done_mask(group))
-    batch_size = batch_size or encoder.auto_batch_size()
-    t_encode = time.perf_counter()
-    computed = _encode(encoder, p, group, todo, shard_size, batch_size, dtype, workers, progress)
-    encode_s = time.perf_counter() - t_encode
-    elapsed = time.perf_counter() - t0
-    stats = {"last_run": {"seconds": round(elapsed, 2), "encoded": int(computed), "batch_size": batch_size,
-                          "device": str(encoder.device)}}
-    C.finish(target, group, stats)
-    if rebuild:
-        C.replace(target, output)
+    identity = fingerprint.build(
+        model=mspec.fingerprint(),
+        preprocessing={**spec.to_dict(), **encoder.identity, "canvas": list(p.canvas), "dtype": dtype},
+        data={"sources": fingerprint.digest([s.sha256 for s in p.sources]), "n_sources": len(p.sources),
+              "samples": len(p.tiles)},
+    )
+    attrs = {"format": S.FORMAT, "version": __version__, **identity,
+             "execution": {**encoder.execution, "shard_size": shard_size},
+             "label_kind": p.label_kind, "class_names": p.class_names, "checkpoint": mspec.checkpoint,
+             "embedding_shape": list(encoder.embedding_shape), "complete": False,
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    with CacheWriter(output, attrs, _layout(p, encoder, dtype, shard_size), overwrite) as writer:
+        todo = writer.todo
+        batch_size = batch_size or encoder.auto_batch_size()
+        t_encode = time.perf_counter()
+        computed = _encode(encoder, p, writer, todo, batch_size, dtype, workers, progress)
+        encode_s = time.perf_counter() - t_encode
+        elapsed = time.perf_counter() - t0
+        writer.finish({"last_run": {"seconds": round(elapsed, 2), "encoded": int(computed),
+                                    "batch_size": batch_size, "device": str(encoder.device)}})
     return EmbedSummary(
-        str(output), mspec.type, mspec.trained, len(p.tiles), int(computed), int(p.column("objects").sum()),
-        C.size_on_disk(output), elapsed, computed / encode_s if computed else 0.0, len(p.skipped),
+        str(output), mspec.type, mspec.trained, len(p.tiles), int(computed), int(p.column(S.OBJECTS).sum()),
+        size_on_disk(output), elapsed, computed / encode_s if computed else 0.0, len(p.skipped),
     )
 
 
-def _encode(encoder, p, group, todo, shard, batch_size, dtype, workers, progress) -> int:
+def _encode(encoder, p, writer: CacheWriter, todo, batch_size, dtype, workers, progress) -> int:
     if len(todo) == 0:
         return 0
     if workers is None:  # on a CPU the encoder is the bottleneck: reading inline beats a spawned reader
         workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if encoder.device.type == "cuda" else 0
+    shard = writer.shard
     loader = DataLoader(
         TileDataset(p, np.arange(len(p.tiles))), batch_sampler=_batches(todo, shard, batch_size),
         num_workers=workers, multiprocessing_context="spawn" if workers else None,
         pin_memory=encoder.device.type == "cuda", persistent_workers=False,
     )
-    names = ("embedding", "image", "label") if p.label_kind is not None else ("embedding", "image")
+    names = (S.EMBEDDING, S.IMAGE, S.LABEL) if p.label_kind is not None else (S.EMBEDDING, S.IMAGE)
     n = len(p.tiles)
-    writer = _Writer(group)
-    writer.start()
+    background = _Writer(writer)
+    background.start()
     shards: dict[int, tuple[dict, list]] = {}  # shard -> (arrays being filled, [rows filled])
-    bar = _progress(len(todo), progress)
+    bar = Progress(len(todo), "embed", "tiles", enabled=progress)
     try:
         for batch in loader:  # a batch lies inside one shard
-            emb = encoder(batch["image"], batch["valid"]).to(getattr(torch, dtype)).cpu().numpy()
-            values = {"embedding": emb, "image": batch["image"].numpy(), "label": batch["label"].numpy()}
+            emb = encoder(batch[S.IMAGE], batch["valid"]).to(getattr(torch, dtype)).cpu().numpy()
+            values = {S.EMBEDDING: emb, S.IMAGE: batch[S.IMAGE].numpy(), S.LABEL: batch[S.LABEL].numpy()}
             index = batch["index"].numpy()
             k = int(index[0]) // shard
             start, stop = k * shard, min(n, (k + 1) * shard)
@@ -221,18 +224,10 @@ def _encode(encoder, p, group, todo, shard, batch_size, dtype, workers, progress
                 arrays[m][index - start] = values[m]
             filled[0] += len(index)
             if filled[0] == stop - start:
-                writer.put((start, shards.pop(k)[0]))
+                background.put((start, shards.pop(k)[0]))
             bar.update(len(index))
     finally:
-        writer.close()
+        background.close()
         bar.close()
     assert not shards, f"shards {sorted(shards)} left unfinished"  # the todo list holds whole shards
     return len(todo)
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc="embed", disable=not enabled)
-
-

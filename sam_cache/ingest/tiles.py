@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch.utils.data
 
+from ..errors import InputError
+from ..store import schema as S
 from . import labels as L
-from .errors import InputError
 from .intensity import Intensity, to_uint8
-from .readers import check_finite, is_volume_format, read_cached, split_channels
+from .readers import check_finite, is_volume_format, read_array, split_channels
 from .sources import Source
 
-TILE_FIELDS = ("source", "slice", "y0", "x0", "h", "w", "objects")
+TILE_FIELDS = S.SAMPLE_COORDS  # source, slice, y0, x0, valid_h, valid_w, objects: one row per tile
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def _hash_files(paths) -> str:
 
 def _spatial(source: Source, spec: TileSpec):
     """Read and validate one source: image (spatial, channels), label, slicing axis."""
-    image, has_channels = split_channels(np.asarray(read_cached(source.image)), source.image)
+    image, has_channels = split_channels(read_array(source.image), source.image)
     check_finite(image, source.image)
     spatial = image.shape[:-1] if has_channels else image.shape
     if len(spatial) not in (2, 3):
@@ -184,23 +185,32 @@ class TileDataset(torch.utils.data.Dataset):
 
     def __init__(self, plan: Plan, indices):
         self.plan, self.indices = plan, np.asarray(indices)
-        self._last_label = (None, None)  # (source index, canonical label): tiles of a source come in a row
+        # tiles of a source come in a row: keep the last source's image and label, and nothing else
+        self._last_image = self._last_label = (None, None)
 
     def __len__(self):
         return len(self.indices)
 
     def _label(self, si: int) -> np.ndarray:
         if self._last_label[0] != si:
+            self._last_label = (None, None)
             src = self.plan.sources[si].source
             label = L.read_label(src.labels, src.names, shape=self.plan.sources[si].shape)
             self._last_label = (si, L.canonical(label, self.plan.label_kind))
         return self._last_label[1]
 
+    def _image(self, si: int) -> np.ndarray:
+        if self._last_image[0] != si:
+            path = self.plan.sources[si].source.image
+            self._last_image = (None, None)  # let the previous source go before reading the next
+            self._last_image = (si, split_channels(read_array(path), path)[0])
+        return self._last_image[1]
+
     def __getitem__(self, i):
         index = int(self.indices[i])
         si, s, y0, x0, h, w, _ = self.plan.tiles[index]
         src = self.plan.sources[si]
-        image, _ = split_channels(np.asarray(read_cached(src.source.image)), src.source.image)
+        image = self._image(si)
         if src.axis is not None:
             image = np.take(image, s, axis=src.axis)
         H, W = self.plan.canvas
@@ -212,4 +222,4 @@ class TileDataset(torch.utils.data.Dataset):
             if src.axis is not None:
                 full = np.take(full, s, axis=src.axis)
             lab[:h, :w] = full[y0:y0 + h, x0:x0 + w]
-        return {"index": index, "image": out, "label": lab, "valid": np.array([h, w])}
+        return {"index": index, S.IMAGE: out, S.LABEL: lab, "valid": np.array([h, w])}

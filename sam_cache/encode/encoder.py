@@ -16,6 +16,9 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on a GPU, fp32 on a CPU
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -46,12 +49,15 @@ class Encoder:
         self.pixel_mean = sam.pixel_mean.to(self.device)
         self.pixel_std = sam.pixel_std.to(self.device)
         self.embedding_shape = (sam.prompt_encoder.embed_dim, *sam.prompt_encoder.image_embedding_size)
-        self.config = {
+        # what changes the stored values (part of the cache's identity) ...
+        self.identity = {
             "img_size": self.img_size, "precision": precision,
             "pixel_mean": sam.pixel_mean.flatten().tolist(), "pixel_std": sam.pixel_std.flatten().tolist(),
             "resize": "longest side to img_size, bilinear, antialias, on the valid region",
-            "attention": "sdpa" if self.fast else "eager", "weights": str(self.dtype).replace("torch.", ""),
+            "weights": str(self.dtype).replace("torch.", ""),
         }
+        # ... and what does not (SDPA and eager attention agree to float rounding)
+        self.execution = {"attention": "sdpa" if self.fast else "eager", "compile": compile}
 
     def input_size(self, h: int, w: int) -> tuple[int, int]:
         """The resized (unpadded) size of a tile of valid size (h, w) in the model's input frame."""

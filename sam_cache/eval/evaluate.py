@@ -1,0 +1,44 @@
+"""`samcache evaluate`: one decoder and one prompt strategy, scored on every object of a split."""
+
+from __future__ import annotations
+
+import torch
+import xarray as xr
+
+from .. import options as O
+from ..runs import Run, is_run, min_area_of
+from ..store.reader import CacheReader
+from ..train.data import MIN_AREA
+from ..train.finetune import split_samples
+from . import runner
+
+SPLITS = ("all", "train", "val")
+
+
+def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = "all", seed: int = 0,
+             mask_mode: str = "best-iou", min_area: int | None = None, val_fraction: float = 0.2,
+             split_seed: int = 0, prompt_options=None, device: str | None = None, base_checkpoint=None,
+             log=print) -> xr.Dataset:
+    """Score one decoder with one prompt strategy on every object of a split (all, train or val).
+
+    For a finetune run folder, train/val are the run's own samples, and objects smaller than the run's
+    own min_area are left out unless `min_area` says otherwise; a run is refused on a train/val split of
+    a cache other than its own."""
+    O.choice("--split", split, SPLITS)
+    request = runner.Request((prompt,), (str(checkpoint),), (seed,), mask_mode,
+                             min_area or min_area_of([str(checkpoint)], MIN_AREA), prompt_options or {}).check()
+    reader = CacheReader(cache)
+    reader.require_labels("to score against")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if is_run(checkpoint):
+        run = Run.open(checkpoint)
+        note = run.check_cache(reader, split)
+        if note:
+            log(note)
+        indices = reader.samples if split == "all" else run.indices(split)
+    elif split == "all":
+        indices = reader.samples
+    else:
+        indices = dict(zip(("train", "val"), split_samples(reader, val_fraction, split_seed)))[split]
+    parts, _ = runner.run(reader, indices, request, device, base_checkpoint=base_checkpoint)
+    return xr.concat(parts, "object") if len(parts) > 1 else parts[0]

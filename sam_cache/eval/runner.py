@@ -1,0 +1,210 @@
+"""The evaluation runner: every (sample × task × decoder) of a cache, on Dask.
+
+A task is what is decoded on a sample: today a prompt strategy with a seed; a threshold sweep, a click
+round or a semantic map later. Each sample's embedding and label are read once, through the cache
+reader; its objects are found once; every task and decoder then runs on them through the one decode
+path (`decode.pipeline.decode_prompts`). Prompts come from a generator seeded by (seed, sample), so a
+result never depends on which samples share a partition.
+
+Results are counts (true positives, false positives, false negatives per object); the scores and every
+aggregate derive from them. Objects too small for a strategy (three distinct points in a 2-pixel object)
+are kept with NaN counts and `prompt_valid` False: counted, never silently dropped. For a few example
+samples the runner also keeps the predicted masks, so figures show exactly what was scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import dask
+import numpy as np
+import torch
+import xarray as xr
+
+from .. import options as O
+from ..decode import prompts as P
+from ..decode.pipeline import MASK_MODES, PromptBatch, decode_prompts
+from ..progress import Progress
+from ..runs import checkpoint_name, load_decoder
+from ..store import schema as S
+from ..store.reader import CacheReader
+from ..train.data import sample_generator
+from .metrics import COUNTS, METRICS, counts, from_counts
+
+ENGINE = "h5netcdf"
+DIMS = ("object", "prompt", "checkpoint", "seed")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to score: prompt strategies × checkpoints × seeds, and how."""
+
+    prompts: tuple[str, ...]
+    checkpoints: tuple[str, ...]  # base, run folders, SAM .pth files
+    seeds: tuple[int, ...] = (0,)
+    mask_mode: str = "best-iou"
+    min_area: int = 10
+    prompt_options: dict = field(default_factory=dict)
+
+    def check(self) -> "Request":
+        P.check(self.prompts, self.prompt_options)
+        O.choice("--mask", self.mask_mode, MASK_MODES)
+        O.at_least("--min-area", self.min_area, 1)
+        if not self.checkpoints:
+            raise O.OptionError("give at least one checkpoint (base, a run folder or a .pth file)")
+        names = [checkpoint_name(c) for c in self.checkpoints]
+        if len(set(names)) != len(names):
+            raise O.OptionError(f"checkpoint names must differ: {names}")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [checkpoint_name(c) for c in self.checkpoints]
+
+
+def load_decoders(reader: CacheReader, request: Request, device, base_checkpoint=None) -> dict:
+    return {checkpoint_name(c): load_decoder(reader, c, base_checkpoint).to(device).eval()
+            for c in request.checkpoints}
+
+
+@torch.no_grad()
+def score_samples(reader: CacheReader, indices, request: Request, decoders: dict, device="cpu",
+                  on_sample=None, keep=()) -> tuple[xr.Dataset, list]:
+    """Counts of every object of `indices` for every prompt × decoder × seed; and, for the samples in
+    `keep`, the masks behind them (first prompt, first seed): (sample, true masks, ids, {name: masks})."""
+    names = list(decoders)
+    img_size = decoders[names[0]].img_size[0]
+    Pn, Cn, Sn = len(request.prompts), len(names), len(request.seeds)
+    rows, values, valid, kept = [], [], [], []
+    for index in np.asarray(indices, dtype=int):
+        masks, ids = reader.objects(index, request.min_area)
+        if len(ids):
+            h, w = reader.valid_size(index)
+            emb = torch.from_numpy(reader.embedding(index))[None].float()  # one read for every task
+            true = torch.from_numpy(masks)
+            out = np.full((len(ids), Pn, Cn, Sn, len(COUNTS)), np.nan)
+            ok = np.zeros((len(ids), Pn, Sn), bool)
+            shown = {}
+            for p, prompt in enumerate(request.prompts):
+                for s, seed in enumerate(request.seeds):
+                    pr = P.make_prompts(prompt, true, sample_generator(seed, 0, index), img_size,
+                                        **request.prompt_options)
+                    ok[:, p, s] = pr.valid.numpy()
+                    batch = PromptBatch.of(pr)
+                    for c, name in enumerate(names):
+                        pred = decode_prompts(decoders[name], emb, batch, torch.tensor([[h, w]]),
+                                              request.mask_mode).masks[0].cpu()
+                        cnt = counts(pred, true)
+                        out[:, p, c, s] = torch.stack([cnt[k] for k in COUNTS], -1).numpy()
+                        if index in keep and p == 0 and s == 0:
+                            shown[name] = pred.numpy()
+                    out[~ok[:, p, s], p, :, s] = np.nan
+            classes = reader.classes(index, ids)
+            source = int(reader.coord(S.SOURCE)[index])
+            rows += [(int(index), source, int(i), cl, int(a)) for i, cl, a in zip(ids, classes, masks.sum((1, 2)))]
+            values.append(out)
+            valid.append(ok)
+            if index in keep:
+                kept.append((int(index), masks, ids, shown))
+        if on_sample is not None:
+            on_sample()
+    return _results(request, names, rows, values, valid, reader.path), kept
+
+
+def _results(request, names, rows, values, valid, cache) -> xr.Dataset:
+    Pn, Sn = len(request.prompts), len(request.seeds)
+    out = np.concatenate(values) if values else np.zeros((0, Pn, len(names), Sn, len(COUNTS)))
+    ok = np.concatenate(valid) if valid else np.zeros((0, Pn, Sn), bool)
+    meta = np.array(rows, dtype=object).reshape(-1, 5)
+    coords = {
+        "prompt": list(request.prompts), "checkpoint": names, "seed": list(request.seeds),
+        S.SAMPLE: ("object", meta[:, 0].astype(np.int64)), S.SOURCE: ("object", meta[:, 1].astype(np.int64)),
+        "object_id": ("object", meta[:, 2].astype(np.int64)), "class": ("object", meta[:, 3].astype(str)),
+        "area": ("object", meta[:, 4].astype(np.int64)),
+    }
+    data = {k: (DIMS, out[..., i]) for i, k in enumerate(COUNTS)}
+    derived = from_counts(*(out[..., i] for i in range(len(COUNTS))))
+    data.update({m: (DIMS, derived[m].astype(np.float32)) for m in METRICS})
+    data["prompt_valid"] = (("object", "prompt", "seed"), ok)
+    return xr.Dataset(data, coords=coords, attrs={"cache": str(cache), "mask_mode": request.mask_mode,
+                                                  "min_area": request.min_area})
+
+
+def examples_dataset(reader, request: Request, kept: list) -> xr.Dataset | None:
+    """Image, true masks and each checkpoint's predicted masks of the kept samples, on the canvas."""
+    if not kept:
+        return None
+    names = request.names
+    H, W = reader.canvas
+    pad = lambda a: np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, H - a.shape[-2]), (0, W - a.shape[-1])])  # noqa: E731
+    images, truth, pred, example, object_id, sizes = [], [], [], [], [], []
+    for e, (index, masks, ids, shown) in enumerate(kept):
+        image = reader.image(index)
+        sizes.append(image.shape[:2])
+        images.append(np.pad(image, [(0, H - image.shape[0]), (0, W - image.shape[1]), (0, 0)]))
+        truth.append(pad(masks))
+        pred.append(np.stack([pad(shown[n]) for n in names], 1))
+        example += [e] * len(ids)
+        object_id += ids.tolist()
+    sizes = np.array(sizes)
+    return xr.Dataset(
+        {S.IMAGE: (("example", "height", "width", "rgb"), np.stack(images)),
+         "truth": (("object", "height", "width"), np.concatenate(truth)),
+         "prediction": (("object", "checkpoint", "height", "width"), np.concatenate(pred))},
+        coords={S.SAMPLE: ("example", [k[0] for k in kept]), S.VALID_H: ("example", sizes[:, 0]),
+                S.VALID_W: ("example", sizes[:, 1]), "example_of": ("object", example),
+                "object_id": ("object", object_id), "checkpoint": names},
+        attrs={"prompt": request.prompts[0], "seed": request.seeds[0], "mask_mode": request.mask_mode},
+    )
+
+
+def _partition(reader, request, device, base_checkpoint, keep, parts_dir, decoders, on_sample, k, indices):
+    """One Dask task: score a partition of samples; write it to a part file when `parts_dir` is given."""
+    decoders = decoders or load_decoders(reader, request, device, base_checkpoint)  # distributed: per task
+    results, examples = score_samples(reader, indices, request, decoders, device, on_sample, keep)
+    if parts_dir is None:
+        return results, examples
+    path = Path(parts_dir) / f"part-{k:05d}.nc"
+    results.to_netcdf(path, engine=ENGINE)
+    return str(path), examples
+
+
+def run(reader: CacheReader, indices, request: Request, device="cpu", scheduler: str | None = None,
+        partition_size: int = 64, parts_dir=None, examples: int = 0, base_checkpoint=None,
+        progress: bool = False) -> tuple[list, xr.Dataset | None]:
+    """Score `indices` in partitions on Dask: local threads (decoders loaded once and shared), or the
+    dask.distributed scheduler at `scheduler` (each task loads them). Returns the partitions' results
+    (datasets, or part files under `parts_dir`) in sample order, and the examples."""
+    indices = np.asarray(indices, dtype=int)
+    O.at_least("--partition-size", partition_size, 1)
+    has_objects = indices[reader.coord(S.OBJECTS)[indices] > 0]
+    keep = frozenset(has_objects[:examples].tolist())
+    chunks = [indices[i:i + partition_size] for i in range(0, len(indices), partition_size)] or [indices]
+    bar = Progress(len(indices), "score", "samples", enabled=progress)
+    try:
+        if scheduler:
+            fn = partial(_partition, reader, request, device, base_checkpoint, keep, parts_dir, None, None)
+            parts = _distributed(fn, chunks, scheduler, bar)
+        else:
+            decoders = load_decoders(reader, request, device, base_checkpoint)
+            fn = partial(_partition, reader, request, device, base_checkpoint, keep, parts_dir, decoders,
+                         lambda: bar.update(1))
+            tasks = [dask.delayed(fn, pure=False)(k, idx) for k, idx in enumerate(chunks)]
+            parts = dask.compute(*tasks, scheduler="threads")
+    finally:
+        bar.close()
+    kept = sorted((k for _, part in parts for k in part), key=lambda k: k[0])
+    return [r for r, _ in parts], examples_dataset(reader, request, kept)
+
+
+def _distributed(fn, chunks, scheduler, bar):
+    from distributed import Client, as_completed
+
+    with Client(scheduler) as client:
+        futures = [client.submit(fn, k, idx, pure=False) for k, idx in enumerate(chunks)]
+        size = {f.key: len(idx) for f, idx in zip(futures, chunks)}
+        for future in as_completed(futures):
+            bar.update(size[future.key])
+        return client.gather(futures)

@@ -1,0 +1,28 @@
+"""The reports of an ablation folder, from OUT/results.nc and OUT/examples.nc alone: no decoding here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import xarray as xr
+
+from ..eval.aggregate import summarize
+from .figures import bar_chart, examples_figure
+from .tables import markdown
+
+ENGINE = "h5netcdf"
+
+
+def write_reports(out: str | Path) -> None:
+    """summary.csv, summary.md, ablation.png, and examples.png when OUT/examples.nc exists."""
+    out = Path(out)
+    with xr.open_dataset(out / "results.nc", engine=ENGINE) as results:
+        summary = summarize(results)
+        names = list(results.checkpoint.values)
+    summary.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(markdown(summary, names))
+    bar_chart(summary, out / "ablation.png")
+    (out / "examples.png").unlink(missing_ok=True)
+    if (out / "examples.nc").exists():
+        with xr.open_dataset(out / "examples.nc", engine=ENGINE) as examples:
+            examples_figure(examples.load(), out / "examples.png")

@@ -1,0 +1,181 @@
+"""The run folder of a finetune. This module alone writes it, reads it and checks it against a cache.
+
+    config.json        the recipe, the cache it was trained on (path and fingerprint), the model, the split
+                       (the very samples on each side) and the run's own fingerprint
+    decoder.pth        the best decoder, under SAM's key names (`mask_decoder.*`)
+    decoder_last.pth   the last epoch's decoder
+    state.pth          what --resume needs: tensors and plain data only, loaded with weights_only=True
+    sam_finetuned.pth  a full SAM checkpoint with the best decoder, for segment_anything's registry
+    metrics.csv        one row per epoch (epoch 0 is the untrained decoder); curves.png draws it
+
+A checkpoint is named on the command line as `base` (the cache's own SAM), a run folder, or a SAM .pth
+file; `load_decoder` turns any of them into a decoder that fits the cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError, SamCacheError
+from .models import detect_type, load_decoder as _cache_decoder, load_state_dict
+
+CONFIG, DECODER, LAST, STATE = "config.json", "decoder.pth", "decoder_last.pth", "state.pth"
+FULL, METRICS, CURVES = "sam_finetuned.pth", "metrics.csv", "curves.png"
+METRIC_COLUMNS = ["epoch", "train_loss", "val_dice", "val_iou", "val_objects", "lr", "seconds", "read_wait_s"]
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+
+    # ---- open and create --------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path) -> "Run":
+        path = Path(path)
+        if not (path / CONFIG).is_file() or not (path / DECODER).is_file():
+            raise CheckpointError(f"{path}: not a finetune run folder (no {CONFIG} and {DECODER})")
+        try:
+            config = json.loads((path / CONFIG).read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path / CONFIG}: unreadable run config: {e}") from e
+        for key in ("recipe", "cache_fingerprint", "model", "split"):
+            if key not in config:
+                raise CheckpointError(f"{path / CONFIG}: no `{key}`; a run of an older samcache? Finetune it again")
+        return cls(path, config)
+
+    @classmethod
+    def start(cls, path: str | Path, config: dict) -> "Run":
+        run = cls(Path(path), config)
+        run.path.mkdir(parents=True, exist_ok=True)
+        tmp = run.path / (CONFIG + ".tmp")
+        tmp.write_text(json.dumps(config, indent=2))
+        tmp.replace(run.path / CONFIG)
+        return run
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def recipe(self) -> dict:
+        return self.config["recipe"]
+
+    @property
+    def min_area(self) -> int:
+        return int(self.recipe["min_area"])
+
+    # ---- the cache it belongs to ------------------------------------------------------------------
+    def check_cache(self, reader, split: str = "all") -> str | None:
+        """Refuse a cache of another model, and a train/val split of another cache; return a note when
+        the run is scored on a cache other than its own."""
+        if self.config["model"] != reader.model:
+            m, c = self.config["model"], reader.model
+            raise CheckpointError(
+                f"{self.path}: trained on a cache of SAM {m['type']} ({m['checkpoint_sha256'][:16]}…); "
+                f"{reader.path} is SAM {c['type']} ({c['checkpoint_sha256'][:16]}…)")
+        theirs = self.config["cache_fingerprint"]
+        if theirs == reader.fingerprint:
+            return None
+        if split in ("train", "val"):
+            raise SamCacheError(
+                f"{self.path} was trained on another cache ({self.config.get('cache')}, fingerprint {theirs}) than "
+                f"{reader.path} (fingerprint {reader.fingerprint}): its {split} split names samples of that cache. "
+                "Score it with --split all here, or on the cache it was trained on.")
+        return (f"note: {self.name} was trained on another cache ({self.config.get('cache')}); scoring it on every "
+                f"sample of {reader.path}")
+
+    def indices(self, split: str) -> np.ndarray:
+        """The run's own train or val samples."""
+        return np.asarray(self.config["split"][split], dtype=np.int64)
+
+    # ---- weights ----------------------------------------------------------------------------------
+    def save_decoder(self, decoder, which: str = DECODER) -> None:
+        """Decoder weights only, under SAM's key names (`mask_decoder.*`)."""
+        state = {f"mask_decoder.{k}": v.detach().cpu() for k, v in decoder.mask_decoder.state_dict().items()}
+        torch.save(state, self.path / which)
+
+    def decoder_weights(self, which: str = DECODER) -> dict:
+        return _safe_load(self.path / which)
+
+    def save_state(self, state: dict) -> None:
+        tmp = self.path / (STATE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path / STATE)
+
+    def load_state(self, device) -> dict | None:
+        """What --resume needs, or None if the run has not finished an epoch."""
+        path = self.path / STATE
+        return _safe_load(path, device) if path.exists() else None
+
+    def write_metrics(self, history: list[dict]) -> None:
+        with open(self.path / METRICS, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            for row in history:
+                w.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+
+
+def _safe_load(path: Path, device="cpu"):
+    """torch.load with weights_only=True: tensors and plain data load, a pickle that would run code is refused."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refusing to load it: it holds Python objects beyond tensors and plain data, "
+                              "which could run code when unpickled. Use a run folder you trust, or finetune again."
+                              ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable (corrupt or truncated?): {e}") from e
+
+
+# ---- checkpoints named on the command line ----------------------------------------------------------
+def is_run(spec: str | Path) -> bool:
+    return Path(spec).is_dir() and (Path(spec) / CONFIG).is_file()
+
+
+def checkpoint_name(spec: str) -> str:
+    return "base" if spec == "base" else Path(spec).stem if Path(spec).is_file() else Path(spec).name
+
+
+def load_decoder(reader, spec: str, base_checkpoint=None):
+    """A decoder for `spec` that fits the cache of `reader`: `base` (the cache's own SAM), a finetune run
+    folder, or a SAM .pth file whose mask decoder replaces the base one."""
+    decoder, _ = _cache_decoder(reader.model, base_checkpoint or reader.attrs.get("checkpoint"))
+    if spec == "base":
+        return decoder
+    path = Path(spec)
+    if path.is_dir():
+        run = Run.open(path)
+        run.check_cache(reader)
+        state = run.decoder_weights()
+    elif path.is_file():
+        state = load_state_dict(path)
+        found = detect_type(state) if "image_encoder.patch_embed.proj.weight" in state else None
+        if found is not None and found != reader.model["type"]:
+            raise CheckpointError(f"{path}: a {found} checkpoint; this cache was embedded with {reader.model['type']}")
+    else:
+        raise CheckpointError(f"{spec}: no such run folder or checkpoint file (or say `base`)")
+    state = {k[len("mask_decoder."):]: v for k, v in state.items() if k.startswith("mask_decoder.")}
+    try:
+        decoder.mask_decoder.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{spec}: its mask decoder does not fit this cache's SAM "
+                              f"{reader.model['type']}: {e}") from e
+    return decoder
+
+
+def min_area_of(checkpoints, default: int) -> int:
+    """The objects' minimum area for scoring these checkpoints: the runs' own (they must agree), else
+    `default`."""
+    areas = {Run.open(c).min_area for c in checkpoints if is_run(c)}
+    if len(areas) > 1:
+        raise SamCacheError(f"the runs were trained with different --min-area ({sorted(areas)}); pass --min-area "
+                            "to score them on the same objects")
+    return areas.pop() if areas else default

@@ -1,0 +1,96 @@
+"""`samcache info`: what a cache holds and what made it; with `verify`, which chunks are damaged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import schema as S
+from .reader import CacheReader, size_on_disk
+
+
+def describe(path: str | Path) -> dict:
+    """The cache's attributes, sizes and progress; opens unfinished and damaged caches too."""
+    r = CacheReader(path, allow_partial=True, check_shards=False)
+    return {
+        "path": str(path),
+        "samples": r.n_samples,
+        "written": int(r.done.sum()),
+        "objects": int(r.coord(S.OBJECTS).sum()),
+        "sources": int(r.group[S.SOURCE_PATH].shape[0]),
+        "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype), "dims": list(a.metadata.dimension_names or [])}
+                   for name, a in r.group.arrays() if name in S.SHARDED},
+        "bytes": size_on_disk(path),
+        **r.attrs,
+    }
+
+
+@dataclass
+class Verification:
+    path: str
+    checked: int = 0  # chunks read
+    damaged: list[str] = field(default_factory=list)  # one line per damaged chunk or missing shard
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+    def __str__(self) -> str:
+        head = f"{self.path}: {self.checked} chunks read, "
+        if self.ok:
+            return head + "every checksum matches"
+        return head + f"{len(self.damaged)} damaged:\n" + "\n".join("  " + d for d in self.damaged)
+
+
+def verify(path: str | Path) -> Verification:
+    """Read every chunk of the cache (every written sample of the sharded arrays) and report what fails."""
+    r = CacheReader(path, allow_partial=True, check_shards=False)
+    v = Verification(str(path))
+    v.damaged += [f"{key}: shard file missing (its samples are marked written)" for key in r.missing_shards()]
+    missing = {d.split(":")[0] for d in v.damaged}
+    for name, a in r.group.arrays():
+        if name not in S.SHARDED:
+            v.checked += 1
+            try:
+                a[...]
+            except Exception as e:  # noqa: BLE001 - every failure is a finding
+                v.damaged.append(f"{name}: cannot be read ({type(e).__name__}: {e})")
+            continue
+        shard = a.shards[0]
+        for k in np.unique(r.samples // shard):
+            key = f"{a.path}/{a.metadata.encode_chunk_key((int(k),) + (0,) * (a.ndim - 1))}"
+            if key in missing:
+                continue
+            start, stop = int(k) * shard, min(a.shape[0], (int(k) + 1) * shard)
+            v.checked += stop - start
+            try:
+                a[start:stop]
+            except Exception:  # noqa: BLE001 - find the samples
+                for i in range(start, stop):
+                    try:
+                        a[i]
+                    except Exception as e:  # noqa: BLE001
+                        v.damaged.append(f"{name}, sample {i}: {type(e).__name__}: {e}")
+    return v
+
+
+def format_info(r: dict) -> str:
+    m, p = r["model"], r["preprocessing"]
+    emb = r["arrays"][S.EMBEDDING]
+    lines = [
+        f"{r['path']}  ({'complete' if r['written'] == r['samples'] else 'INCOMPLETE: rerun embed to finish'})",
+        f"  samples   {r['written']}/{r['samples']} written, {r['objects']} objects, {r['sources']} sources, "
+        f"labels: {r.get('label_kind') or 'none'}",
+        f"  embedding {emb['dims']} {emb['shape']} {emb['dtype']}, "
+        f"{r['bytes'] / max(r['written'], 1) / 2**20:.2f} MiB/sample on disk ({r['bytes'] / 2**20:.1f} MiB total)",
+        f"  model     {m['type']} {'trained' if m['trained'] else 'UNTRAINED (random init)'}, "
+        f"checkpoint sha256 {m['checkpoint_sha256'][:24]}",
+        f"  tiles     patch {p['patch'] or 'whole image'}, stride {p['stride'] or p['patch'] or '-'}, canvas {p['canvas']}, "
+        f"skip empty {p['skip_empty']}, intensity {p['intensity']['mode']}",
+        f"  encoder   input {p['img_size']}, precision {p['precision']}, stored {p['dtype']}",
+        f"  made by   samcache {r['version']} (format {r['format']}{', checksummed' if r['format'] >= 2 else ''}), "
+        f"fingerprint {r['fingerprint']}",
+    ]
+    return "\n".join(lines)

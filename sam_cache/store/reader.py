@@ -1,0 +1,197 @@
+"""The one reader of a cache. Everything that reads a cache (finetune, evaluate, ablate, reports, info,
+xarray through `open_cache`) goes through `CacheReader`, so every reader honours the same rules:
+
+- a sample counts only once its `done` flag is set: an unfinished cache is refused unless
+  `allow_partial`, which keeps the finished samples only;
+- a sample marked done whose shard file is missing is an error that names the shard (a missing chunk
+  would otherwise read back as zeros);
+- a chunk that fails its checksum or cannot be decoded is an error naming the cache, the variable and
+  the sample.
+
+Per-sample coordinates are read once (each is one small chunk). The open Zarr group is never pickled: a
+reader sent to a worker process reopens the store there (zarr's event loop is not fork-safe).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.core.sync import sync
+
+from ..errors import CacheCorruptError, CacheIncompleteError, SamCacheError
+from ..ingest.labels import objects
+from . import schema as S
+
+
+def read_attrs(path: str | Path) -> dict:
+    """The `samcache` attributes of a cache, or a clear error if `path` is no samcache cache."""
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as e:
+        raise SamCacheError(f"{path}: not a samcache cache (no Zarr group): {e}") from e
+    attrs = group.attrs.get(S.ATTRS)
+    if not attrs:
+        raise SamCacheError(f"{path}: a Zarr group, but not a samcache cache (no `{S.ATTRS}` attributes)")
+    if attrs.get("format") not in S.READABLE_FORMATS:
+        raise SamCacheError(f"{path}: cache format {attrs.get('format')} is not one this samcache reads "
+                            f"({', '.join(map(str, S.READABLE_FORMATS))}); upgrade samcache")
+    return dict(attrs)
+
+
+async def _collect(store, prefix: str) -> set[str]:
+    return {key async for key in store.list_prefix(prefix)}
+
+
+class CacheReader:
+    """Read access to one cache: attributes, done samples, coordinates, embeddings, labels, classes."""
+
+    def __init__(self, path: str | Path, allow_partial: bool = False, check_shards: bool = True):
+        self.path = str(path)
+        self.attrs = read_attrs(path)
+        self._group = None
+        done = np.asarray(self.group[S.DONE][:], dtype=bool)
+        if not done.all() and not allow_partial:
+            raise CacheIncompleteError(
+                f"{path}: {int(done.sum())} of {done.size} samples are written; rerun the same "
+                "`samcache embed` command to finish it (or open it with allow_partial=True)")
+        self.done = done
+        self.samples = np.flatnonzero(done)  # the samples a reader may use, in order
+        self.coords = {name: np.asarray(self.group[name][:]) for name in S.SAMPLE_COORDS}
+        if check_shards:
+            missing = self.missing_shards()
+            if missing:
+                raise CacheCorruptError(f"{path}: shard file {missing[0]} is missing, but its samples are marked "
+                                        f"written ({len(missing)} missing in all); run `samcache info --verify "
+                                        f"{path}`, then rebuild the cache with --overwrite")
+
+    # ---- the store --------------------------------------------------------------------------------
+    @property
+    def group(self) -> zarr.Group:
+        if self._group is None:
+            self._group = zarr.open_group(self.path, mode="r")
+        return self._group
+
+    def __getstate__(self):  # never pickle an open store into a worker
+        return {**self.__dict__, "_group": None}
+
+    def missing_shards(self) -> list[str]:
+        """Shard files of done samples that are not in the store."""
+        out = []
+        for name in S.SHARDED:
+            if name not in self.group:
+                continue
+            a = self.group[name]
+            shard = a.shards[0]
+            have = sync(_collect(self.group.store, f"{a.path}/"))
+            for k in np.unique(self.samples // shard):
+                key = f"{a.path}/{a.metadata.encode_chunk_key((int(k),) + (0,) * (a.ndim - 1))}"
+                if key not in have:
+                    out.append(key)
+        return out
+
+    def _read(self, name: str, index: int) -> np.ndarray:
+        if not self.done[index]:
+            raise CacheIncompleteError(f"{self.path}: sample {index} is not written yet")
+        try:
+            return np.asarray(self.group[name][int(index)])
+        except Exception as e:  # checksum mismatch, blosc error, truncated shard: one line naming all three
+            raise CacheCorruptError(f"{self.path}: variable `{name}`, sample {index} cannot be read "
+                                    f"({type(e).__name__}: {e}); run `samcache info --verify {self.path}`") from e
+
+    # ---- what made it -----------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return self.attrs["fingerprint"]
+
+    @property
+    def model(self) -> dict:
+        return self.attrs["model"]
+
+    @property
+    def label_kind(self) -> str | None:
+        return self.attrs.get("label_kind")
+
+    @property
+    def canvas(self) -> tuple[int, int]:
+        """(H, W) every stored tile is padded to."""
+        return tuple(int(v) for v in self.group[S.IMAGE].shape[1:3])
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.done.size)
+
+    def require_labels(self, purpose: str) -> None:
+        if self.label_kind is None:
+            raise SamCacheError(f"{self.path}: the cache holds no labels; embed a dataset with labels {purpose}")
+
+    # ---- per sample -------------------------------------------------------------------------------
+    def coord(self, name: str) -> np.ndarray:
+        return self.coords[name]
+
+    def valid_size(self, index: int) -> tuple[int, int]:
+        return int(self.coords[S.VALID_H][index]), int(self.coords[S.VALID_W][index])
+
+    def embedding(self, index: int) -> np.ndarray:
+        return self._read(S.EMBEDDING, index)
+
+    def image(self, index: int) -> np.ndarray:
+        """The tile as fed to the encoder, cropped to its valid size."""
+        h, w = self.valid_size(index)
+        return self._read(S.IMAGE, index)[:h, :w]
+
+    def label(self, index: int, layer: str | None = None) -> np.ndarray:
+        """The tile's label map, cropped to its valid size."""
+        h, w = self.valid_size(index)
+        return self._read(S.label_layer(layer), index)[:h, :w]
+
+    def objects(self, index: int, min_area: int) -> tuple[np.ndarray, np.ndarray]:
+        """The tile's objects: masks [K, h, w] bool and their ids [K]."""
+        return objects(self.label(index), self.label_kind, min_area)
+
+    # ---- sources and classes ----------------------------------------------------------------------
+    def source_table(self, name: str) -> np.ndarray:
+        return np.asarray(self.group[name][...])
+
+    def sources(self, indices=None) -> np.ndarray:
+        """The source index of each sample of `indices` (default: every usable sample)."""
+        return self.coords[S.SOURCE][self.samples if indices is None else np.asarray(indices, dtype=int)]
+
+    def classes(self, index: int, ids: np.ndarray) -> list[str]:
+        """The class of each object id of a sample: the id itself for class labels, the class named by
+        its mask file for one-object mask files, `object` otherwise."""
+        if self.label_kind == "class":
+            return [str(int(i)) for i in ids]
+        names = self.attrs.get("class_names")
+        if names and S.MASK_CLASS in self.group:
+            if not hasattr(self, "_mask_class"):
+                self._mask_class = self.source_table(S.MASK_CLASS)
+            table = self._mask_class[int(self.coords[S.SOURCE][index])]
+            return [names[table[int(i) - 1]] for i in ids]
+        return ["object"] * len(ids)
+
+    # ---- xarray -----------------------------------------------------------------------------------
+    def dataset(self) -> xr.Dataset:
+        """The cache as a lazy xarray.Dataset of its usable samples (dask arrays)."""
+        ds = xr.open_zarr(self.path, consolidated=False)  # the live metadata, never a stale consolidated copy
+        if not self.done.all():
+            ds = ds.isel({S.SAMPLE: self.samples})
+        ds.attrs[S.ATTRS] = self.attrs
+        return ds
+
+
+def open_cache(path: str | Path, allow_partial: bool = False) -> xr.Dataset:
+    """The cache as a lazy xarray.Dataset (dask arrays). Refuses an unfinished cache unless allow_partial,
+    in which case only the samples already written are returned."""
+    return CacheReader(path, allow_partial).dataset()
+
+
+def size_on_disk(path: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def label_paths(reader: CacheReader) -> list[list[str]]:
+    return [json.loads(v) for v in reader.source_table(S.LABEL_PATHS)]

@@ -1,0 +1,54 @@
+"""The cache schema: every Zarr variable, its dimensions, dtype and codecs, named once, here.
+
+    embedding (sample, channel, y, x)        float16 (or float32), one sample per chunk, sharded
+    image     (sample, height, width, rgb)   uint8, the tile as fed to the encoder (zero padded)
+    label     (sample, height, width)        int32 object/class ids, or 0/1 for binary labels
+    coordinates on `sample`: source, slice, y0, x0, valid_h, valid_w, objects, done
+    a table on `source`: source_path, label_paths, source_sha256, source_shape, slice_axis, intensity_lo/hi,
+    and mask_class (source, mask) for one-object mask files
+
+Every module reads and writes these names through the constants below, never as string literals.
+Format 2 adds a CRC32C checksum to every chunk (and zarr's sharding keeps one on every shard index);
+format 1 caches, written without, still open.
+"""
+
+from __future__ import annotations
+
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
+ATTRS = "samcache"  # the group attribute holding the fingerprint and what made the cache
+
+# dimensions
+SAMPLE, SOURCE_DIM, MASK_DIM = "sample", "source", "mask"
+
+# per-sample arrays, written a whole shard at a time
+EMBEDDING, IMAGE, LABEL = "embedding", "image", "label"
+DIMS = {
+    EMBEDDING: (SAMPLE, "channel", "y", "x"),
+    IMAGE: (SAMPLE, "height", "width", "rgb"),
+    LABEL: (SAMPLE, "height", "width"),
+}
+SHARDED = (EMBEDDING, IMAGE, LABEL)
+
+# per-sample coordinates, each one small chunk
+SOURCE, SLICE, Y0, X0, VALID_H, VALID_W, OBJECTS = "source", "slice", "y0", "x0", "valid_h", "valid_w", "objects"
+SAMPLE_COORDS = (SOURCE, SLICE, Y0, X0, VALID_H, VALID_W, OBJECTS)
+DONE = "done"  # commit flags: a sample is valid once its shard's flags are set, after its data
+SPLIT = "split"  # optional per-sample "train"/"val"/"test", added by the user
+
+# the source table
+SOURCE_PATH, LABEL_PATHS, SOURCE_SHA256, SOURCE_SHAPE = "source_path", "label_paths", "source_sha256", "source_shape"
+SLICE_AXIS, INTENSITY_LO, INTENSITY_HI, MASK_CLASS = "slice_axis", "intensity_lo", "intensity_hi", "mask_class"
+
+# Blosc zstd-1 with bit-shuffle, measured on embeddings of real EM tiles (benchmarks/codecs.py); then a
+# checksum of the compressed bytes, so a flipped bit is an error, never a silently wrong value.
+EMBEDDING_CODECS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), Crc32cCodec())
+PIXEL_CODECS = (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec())
+SMALL_CODECS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec())
+
+
+def label_layer(layer: str | None = None) -> str:
+    """The variable of a label layer: `label` for the ground truth, `label_<layer>` for others."""
+    return LABEL if layer in (None, "", LABEL) else f"{LABEL}_{layer}"

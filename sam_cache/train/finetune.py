@@ -1,0 +1,314 @@
+"""`samcache finetune`: train SAM's mask decoder from the cache; the image encoder is never run.
+
+Default recipe (the EM mitochondria study): MONAI Dice + cross-entropy (sigmoid, squared_pred) on the
+mask, MSE for the IoU head, Adam lr 1e-5, weight decay 0, 5 epochs. With multimask, each object trains the
+best of SAM's 3 masks (lowest loss). Train/validation split by source file, never by tile, with the
+validation files drawn among those that hold objects.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+
+from .. import __version__
+from .. import options as O
+from ..decode import prompts as P
+from ..decode.pipeline import PromptBatch, decode_prompts
+from ..errors import SamCacheError
+from ..eval.metrics import scores
+from ..models import load_decoder, load_sam, load_state_dict
+from ..progress import Progress
+from ..runs import CURVES, DECODER, FULL, LAST, Run
+from ..store import fingerprint
+from ..store import schema as S
+from ..store.reader import CacheReader
+from .data import MIN_AREA, ObjectSamples, loader, low_res_targets
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+SPLITS = ("source", "column")  # a seeded split of source files, or the cache's own `split` variable
+
+
+@dataclass
+class FinetuneConfig:
+    prompt: str = "box"
+    prompt_options: dict = field(default_factory=dict)  # e.g. {"jitter": 0.1} for box-jitter
+    epochs: int = 5
+    lr: float = 1e-5
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: str = "constant"
+    batch_size: int = 8  # samples per step
+    objects_per_sample: int = 4
+    min_area: int = MIN_AREA
+    multimask: bool = True
+    iou_loss_weight: float = 1.0
+    val_fraction: float = 0.2
+    split: str = "source"
+    early_stopping: int | None = None  # patience in epochs
+    seed: int = 0
+    workers: int = 0
+
+    def check(self) -> "FinetuneConfig":
+        """Every option checked once, before any work, with the valid choices in the message."""
+        P.check([self.prompt], self.prompt_options)
+        O.choice("--optimizer", self.optimizer, OPTIMIZERS)
+        O.choice("--schedule", self.schedule, SCHEDULES)
+        O.choice("--split", self.split, SPLITS)
+        for name, low in (("epochs", 1), ("batch_size", 1), ("objects_per_sample", 1), ("min_area", 1),
+                          ("workers", 0), ("weight_decay", 0), ("momentum", 0), ("iou_loss_weight", 0)):
+            O.at_least("--" + name.replace("_", "-"), getattr(self, name), low)
+        if not self.lr > 0:
+            raise O.OptionError(f"--lr must be > 0, not {self.lr!r}")
+        O.at_least("--val-fraction", self.val_fraction, 0, 0.95)
+        if self.early_stopping is not None:
+            O.at_least("--early-stopping", self.early_stopping, 1)
+        return self
+
+
+@dataclass
+class FinetuneResult:
+    run: str
+    best_epoch: int
+    selected_by: str  # "val_dice", or "train_loss" when the run has no validation split
+    best_val_dice: float  # NaN without a validation split
+    best_train_loss: float
+    base_val_dice: float
+    seconds_per_epoch: float
+    read_wait_share: float  # share of step time spent waiting for reads
+
+    def __str__(self) -> str:
+        speed = (f"{self.seconds_per_epoch:.2f} s/epoch, {100 * self.read_wait_share:.1f}% of it waiting on reads")
+        if self.selected_by == "train_loss":
+            return (f"{self.run}: no validation split; kept epoch {self.best_epoch}, the lowest train loss "
+                    f"({self.best_train_loss:.4f}), {speed}")
+        return (f"{self.run}: best val Dice {self.best_val_dice:.4f} at epoch {self.best_epoch} "
+                f"(untrained decoder {self.base_val_dice:.4f}), {speed}")
+
+
+def split_samples(reader: CacheReader, val_fraction: float, seed: int, how: str = "source"):
+    """Train and validation sample indices: by the cache's `split` variable, or a seeded split of source
+    files, the validation files drawn among those that hold objects (an image without any would leave
+    nothing to validate on)."""
+    O.choice("--split", how, SPLITS)
+    samples = reader.samples
+    if how == "column":
+        if S.SPLIT not in reader.group:
+            raise SamCacheError(f"{reader.path}: no `{S.SPLIT}` variable in the cache; use --split source")
+        split = np.asarray(reader.group[S.SPLIT][:]).astype(str)[samples]
+        return samples[split == "train"], samples[split == "val"]
+    source = reader.sources(samples)
+    objects = reader.coord(S.OBJECTS)[samples]
+    sources = np.unique(source)
+    pool = np.unique(source[objects > 0])  # sources holding objects
+    n_val = int(round(len(pool) * val_fraction))
+    if val_fraction > 0 and n_val == 0:
+        n_val = 1
+    if val_fraction > 0 and n_val >= len(pool):
+        raise SamCacheError(
+            f"{reader.path}: {len(sources)} source file(s), {len(pool)} of them with objects, cannot be split into "
+            "train and validation by source; embed more files, add a `split` variable (--split column), or pass "
+            "--val-fraction 0")
+    val_sources = np.random.default_rng(seed).permutation(pool)[:n_val]
+    is_val = np.isin(source, val_sources)
+    return samples[~is_val], samples[is_val]
+
+
+def describe_split(reader: CacheReader, train, val, how: str) -> str:
+    def side(idx):
+        n_src = len(np.unique(reader.sources(idx))) if len(idx) else 0
+        return f"{len(idx)} samples from {n_src} sources, {int(reader.coord(S.OBJECTS)[idx].sum())} objects"
+
+    return f"split by {how}: train {side(train)}; validation {side(val) if len(val) else 'none'}"
+
+
+def mask_losses(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice + BCE of every candidate: logits [N, M, L, L], target [N, L, L] -> [N, M].
+
+    The same terms MONAI's DiceCELoss(sigmoid=True, squared_pred=True) adds up, kept per mask (DiceCELoss
+    only returns a mean), so the best of SAM's 3 masks can be chosen per object."""
+    N, M = logits.shape[:2]
+    x, y = logits.reshape(N * M, 1, *logits.shape[2:]), target.repeat_interleave(M, 0)[:, None]
+    dice = DiceLoss(sigmoid=True, squared_pred=True, reduction="none")(x, y).reshape(N, M)
+    bce = F.binary_cross_entropy_with_logits(x, y, reduction="none").mean((1, 2, 3)).reshape(N, M)
+    return dice + bce
+
+
+def make_optimizer(params, c: FinetuneConfig):
+    if c.optimizer == "adam":
+        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+    if c.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+    return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+
+def _schedule(opt, c: FinetuneConfig):
+    if c.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(c.epochs, 1))
+    if c.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(c.epochs // 3, 1), gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+
+
+def train_step(decoder, batch, c: FinetuneConfig, device) -> tuple[torch.Tensor, int]:
+    """The loss of one batch (best of 3 masks per object with multimask) and the objects it counted."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = decode_prompts(decoder, batch["embedding"], PromptBatch.collated(batch), batch["valid_size"],
+                             "best-iou" if c.multimask else "single", tile_masks=False)
+    logits, iou_pred = out.logits.float(), out.iou.float()
+    B, K, M, L, _ = logits.shape
+    valid = batch["prompt_valid"].to(device)
+    target = low_res_targets(batch["masks"].to(device), batch["valid_size"], L)
+    sel = valid.flatten()
+    if not sel.any():
+        return logits.sum() * 0, 0
+    lg, tg, ip = logits.reshape(B * K, M, L, L)[sel], target.reshape(B * K, L, L)[sel], iou_pred.reshape(B * K, M)[sel]
+    losses = mask_losses(lg, tg)
+    best = losses.argmin(1)
+    mask_loss = losses.gather(1, best[:, None]).mean()
+    with torch.no_grad():
+        true_iou = scores((lg > 0).flatten(0, 1), tg.repeat_interleave(M, 0).bool())["iou"].reshape(-1, M)
+    return mask_loss + c.iou_loss_weight * F.mse_loss(ip, true_iou), int(sel.sum())
+
+
+@torch.no_grad()
+def validate(decoder, data, multimask: bool) -> dict:
+    """Mean Dice and IoU over the validation objects, at tile resolution (best of 3 by predicted IoU)."""
+    decoder.eval()
+    dice, iou = [], []
+    for batch in data:
+        if batch["masks"].shape[1] == 0:  # a background tile: no object to prompt
+            continue
+        out = decode_prompts(decoder, batch["embedding"], PromptBatch.collated(batch), batch["valid_size"],
+                             "best-iou" if multimask else "single")
+        for b, pred in enumerate(out.masks):
+            h, w = batch["valid_size"][b].tolist()
+            keep = batch["prompt_valid"][b]
+            s = scores(pred[keep].cpu(), batch["masks"][b][keep][:, :h, :w])
+            dice.append(s["dice"])
+            iou.append(s["iou"])
+    if not dice:
+        return {"val_dice": float("nan"), "val_iou": float("nan"), "val_objects": 0}
+    dice, iou = torch.cat(dice), torch.cat(iou)
+    return {"val_dice": float(dice.mean()), "val_iou": float(iou.mean()), "val_objects": int(dice.numel())}
+
+
+def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None = None, checkpoint=None,
+             device: str | None = None, resume: bool = False, progress: bool = True, log=print) -> FinetuneResult:
+    """Train the mask decoder from `cache` into the run folder `out`. See FinetuneConfig for the recipe."""
+    c = (config or FinetuneConfig()).check()
+    reader = CacheReader(cache)
+    reader.require_labels("to finetune")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    decoder, spec = load_decoder(reader.model, checkpoint or reader.attrs.get("checkpoint"))
+    decoder.to(device)
+    decoder.prompt_encoder.requires_grad_(False)
+    train_idx, val_idx = split_samples(reader, c.val_fraction, c.seed, c.split)
+    counts = reader.coord(S.OBJECTS)
+    for name, idx in (("training", train_idx), ("validation", val_idx)):
+        if (len(idx) or name == "training") and counts[idx].sum() == 0:
+            raise SamCacheError(f"{cache}: the {name} split holds no objects ({len(idx)} samples); "
+                                "change --seed or --val-fraction, or add a `split` variable")
+    if c.val_fraction > 0 and not len(val_idx):
+        raise SamCacheError(f"{cache}: the validation split is empty; pass --val-fraction 0 to train without one")
+    log(describe_split(reader, train_idx, val_idx, c.split) +
+        ("" if len(val_idx) else " (no validation: the epoch with the lowest train loss is kept)"))
+    img_size = decoder.img_size[0]
+    make = lambda idx, k: ObjectSamples(reader, idx, c.prompt, k, img_size, c.seed, c.min_area,  # noqa: E731
+                                        c.prompt_options)
+    train_set, val_set = make(train_idx, c.objects_per_sample), make(val_idx, None)
+    val_data = loader(val_set, 1, workers=c.workers) if len(val_idx) else []
+    opt = make_optimizer(decoder.mask_decoder.parameters(), c)
+    sched = _schedule(opt, c)
+    recipe = asdict(c)
+    run = Run.start(out, {
+        "recipe": recipe, "cache": str(cache), "cache_fingerprint": reader.fingerprint, "model": spec.fingerprint(),
+        "split": {"how": c.split, "val_fraction": c.val_fraction, "seed": c.seed,
+                  "train": train_idx.tolist(), "val": val_idx.tolist()},
+        "run_fingerprint": fingerprint.child(reader.fingerprint, {k: v for k, v in recipe.items() if k != "epochs"}),
+        "train_samples": len(train_idx), "val_samples": len(val_idx), "samcache": __version__,
+    })
+    selected_by = "val_dice" if len(val_idx) else "train_loss"
+    history, start, best = [], 1, {"epoch": 0, "value": math.nan}
+    state = run.load_state(device) if resume else None
+    if state is not None:
+        if state["recipe"] != recipe | {"epochs": state["recipe"]["epochs"]}:
+            raise SamCacheError(f"{out}: --resume with other settings than the run was started with")
+        decoder.mask_decoder.load_state_dict(state["mask_decoder"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, best, start = state["history"], state["best"], state["epoch"] + 1
+    else:
+        base = validate(decoder, val_data, c.multimask) if len(val_idx) else {}
+        history.append({"epoch": 0, "train_loss": math.nan, "val_dice": math.nan, **base, "seconds": 0.0,
+                        "read_wait_s": 0.0, "lr": c.lr})
+
+    for epoch in range(start, c.epochs + 1):
+        decoder.train()
+        train_set.epoch = epoch
+        shuffle = torch.Generator().manual_seed(c.seed * 100_003 + epoch)
+        data = loader(train_set, c.batch_size, shuffle, c.workers, pin=device.type == "cuda")
+        t0, wait, total, count = time.perf_counter(), 0.0, 0.0, 0
+        bar = Progress(len(data), f"epoch {epoch}/{c.epochs}", "steps", enabled=progress)
+        it = iter(data)
+        while True:
+            tw = time.perf_counter()
+            batch = next(it, None)
+            wait += time.perf_counter() - tw
+            if batch is None:
+                break
+            loss, n = train_step(decoder, batch, c, device)
+            if n:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, count = total + float(loss.detach()) * n, count + n
+            bar.update()
+        bar.close()
+        sched.step()
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_dice": math.nan,
+               **(validate(decoder, val_data, c.multimask) if len(val_idx) else {}),
+               "seconds": seconds, "read_wait_s": wait, "lr": opt.param_groups[0]["lr"]}
+        history.append(row)
+        run.save_decoder(decoder, LAST)
+        better = (row["val_dice"] > best["value"]) if selected_by == "val_dice" else (row["train_loss"] < best["value"])
+        if best["epoch"] == 0 or better:
+            best = {"epoch": epoch, "value": row[selected_by]}
+            run.save_decoder(decoder, DECODER)
+        run.save_state({"epoch": epoch, "mask_decoder": decoder.mask_decoder.state_dict(),
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
+                        "best": best, "recipe": recipe})
+        run.write_metrics(history)
+        if c.early_stopping and epoch - best["epoch"] >= c.early_stopping:
+            break
+    _save_full_sam(reader.model, spec, run)
+    from ..reports.figures import curves
+
+    curves(history, run.path / CURVES)
+    epochs = [r for r in history if r["epoch"] > 0]
+    seconds = float(np.mean([r["seconds"] for r in epochs])) if epochs else 0.0
+    waits = sum(r["read_wait_s"] for r in epochs) / max(sum(r["seconds"] for r in epochs), 1e-9)
+    best_row = next((r for r in history if r["epoch"] == best["epoch"]), history[-1])
+    return FinetuneResult(str(out), best["epoch"], selected_by, best_row.get("val_dice", math.nan),
+                          best_row["train_loss"], history[0].get("val_dice", math.nan), seconds, waits)
+
+
+def _save_full_sam(model: dict, spec, run: Run) -> None:
+    """sam_finetuned.pth: the original checkpoint (encoder, prompt encoder) with the best decoder swapped in,
+    loadable by segment_anything's registry (or samcache's tiny builder)."""
+    if spec.checkpoint is not None:
+        state = load_state_dict(spec.checkpoint)
+    else:
+        state = load_sam(model["type"], random_init=True)[0].state_dict()
+    state.update(run.decoder_weights(DECODER))
+    torch.save(state, run.path / FULL)
