@@ -14,7 +14,12 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
 
+# the full suite: what CI runs
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
-.PHONY: install demo test
+# everything but the tests marked slow (real-data finetunes, stock loading, SIGKILL, the EM CLI, a cluster)
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
+
+.PHONY: install demo test test-fast

@@ -13,14 +13,10 @@ import time
 
 import numpy as np
 import torch
-import zarr
-
 from common import save, table
 from finetune_speed import em_cache
-from sam_cache.cache import read_attrs
-from sam_cache.data import sample_table, stored_label
-from sam_cache.evaluate import load_checkpoint, score_samples
-from sam_cache.labels import objects
+from sam_cache.eval.runner import Request, load_decoders, score_samples
+from sam_cache.store.reader import CacheReader
 
 
 def main():
@@ -28,24 +24,23 @@ def main():
     ap.add_argument("--model", default="vit_b")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--prompts", default="box,center-point,random-3-points")
+    ap.add_argument("--min-area", type=int, default=1, help="objects smaller than this are not scored")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     path = em_cache(args.model, args.n, args.device)
-    attrs = read_attrs(path)
-    decoders = {"base": load_checkpoint(attrs, "base").to(args.device)}
+    reader = CacheReader(path)
     prompts = args.prompts.split(",")
+    request = Request(tuple(prompts), ("base",), min_area=args.min_area).check()
+    decoders = load_decoders(reader, request, args.device)
     idx = np.arange(args.n)
-    group = zarr.open_group(path, mode="r")
     t = time.perf_counter()  # the reading part alone: embeddings, labels, objects
-    coords = sample_table(group)
     for i in idx:
-        np.asarray(group["embedding"][int(i)])
-        label, (h, w) = stored_label(group, coords, int(i))
-        objects(label[:h, :w], attrs["label_kind"], 1)
+        reader.embedding(int(i))
+        reader.objects(int(i), args.min_area)
     read = time.perf_counter() - t
-    score_samples(path, idx[:1], prompts, decoders, device=args.device)  # warm-up
+    score_samples(reader, idx[:1], request, decoders, args.device)  # warm-up
     t = time.perf_counter()
-    r = score_samples(path, idx, prompts, decoders, device=args.device)
+    r, _ = score_samples(reader, idx, request, decoders, args.device)
     total = time.perf_counter() - t
     n_prompts = r.sizes["object"] * len(prompts) * len(decoders)
     rows = [{"samples": args.n, "objects": r.sizes["object"], "prompts": n_prompts, "seconds": total,

@@ -20,10 +20,10 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from common import DATA, OUT, save, table
-from sam_cache.encoder import Encoder
+from sam_cache.encode.encoder import Encoder
 from sam_cache.models import CHECKPOINTS, cache_dir, load_sam
-from sam_cache.sources import discover
-from sam_cache.tiles import TileDataset, TileSpec, plan
+from sam_cache.ingest.sources import discover
+from sam_cache.ingest.tiles import TileDataset, TileSpec, plan
 
 CODECS = {
     "none": None,

@@ -15,6 +15,27 @@ OUT = Path(os.environ.get("SAMCACHE_BENCH_OUT", Path(__file__).parent / "out"))
 DATA = Path(os.environ.get("SAMCACHE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+def rectangles(root: Path, n: int, size: int = 64, seed: int = 0) -> Path:
+    """A synthetic labelled dataset for I/O and scaling figures: images/ + labels/ of n gray PNGs, each with two
+    bright rectangles as instances on a dark noisy background."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image = rng.integers(0, 60, (size, size), dtype=np.uint8)
+        label = np.zeros((size, size), np.uint16)
+        for k, (h, w) in enumerate(rng.integers(size // 6, size // 3, (2, 2)), start=1):
+            y, x = rng.integers(0, size - h), rng.integers(0, size - w)
+            label[y:y + h, x:x + w] = k
+            image[y:y + h, x:x + w] = 200
+        Image.fromarray(image).save(root / "images" / f"r{i:05d}.png")
+        Image.fromarray(label).save(root / "labels" / f"r{i:05d}.png")
+    return root
+
+
 def machine() -> dict:
     import numpy
     import segment_anything  # noqa: F401

@@ -19,7 +19,7 @@ from PIL import Image
 
 from common import OUT, save, table, timed
 import sam_cache
-from sam_cache.encoder import Encoder
+from sam_cache.encode.encoder import Encoder
 from sam_cache.models import load_sam
 
 

@@ -18,7 +18,7 @@ import torch
 from segment_anything import SamPredictor
 
 from common import save, table, timed
-from sam_cache.encoder import Encoder
+from sam_cache.encode.encoder import Encoder
 from sam_cache.models import load_sam
 
 TFLOP_PER_IMAGE = {"vit_h": 5.96, "vit_l": 2.99, "vit_b": 0.97}  # one 1024² image

@@ -16,15 +16,14 @@ import time
 
 import numpy as np
 import torch
-import zarr
 
 from common import DATA, OUT, save, sync, table
 import sam_cache
-from sam_cache.cache import read_attrs
-from sam_cache.data import ObjectSamples, loader
-from sam_cache.encoder import Encoder
-from sam_cache.finetune import FinetuneConfig, _optimizer, _train_step
+from sam_cache.encode.encoder import Encoder
 from sam_cache.models import load_decoder, load_sam
+from sam_cache.store.reader import CacheReader
+from sam_cache.train.data import ObjectSamples, loader
+from sam_cache.train.finetune import FinetuneConfig, make_optimizer, train_step
 
 
 def em_cache(model: str, n: int, device) -> str:
@@ -40,7 +39,7 @@ def em_cache(model: str, n: int, device) -> str:
     return str(path)
 
 
-def epoch(decoder, data, c, device, opt, encoder=None, group=None):
+def epoch(decoder, data, c, device, opt, encoder=None, reader=None):
     read = compute = 0.0
     it = iter(data)
     while True:
@@ -52,9 +51,12 @@ def epoch(decoder, data, c, device, opt, encoder=None, group=None):
         t = time.perf_counter()
         if encoder is not None:  # the encoder-in-the-loop way: embed this batch's tiles now
             idx = batch["index"].tolist()
-            tiles = torch.from_numpy(np.stack([np.asarray(group["image"][i]) for i in idx]))
+            tiles = torch.zeros(len(idx), *reader.canvas, 3, dtype=torch.uint8)
+            for j, i in enumerate(idx):
+                image = reader.image(i)
+                tiles[j, :image.shape[0], :image.shape[1]] = torch.from_numpy(image)
             batch["embedding"] = encoder(tiles, batch["valid_size"])
-        loss, n = _train_step(decoder, batch, c, device)
+        loss, n = train_step(decoder, batch, c, device)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -73,19 +75,18 @@ def main():
     args = ap.parse_args()
     device = torch.device(args.device)
     path = em_cache(args.model, args.n, args.device)
-    attrs = read_attrs(path)
+    reader = CacheReader(path)
     c = FinetuneConfig(batch_size=args.batch_size, objects_per_sample=args.objects_per_sample)
-    decoder, _ = load_decoder(attrs["model"])
+    decoder, _ = load_decoder(reader.model)
     decoder.to(device).train()
-    opt = _optimizer(decoder.mask_decoder.parameters(), c)
-    ds = ObjectSamples(path, np.arange(args.n), "box", args.objects_per_sample, decoder.img_size[0], min_area=10)
+    opt = make_optimizer(decoder.mask_decoder.parameters(), c)
+    ds = ObjectSamples(reader, np.arange(args.n), "box", args.objects_per_sample, decoder.img_size[0], min_area=10)
     data = loader(ds, args.batch_size, torch.Generator().manual_seed(0), args.workers, pin=device.type == "cuda")
     epoch(decoder, data, c, device, opt)  # warm-up
     r_cache, c_cache = epoch(decoder, data, c, device, opt)
     sam, _ = load_sam(args.model, random_init=True)
     encoder = Encoder(sam, device)
-    group = zarr.open_group(path, mode="r")
-    r_enc, c_enc = epoch(decoder, data, c, device, opt, encoder, group)
+    r_enc, c_enc = epoch(decoder, data, c, device, opt, encoder, reader)
     rows = [
         {"way": "from the cache", "epoch_s": r_cache + c_cache, "read_s": r_cache, "compute_s": c_cache},
         {"way": "encoder every step", "epoch_s": r_enc + c_enc, "read_s": r_enc, "compute_s": c_enc},

@@ -18,16 +18,15 @@ from pathlib import Path
 
 import torch
 
-from common import OUT, save, table
+from common import OUT, rectangles, save, table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# a tiny SAM at 256² input with 32×16×16 embeddings: the figure is about how the pipeline scales, not the model
+MICRO = dict(img_size=256, embed_dim=32, mlp_dim=64, iou_hidden=32, decoder_depth=1)
 
 
 def stage(name: str, n: int) -> None:
     import sam_cache
     from sam_cache.models import build_tiny, save_checkpoint
-    from tests.conftest import MICRO, write_rectangles
 
     base = OUT / f"growth_{n}"
     ckpt = OUT / "growth_micro.pth"
@@ -35,7 +34,7 @@ def stage(name: str, n: int) -> None:
         if not ckpt.exists():
             torch.manual_seed(7)
             save_checkpoint(build_tiny(**MICRO), ckpt)
-        data = write_rectangles(base / "data", n=n) if not (base / "data").exists() else base / "data"
+        data = rectangles(base / "data", n=n) if not (base / "data").exists() else base / "data"
         sam_cache.embed(data, base / "c.zarr", model="tiny", checkpoint=ckpt, overwrite=True, progress=False,
                         batch_size=16, workers=1)
     elif name == "finetune":

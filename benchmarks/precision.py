@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from common import DATA, save, table
-from sam_cache.encoder import Encoder
+from sam_cache.encode.encoder import Encoder
 from sam_cache.models import load_sam
-from sam_cache.sources import discover
-from sam_cache.tiles import TileDataset, TileSpec, plan
+from sam_cache.ingest.sources import discover
+from sam_cache.ingest.tiles import TileDataset, TileSpec, plan
 
 
 def main():

@@ -18,18 +18,17 @@ import numpy as np
 import torch
 import zarr
 
-from common import OUT, save, table
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import sam_cache  # noqa: E402
-from sam_cache.data import ObjectSamples, loader  # noqa: E402
-from tests.conftest import write_rectangles  # noqa: E402
+from common import OUT, rectangles, save, table
+import sam_cache
+from sam_cache.store import schema as S
+from sam_cache.store.reader import CacheReader
+from sam_cache.train.data import ObjectSamples, loader
 
 
 def tiny_cache(n: int, size: int = 256) -> Path:
     path = OUT / f"reads_{n}.zarr"
     if not path.exists():
-        data = write_rectangles(OUT / f"reads_data_{n}", n=n, size=size)
+        data = rectangles(OUT / f"reads_data_{n}", n=n, size=size)
         sam_cache.embed(data, path, model="tiny", workers=1, progress=True, batch_size=8)
     return path
 
@@ -41,7 +40,7 @@ def main():
     args = ap.parse_args()
     path = tiny_cache(args.n)
     order = np.random.default_rng(0).permutation(args.n)
-    emb = zarr.open_group(str(path), mode="r")["embedding"]
+    emb = zarr.open_group(str(path), mode="r")[S.EMBEDDING]
     sample_bytes = int(np.prod(emb.shape[1:])) * emb.dtype.itemsize
     rows = []
     t = time.perf_counter()
@@ -54,7 +53,7 @@ def main():
     rows.append({"reader": "zarr a[i] -> tensor", "workers": 0, "samples_per_s": args.n / dt,
                  "MB_per_s": args.n * sample_bytes / dt / 1e6})
     for w in [int(x) for x in args.workers.split(",")]:
-        ds = ObjectSamples(path, order, "box", 4, 1024)
+        ds = ObjectSamples(CacheReader(path), order, "box", 4, 1024)
         dl = loader(ds, 8, workers=w, pin=torch.cuda.is_available())
         it = iter(dl)
         next(it)  # worker start-up is not read time

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 import sam_cache
+from sam_cache import options as O
 from sam_cache.decode.pipeline import MASK_MODES
 from sam_cache.decode.prompts import prompt_names
 from sam_cache.errors import OptionError, SamCacheError
@@ -137,7 +138,7 @@ def finetune(
     single_mask: bool = typer.Option(False, "--single-mask", help="Train SAM's single-mask output, not best of 3."),
     val_fraction: float = typer.Option(0.2, help="Share of the source files with objects held out for validation "
                                        "(0: no validation; the lowest train loss picks the epoch)."),
-    split: str = typer.Option("source", help="source (seeded split of files) or column (the cache's `split`)."),
+    split: str = typer.Option(SPLITS[0], help="source (seeded split of files) or column (the cache's `split`)."),
     early_stopping: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val Dice."),
     seed: int = typer.Option(0, help="Seed for splits, objects, prompts and order."),
     workers: int = typer.Option(0, help="DataLoader worker processes reading the cache."),
@@ -177,6 +178,8 @@ def evaluate(
 ):
     """Score one decoder and one prompt strategy on every object: Dice, IoU, precision, recall."""
     fmt = lambda v: f"{v:.4f}"  # noqa: E731
+    if per:
+        O.choice("--per", per, GROUPINGS)
     results = sam_cache.evaluate(cache, checkpoint, prompt, split, seed, mask, min_area, val_fraction,
                                  device=device, base_checkpoint=base_checkpoint, log=_say)
     typer.echo(sam_cache.summarize(results).drop(columns=["seed"]).to_string(index=False, float_format=fmt))

@@ -35,8 +35,8 @@ class Progress:
                 self._bar.update(n)
                 return
             now = time.monotonic()
-            step = max(1, self.total // 10)
-            if self.n >= self.total or self.n - self._last_n >= step or now - self._last_t >= self.every_s:
+            tenth = self.n * 10 // self.total  # a line each time a new tenth is reached
+            if tenth > self._last_n * 10 // self.total or now - self._last_t >= self.every_s:
                 self._line(now)
 
     def _line(self, now: float) -> None:

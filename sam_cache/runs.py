@@ -1,7 +1,7 @@
 """The run folder of a finetune. This module alone writes it, reads it and checks it against a cache.
 
-    config.json        the recipe, the cache it was trained on (path and fingerprint), the model, the split
-                       (the very samples on each side) and the run's own fingerprint
+    config.json        the recipe, the cache it was trained on (path and fingerprint), the model, the
+                       train/val sets (the very samples on each side) and the run's own fingerprint
     decoder.pth        the best decoder, under SAM's key names (`mask_decoder.*`)
     decoder_last.pth   the last epoch's decoder
     state.pth          what --resume needs: tensors and plain data only, loaded with weights_only=True
@@ -46,7 +46,7 @@ class Run:
             config = json.loads((path / CONFIG).read_text())
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{path / CONFIG}: unreadable run config: {e}") from e
-        for key in ("recipe", "cache_fingerprint", "model", "split"):
+        for key in ("recipe", "cache_fingerprint", "model", "sets"):
             if key not in config:
                 raise CheckpointError(f"{path / CONFIG}: no `{key}`; a run of an older samcache? Finetune it again")
         return cls(path, config)
@@ -94,7 +94,7 @@ class Run:
 
     def indices(self, split: str) -> np.ndarray:
         """The run's own train or val samples."""
-        return np.asarray(self.config["split"][split], dtype=np.int64)
+        return np.asarray(self.config["sets"][split], dtype=np.int64)
 
     # ---- weights ----------------------------------------------------------------------------------
     def save_decoder(self, decoder, which: str = DECODER) -> None:

@@ -15,7 +15,7 @@ import zarr
 from segment_anything import SamPredictor
 
 import sam_cache
-from sam_cache.encoder import Encoder
+from sam_cache.encode.encoder import Encoder
 from sam_cache.errors import CacheIncompleteError, CacheMismatchError
 from sam_cache.models import load_sam
 
@@ -84,6 +84,7 @@ def _embed_cmd(data, out):
             "--shard-size", "2", "--batch-size", "2", "--workers", "0", "-q"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     from .conftest import write_dataset
 
@@ -125,6 +126,7 @@ def assert_same_embeddings(got, want):
     assert (got == want).mean() > 0.99
 
 
+@pytest.mark.slow
 def test_em_cli_makes_120_samples_that_xarray_opens_lazily(data_root, tmp_path):
     from typer.testing import CliRunner
 

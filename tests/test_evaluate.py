@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 import sam_cache
 from sam_cache.cli.main import app
 from sam_cache.errors import CheckpointError, SamCacheError
-from sam_cache.evaluate import summarize
-from sam_cache.metrics import scores
+from sam_cache.eval.aggregate import summarize
+from sam_cache.eval.metrics import scores
 
 
 def m(*rows):
@@ -81,15 +81,75 @@ def test_summary_follows_from_results(grid):
     assert f"{100 * (ft - base):+.2f} / {100 * (ft - base) / base:+.1f}%" in md
 
 
-def test_grid_equals_one_by_one_evaluate(grid, rect_cache, run):
+def test_scores_equal_hand_computed_dice_of_stock_sam_predictor_masks(rect_cache, micro_checkpoint):
+    """Independent of samcache's decode path: segment_anything's SamPredictor on the same cached embedding,
+    with the object's tight box, and Dice computed by hand."""
+    from segment_anything import SamPredictor
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from sam_cache.models import build_tiny, tiny_config
+
+    state = torch.load(micro_checkpoint, weights_only=True)
+    sam = build_tiny(**tiny_config(state)).eval()
+    sam.load_state_dict(state)
+    predictor = SamPredictor(sam)
+    results = sam_cache.evaluate(rect_cache, "base", "box", mask_mode="single", min_area=1)
+    reader = sam_cache.CacheReader(rect_cache)
+    checked = 0
+    for index in range(4):
+        label = reader.label(index)
+        h, w = label.shape
+        predictor.features = torch.from_numpy(reader.embedding(index))[None].float()
+        predictor.original_size, predictor.is_image_set = (h, w), True
+        predictor.input_size = ResizeLongestSide.get_preprocess_shape(h, w, sam.image_encoder.img_size)
+        for obj in np.unique(label)[1:]:
+            true = label == obj
+            ys, xs = np.nonzero(true)
+            with torch.no_grad():
+                masks, _, _ = predictor.predict(box=np.array([xs.min(), ys.min(), xs.max(), ys.max()]),
+                                                multimask_output=False)
+            pred = masks[0]
+            dice = 2 * (pred & true).sum() / (pred.sum() + true.sum())
+            ours = results.dice.where((results.sample == index) & (results.object_id == obj), drop=True)
+            assert ours.size == 1
+            assert ours.values.item() == pytest.approx(dice, abs=2e-3), (index, obj)
+            checked += 1
+    assert checked == 8
+
+
+def test_examples_show_the_masks_that_were_scored(rect_cache, run, tmp_path):
+    """--mask single: the example figure's masks are the scored ones (Dice recomputed from examples.nc)."""
+    out = tmp_path / "single"
+    sam_cache.ablate(rect_cache, out, prompts=["box", "center-point"], checkpoints=["base", str(run)], seeds=[0],
+                     mask_mode="single", progress=False, examples=3)
+    r = xr.open_dataset(out / "results.nc", engine="h5netcdf")
+    ex = xr.open_dataset(out / "examples.nc", engine="h5netcdf")
+    assert ex.sizes["example"] == 3 and ex.attrs["mask_mode"] == "single" and ex.attrs["prompt"] == "box"
+    for o in range(ex.sizes["object"]):
+        sample = int(ex.sample.values[int(ex.example_of[o])])
+        row = (r.sample == sample) & (r.object_id == int(ex.object_id[o]))
+        truth = ex.truth.values[o]
+        for c, name in enumerate(ex.checkpoint.values):
+            pred = ex.prediction.values[o, c]
+            dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+            want = r.dice.sel(prompt="box", checkpoint=name, seed=0).where(row, drop=True).values.item()
+            assert dice == pytest.approx(want, abs=1e-6)
+    assert (out / "examples.png").stat().st_size > 0
+
+
+def test_counts_are_kept_and_scores_derive_from_them(grid):
     r = xr.open_dataset(grid / "results.nc", engine="h5netcdf")
-    for prompt, ckpt, seed in [("box", "base", 0), ("random-3-points", str(run), 1), ("points-neg", str(run), 0)]:
-        one = sam_cache.evaluate(rect_cache, ckpt, prompt, seed=seed, device="cpu")
-        name = "base" if ckpt == "base" else "run"
-        np.testing.assert_allclose(one.dice.values[:, 0, 0, 0],
-                                   r.dice.sel(prompt=prompt, checkpoint=name, seed=seed).values, rtol=1e-6)
+    tp, fp, fn = r.tp.values, r.fp.values, r.fn.values
+    valid = np.isfinite(tp)
+    np.testing.assert_allclose(r.dice.values[valid], (2 * tp / (2 * tp + fp + fn))[valid], rtol=1e-6)
+    np.testing.assert_allclose(r.iou.values[valid], (tp / (tp + fp + fn))[valid], rtol=1e-6)
+    np.testing.assert_array_equal(np.isfinite(r.dice.values), valid)
+    true_area = (tp + fn)[..., 0, :]  # the object's own area, whatever the prompt or seed
+    np.testing.assert_array_equal(np.where(valid[..., 0, :], true_area, np.nan),
+                                  np.where(valid[..., 0, :], r.area.values[:, None, None], np.nan))
 
 
+@pytest.mark.slow
 def test_partitioning_and_distributed_cluster_give_identical_results(grid, rect_cache, run, tmp_path):
     from distributed import LocalCluster
 
@@ -117,7 +177,7 @@ def test_too_small_objects_are_counted_not_dropped(tmp_path, micro_checkpoint):
     Image.fromarray((lab > 0).astype(np.uint8) * 200).save(root / "images" / "a.png")
     Image.fromarray(lab).save(root / "labels" / "a.png")
     sam_cache.embed(root, tmp_path / "c.zarr", model="tiny", checkpoint=micro_checkpoint, workers=0, progress=False)
-    r = sam_cache.evaluate(tmp_path / "c.zarr", "base", "random-3-points")
+    r = sam_cache.evaluate(tmp_path / "c.zarr", "base", "random-3-points", min_area=1)
     assert r.sizes["object"] == 2 and r.prompt_valid.values[:, 0, 0].tolist() == [False, True]
     assert np.isnan(r.dice.values[0]).all() and np.isfinite(r.dice.values[1]).all()
     s = summarize(r)
@@ -137,18 +197,28 @@ def test_cli_evaluate_and_ablate(rect_cache, run, tmp_path):
     r = CliRunner().invoke(app, ["evaluate", str(rect_cache), "--checkpoint", str(run), "--split", "val",
                                  "--per", "source", "-o", str(tmp_path / "e.nc")])
     assert r.exit_code == 0, r.output
-    assert "dice" in r.output and "objects" in r.output and (tmp_path / "e.nc").exists()
+    saved = xr.open_dataset(tmp_path / "e.nc", engine="h5netcdf")
+    tp, fp, fn = (saved[k].values.ravel() for k in ("tp", "fp", "fn"))
+    dice = np.mean(2 * tp / (2 * tp + fp + fn))  # by hand, from the saved counts
+    header, values = r.output.splitlines()[:2]
+    row = dict(zip(header.split(), values.split()))
+    assert float(row["dice"]) == pytest.approx(dice, abs=1e-4) and int(row["objects"]) == len(tp)
+    per_source = [line.split() for line in r.output.splitlines()[3:] if not line.startswith("per-object")]
+    assert len(per_source) == len(np.unique(saved.source.values))
     r = CliRunner().invoke(app, ["ablate", str(rect_cache), "--prompts", "box,center-point", "--checkpoints",
                                  f"base,{run}", "--seeds", "2", "-o", str(tmp_path / "abl"), "-q", "--examples", "0"])
     assert r.exit_code == 0, r.output
-    assert "| box |" in r.output and "run vs base" in r.output
+    s = pd.read_csv(tmp_path / "abl" / "summary.csv").groupby(["prompt", "checkpoint"])["mdice"].mean()
+    line = next(x for x in r.output.splitlines() if x.startswith("| box |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1].startswith(f"{100 * s[('box', 'base')]:.2f} ± ") and cells[2].startswith(f"{100 * s[('box', 'run')]:.2f}")
 
 
 def test_val_split_of_a_run_is_the_runs_own(rect_cache, tmp_path):
-    from sam_cache.finetune import split_samples
+    from sam_cache.train.finetune import split_samples
 
     run = tmp_path / "run"
     sam_cache.finetune(rect_cache, run, sam_cache.FinetuneConfig(epochs=1, val_fraction=0.5, seed=3), progress=False)
     r = sam_cache.evaluate(rect_cache, str(run), "box", split="val")
-    _, val = split_samples(rect_cache, 0.5, 3)
+    _, val = split_samples(sam_cache.CacheReader(rect_cache), 0.5, 3)
     assert sorted(set(r.sample.values.tolist())) == sorted(val.tolist())

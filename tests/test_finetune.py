@@ -10,10 +10,11 @@ from typer.testing import CliRunner
 
 import sam_cache
 from sam_cache.cli.main import app
-from sam_cache.data import ObjectSamples, loader
+from sam_cache.train.data import ObjectSamples, loader
 from sam_cache.errors import CheckpointError, SamCacheError
-from sam_cache.finetune import FinetuneConfig, mask_losses, split_samples
-from sam_cache.inference import predict_masks
+from sam_cache.train.finetune import FinetuneConfig, mask_losses, split_samples
+from sam_cache.decode.pipeline import PromptBatch, decode_prompts
+from sam_cache.store.reader import CacheReader
 from sam_cache.models import build_tiny, load_decoder, load_sam, save_checkpoint
 
 from .conftest import write_dataset
@@ -41,6 +42,7 @@ def test_finetuning_beats_the_untrained_decoder_on_a_synthetic_task(rect_cache, 
     assert weights and all(k.startswith("mask_decoder.") for k in weights)
 
 
+@pytest.mark.slow
 def test_finetuning_beats_the_untrained_decoder_on_real_nuclei(data_root, tmp_path):
     """StarDist nuclei (real DSB2018 images and instance labels) cut into 64² patches, split by file: seed 3
     trains on the 512² image (64 patches) and validates on the other (16 patches).
@@ -53,7 +55,7 @@ def test_finetuning_beats_the_untrained_decoder_on_real_nuclei(data_root, tmp_pa
     cache = tmp_path / "nuclei.zarr"
     sam_cache.embed(data_root / "nuclei-stardist", cache, images="**/img2d.tif", labels="**/mask2d.tif",
                     model="tiny", checkpoint=ckpt, patch=64, workers=0, progress=False)
-    train, val = split_samples(cache, 0.5, seed=3)
+    train, val = split_samples(CacheReader(cache), 0.5, seed=3)
     assert (len(train), len(val)) == (64, 16)
     r = sam_cache.finetune(cache, tmp_path / "run", FinetuneConfig(epochs=10, lr=1e-3, val_fraction=0.5, seed=3),
                            progress=False)
@@ -63,7 +65,7 @@ def test_finetuning_beats_the_untrained_decoder_on_real_nuclei(data_root, tmp_pa
 
 
 def test_split_is_by_source_file(rect_cache):
-    train, val = split_samples(rect_cache, 0.25, seed=0)
+    train, val = split_samples(CacheReader(rect_cache), 0.25, seed=0)
     ds = sam_cache.open_cache(rect_cache)
     assert len(val) == 8 and len(train) == 24
     assert not set(ds.source.values[train]) & set(ds.source.values[val])
@@ -92,6 +94,7 @@ def test_best_of_three_loss_is_monai_dicece_per_mask():
         torch.testing.assert_close(per[:, m].mean(), want)
 
 
+@pytest.mark.slow
 def test_sam_finetuned_loads_in_stock_segment_anything(tmp_path):
     """vit_b-shaped random-init weights, so segment_anything's own registry loads the finetuned checkpoint."""
     data = write_dataset(tmp_path / "data", [(64, 64), (64, 64)])
@@ -108,8 +111,10 @@ def test_sam_finetuned_loads_in_stock_segment_anything(tmp_path):
     decoder, _ = load_decoder(sam_cache.describe(cache)["model"])
     decoder.mask_decoder.load_state_dict({k[len("mask_decoder."):]: v for k, v in
                                           torch.load(run / "decoder.pth", weights_only=True).items()})
-    batch = next(iter(loader(ObjectSamples(cache, [0], "box", None, 1024, min_area=1), 1)))
-    ours = predict_masks(decoder, batch, "single", "cpu")[0]
+    batch = next(iter(loader(ObjectSamples(CacheReader(cache), [0], "box", None, 1024, min_area=1), 1)))
+    with torch.no_grad():
+        ours = decode_prompts(decoder, batch["embedding"], PromptBatch.collated(batch), batch["valid_size"],
+                              "single").masks[0]
     # stock SamPredictor on the same tile with the same box (in the tile's own frame)
     image = sam_cache.open_cache(cache).image[0].values
     predictor = SamPredictor(sam)
@@ -135,8 +140,16 @@ def test_bad_input(rect_cache, tmp_path, tiny_checkpoint):
         sam_cache.finetune(rect_cache, tmp_path / "r2", FinetuneConfig(prompt="boxx"), progress=False)
     with pytest.raises(CheckpointError, match="not the checkpoint the cache was embedded with"):
         sam_cache.finetune(rect_cache, tmp_path / "r3", checkpoint=tiny_checkpoint, progress=False)
-    with pytest.raises(SamCacheError, match="cannot be split"):
+    with pytest.raises(SamCacheError, match="--val-fraction must be between 0 and 0.95, not 1.0"):
         sam_cache.finetune(rect_cache, tmp_path / "r4", FinetuneConfig(val_fraction=1.0), progress=False)
+    one = tmp_path / "one"
+    (one / "images").mkdir(parents=True)
+    (one / "labels").mkdir()
+    for sub in ("images", "labels"):
+        shutil.copy(rect_cache.parent / "data" / sub / "r00.png", one / sub)
+    sam_cache.embed(one, tmp_path / "one.zarr", model="tiny", workers=0, progress=False)
+    with pytest.raises(SamCacheError, match="1 source file.*cannot be split"):
+        sam_cache.finetune(tmp_path / "one.zarr", tmp_path / "r6", progress=False)
     r = CliRunner().invoke(app, ["finetune", str(rect_cache), "--prompt", "nope", "-o", str(tmp_path / "r5")])
     assert r.exit_code == 2 and "unknown prompt strategy" in r.output
 
@@ -146,5 +159,8 @@ def test_cli_finetune(rect_cache, tmp_path):
                                  "--epochs", "2", "--lr", "1e-3", "--optimizer", "sgd", "-o", str(tmp_path / "run"),
                                  "-q"])
     assert r.exit_code == 0, r.output
-    assert "best val Dice" in r.output and "s/epoch" in r.output
-    assert len(rows(tmp_path / "run")) == 3
+    m = rows(tmp_path / "run")
+    assert len(m) == 3
+    best = max(m[1:], key=lambda row: float(row["val_dice"]))
+    assert f"best val Dice {float(best['val_dice']):.4f} at epoch {best['epoch']}" in r.output
+    assert f"(untrained decoder {float(m[0]['val_dice']):.4f})" in r.output

@@ -18,7 +18,7 @@ def describe(path: str | Path) -> dict:
         "path": str(path),
         "samples": r.n_samples,
         "written": int(r.done.sum()),
-        "objects": int(r.coord(S.OBJECTS).sum()),
+        S.OBJECTS: int(r.coord(S.OBJECTS).sum()),
         "sources": int(r.group[S.SOURCE_PATH].shape[0]),
         "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype), "dims": list(a.metadata.dimension_names or [])}
                    for name, a in r.group.arrays() if name in S.SHARDED},
@@ -81,7 +81,7 @@ def format_info(r: dict) -> str:
     emb = r["arrays"][S.EMBEDDING]
     lines = [
         f"{r['path']}  ({'complete' if r['written'] == r['samples'] else 'INCOMPLETE: rerun embed to finish'})",
-        f"  samples   {r['written']}/{r['samples']} written, {r['objects']} objects, {r['sources']} sources, "
+        f"  samples   {r['written']}/{r['samples']} written, {r[S.OBJECTS]} objects, {r['sources']} sources, "
         f"labels: {r.get('label_kind') or 'none'}",
         f"  embedding {emb['dims']} {emb['shape']} {emb['dtype']}, "
         f"{r['bytes'] / max(r['written'], 1) / 2**20:.2f} MiB/sample on disk ({r['bytes'] / 2**20:.1f} MiB total)",

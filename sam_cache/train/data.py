@@ -16,6 +16,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch.utils.data import DataLoader
 
 from ..decode.prompts import make_prompts
+from ..store import schema as S
 from ..store.reader import CacheReader
 
 MIN_AREA = 10  # objects smaller than this (pixels) are not trained on or scored, unless told otherwise
@@ -65,7 +66,7 @@ class ObjectSamples(torch.utils.data.Dataset):
             "points": _pad(prompts.points, k) if prompts.points is not None else torch.zeros(k, 0, 2),
             "labels": _pad(prompts.labels, k, -1) if prompts.labels is not None else torch.zeros(k, 0, dtype=torch.int64),
             "boxes": _pad(prompts.boxes, k) if prompts.boxes is not None else torch.zeros(k, 0),
-            "embedding": torch.from_numpy(self.reader.embedding(index)),
+            S.EMBEDDING: torch.from_numpy(self.reader.embedding(index)),
         }
 
 

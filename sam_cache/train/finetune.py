@@ -34,7 +34,7 @@ from .data import MIN_AREA, ObjectSamples, loader, low_res_targets
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
-SPLITS = ("source", "column")  # a seeded split of source files, or the cache's own `split` variable
+SPLITS = (S.SOURCE, "column")  # a seeded split of source files, or the cache's own `split` variable
 
 
 @dataclass
@@ -53,7 +53,7 @@ class FinetuneConfig:
     multimask: bool = True
     iou_loss_weight: float = 1.0
     val_fraction: float = 0.2
-    split: str = "source"
+    split: str = S.SOURCE
     early_stopping: int | None = None  # patience in epochs
     seed: int = 0
     workers: int = 0
@@ -95,7 +95,7 @@ class FinetuneResult:
                 f"(untrained decoder {self.base_val_dice:.4f}), {speed}")
 
 
-def split_samples(reader: CacheReader, val_fraction: float, seed: int, how: str = "source"):
+def split_samples(reader: CacheReader, val_fraction: float, seed: int, how: str = S.SOURCE):
     """Train and validation sample indices: by the cache's `split` variable, or a seeded split of source
     files, the validation files drawn among those that hold objects (an image without any would leave
     nothing to validate on)."""
@@ -162,7 +162,7 @@ def _schedule(opt, c: FinetuneConfig):
 def train_step(decoder, batch, c: FinetuneConfig, device) -> tuple[torch.Tensor, int]:
     """The loss of one batch (best of 3 masks per object with multimask) and the objects it counted."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = decode_prompts(decoder, batch["embedding"], PromptBatch.collated(batch), batch["valid_size"],
+        out = decode_prompts(decoder, batch[S.EMBEDDING], PromptBatch.collated(batch), batch["valid_size"],
                              "best-iou" if c.multimask else "single", tile_masks=False)
     logits, iou_pred = out.logits.float(), out.iou.float()
     B, K, M, L, _ = logits.shape
@@ -188,7 +188,7 @@ def validate(decoder, data, multimask: bool) -> dict:
     for batch in data:
         if batch["masks"].shape[1] == 0:  # a background tile: no object to prompt
             continue
-        out = decode_prompts(decoder, batch["embedding"], PromptBatch.collated(batch), batch["valid_size"],
+        out = decode_prompts(decoder, batch[S.EMBEDDING], PromptBatch.collated(batch), batch["valid_size"],
                              "best-iou" if multimask else "single")
         for b, pred in enumerate(out.masks):
             h, w = batch["valid_size"][b].tolist()
@@ -232,7 +232,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     recipe = asdict(c)
     run = Run.start(out, {
         "recipe": recipe, "cache": str(cache), "cache_fingerprint": reader.fingerprint, "model": spec.fingerprint(),
-        "split": {"how": c.split, "val_fraction": c.val_fraction, "seed": c.seed,
+        "sets": {"how": c.split, "val_fraction": c.val_fraction, "seed": c.seed,
                   "train": train_idx.tolist(), "val": val_idx.tolist()},
         "run_fingerprint": fingerprint.child(reader.fingerprint, {k: v for k, v in recipe.items() if k != "epochs"}),
         "train_samples": len(train_idx), "val_samples": len(val_idx), "samcache": __version__,

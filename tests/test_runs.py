@@ -1,0 +1,189 @@
+"""The run folder and the options: a run knows its cache and its min_area, refuses crafted pickles, splits
+that fit the data, no hidden state changed in the caller, and every bad option is one line with exit 2."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import sam_cache
+from sam_cache.cli.main import app
+from sam_cache.errors import CheckpointError, OptionError, SamCacheError
+from sam_cache.progress import Progress
+
+from .conftest import write_rectangles
+
+
+def run_cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def metrics(run):
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def run(rect_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    sam_cache.finetune(rect_cache, out, sam_cache.FinetuneConfig(epochs=1, lr=1e-3, val_fraction=0.25, min_area=300),
+                       progress=False, log=lambda m: None)
+    return out
+
+
+def test_a_run_is_refused_on_the_split_of_another_cache(run, tmp_path, micro_checkpoint):
+    other = tmp_path / "other.zarr"
+    sam_cache.embed(write_rectangles(tmp_path / "d", n=6, seed=1), other, model="tiny", checkpoint=micro_checkpoint,
+                    workers=0, progress=False)
+    for split in ("train", "val"):
+        with pytest.raises(SamCacheError, match=f"trained on another cache.*its {split} split.*--split all"):
+            sam_cache.evaluate(other, str(run), split=split)
+    r = run_cli("evaluate", other, "--checkpoint", run, "--split", "val")
+    assert r.exit_code == 2 and "trained on another cache" in r.output
+    notes = []
+    scored = sam_cache.evaluate(other, str(run), split="all", min_area=1, log=notes.append)
+    assert len(notes) == 1 and "trained on another cache" in notes[0]
+    assert sorted(set(scored.sample.values.tolist())) == list(range(6))
+
+
+def test_evaluate_of_a_run_counts_the_objects_validation_counted(run, rect_cache):
+    first = metrics(run)[1]  # epoch 1, the run's decoder.pth, on the run's validation objects
+    r = sam_cache.evaluate(rect_cache, str(run), "box", split="val")
+    assert r.attrs["min_area"] == 300
+    assert r.sizes["object"] == int(first["val_objects"])
+    assert float(r.dice.mean()) == pytest.approx(float(first["val_dice"]), abs=1e-6)
+    everything = sam_cache.evaluate(rect_cache, str(run), "box", split="val", min_area=1)
+    assert everything.sizes["object"] > r.sizes["object"]
+
+
+def test_resume_refuses_a_crafted_pickle(rect_cache, tmp_path):
+    out = tmp_path / "run"
+    sam_cache.finetune(rect_cache, out, sam_cache.FinetuneConfig(epochs=1), progress=False, log=lambda m: None)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"epoch": 1, "payload": Exploit()}, out / "state.pth")
+    with pytest.raises(CheckpointError, match="refusing to load it"):
+        sam_cache.finetune(rect_cache, out, sam_cache.FinetuneConfig(epochs=2), resume=True, progress=False,
+                           log=lambda m: None)
+    assert not marker.exists()
+    r = run_cli("finetune", rect_cache, "-o", out, "--epochs", "2", "--resume", "-q")
+    assert r.exit_code == 2 and "refusing to load it" in r.output and not marker.exists()
+
+
+def test_validation_is_drawn_among_sources_with_objects(data_root, tmp_path):
+    """SAM-Med2D's five slices: amos_0507_31 has no masks; the default seed used to put it alone in validation."""
+    cache = tmp_path / "ct.zarr"
+    sam_cache.embed(data_root / "ct-sammed2d", cache, model="tiny", workers=0, progress=False)
+    said = []
+    r = sam_cache.finetune(cache, tmp_path / "run", sam_cache.FinetuneConfig(epochs=1, min_area=1), progress=False,
+                           log=said.append)
+    reader = sam_cache.CacheReader(cache)
+    val = sam_cache.runs.Run.open(tmp_path / "run").indices("val")
+    assert len(val) == 1 and reader.coord("objects")[val].sum() > 0
+    assert r.base_val_dice == r.base_val_dice  # a number, not NaN
+    total = int(reader.coord("objects").sum())
+    n_val = int(reader.coord("objects")[val].sum())
+    assert said[0] == (f"split by source: train 4 samples from 4 sources, {total - n_val} objects; "
+                       f"validation 1 samples from 1 sources, {n_val} objects")
+
+
+def test_without_validation_the_lowest_train_loss_is_kept_and_named(rect_cache, tmp_path):
+    said = []
+    r = sam_cache.finetune(rect_cache, tmp_path / "run", sam_cache.FinetuneConfig(epochs=3, lr=1e-2, val_fraction=0),
+                           progress=False, log=said.append)
+    rows = metrics(tmp_path / "run")[1:]
+    losses = [float(row["train_loss"]) for row in rows]
+    assert r.selected_by == "train_loss" and math.isnan(r.best_val_dice)
+    assert r.best_epoch == 1 + int(np.argmin(losses)) and r.best_train_loss == pytest.approx(min(losses))
+    assert "no validation" in str(r) and "no validation" in said[0]
+    weights = torch.load(tmp_path / "run" / "decoder.pth", weights_only=True)
+    assert weights  # the kept epoch's decoder
+
+
+@pytest.mark.parametrize("args, words", [
+    (["finetune", "{cache}", "--split", "colum"], "unknown --split 'colum'; choose one of: source, column"),
+    (["finetune", "{cache}", "--prompt", "box-jitter", "--jitter", "-1"], "--jitter must be >= 0"),
+    (["finetune", "{cache}", "--prompt", "boxx"], "unknown prompt strategy 'boxx'; choose one of: box,"),
+    (["evaluate", "{cache}", "--prompt", "boxx"], "unknown prompt strategy 'boxx'; choose one of: box,"),
+    (["ablate", "{cache}", "--prompts", "box,boxx", "-o", "{tmp}"], "unknown prompt strategy 'boxx'"),
+    (["finetune", "{cache}", "--optimizer", "adamm"], "unknown --optimizer 'adamm'; choose one of: adam, adamw, sgd"),
+    (["evaluate", "{cache}", "--mask", "all"], "unknown --mask 'all'; choose one of: single, best-iou"),
+    (["evaluate", "{cache}", "--split", "test"], "unknown --split 'test'; choose one of: all, train, val"),
+    (["evaluate", "{cache}", "--per", "organ"], "unknown --per 'organ'; choose one of: class, source, sample"),
+    (["finetune", "{cache}", "--epochs", "0"], "--epochs must be >= 1, not 0"),
+    (["embed", "{tmp}", "-o", "{tmp}/x.zarr", "--patch", "big"], "--patch takes N or H,W in pixels"),
+    (["embed", "{tmp}", "-o", "{tmp}/x.zarr", "--label-kind", "masks"], "unknown --label-kind 'masks'"),
+])
+def test_every_bad_option_is_one_line_and_exit_2(rect_cache, tmp_path, args, words):
+    r = run_cli(*[a.format(cache=rect_cache, tmp=tmp_path) for a in args])
+    assert r.exit_code == 2, r.output
+    assert words in r.output and "Traceback" not in r.output
+    assert r.output.strip().count("\n") == 0  # one line
+
+
+def test_one_error_type_for_an_unknown_prompt(rect_cache, tmp_path):
+    from sam_cache.decode.prompts import make_prompts
+
+    for call in (lambda: make_prompts("boxx", torch.ones(1, 4, 4, dtype=torch.bool), torch.Generator()),
+                 lambda: sam_cache.evaluate(rect_cache, prompt="boxx"),
+                 lambda: sam_cache.finetune(rect_cache, tmp_path / "r", sam_cache.FinetuneConfig(prompt="boxx"))):
+        with pytest.raises(OptionError, match="unknown prompt strategy 'boxx'; choose one of"):
+            call()
+
+
+def test_library_calls_leave_the_callers_state_alone(rect_cache, tmp_path, micro_checkpoint, monkeypatch):
+    import gc
+    import weakref
+
+    import sam_cache.ingest.readers as readers
+    import sam_cache.ingest.tiles as tiles
+
+    matplotlib.use("pdf")
+    try:
+        sam_cache.finetune(rect_cache, tmp_path / "run", sam_cache.FinetuneConfig(epochs=1), progress=False,
+                           log=lambda m: None)
+        sam_cache.ablate(rect_cache, tmp_path / "abl", prompts=["box"], progress=False, examples=1)
+        assert matplotlib.get_backend() == "pdf"
+        assert (tmp_path / "run" / "curves.png").stat().st_size > 0 and (tmp_path / "abl" / "examples.png").exists()
+    finally:
+        matplotlib.use("agg")
+    # no whole image or volume outlives an embed call
+    refs = []
+    real = readers.read_array
+
+    def tracked(path):
+        arr = real(path)
+        refs.append(weakref.ref(arr))
+        return arr
+
+    monkeypatch.setattr(tiles, "read_array", tracked)
+    sam_cache.embed(rect_cache.parent / "data", tmp_path / "e.zarr", model="tiny", checkpoint=micro_checkpoint,
+                    workers=0, progress=False)
+    gc.collect()
+    assert refs and all(r() is None for r in refs)
+
+
+def test_progress_in_a_log_counts_samples_in_lines(rect_cache, tmp_path, capsys):
+    log = io.StringIO()
+    bar = Progress(25, "score", "samples", stream=log)
+    for _ in range(25):
+        bar.update()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 10
+    assert lines[-1].split(" ", 1)[1].startswith("score: 25/25 samples (100%")
+    # ablate with one partition: progress still moves sample by sample
+    sam_cache.ablate(rect_cache, tmp_path / "a", prompts=["box"], partition_size=1000, examples=0)
+    err = capsys.readouterr().err
+    counts = [int(line.split(": ")[1].split("/")[0]) for line in err.splitlines() if "score:" in line]
+    assert "\r" not in err and counts == sorted(counts) and len(counts) >= 5 and counts[-1] == 32
