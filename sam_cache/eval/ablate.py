@@ -13,7 +13,7 @@ from pathlib import Path
 import xarray as xr
 
 from ..reports.write import write_reports
-from ..runs import Run, is_run, load_decoder, min_area_of
+from ..runs import Run, is_run, min_area_of
 from ..store.reader import CacheReader
 from ..train.data import MIN_AREA
 from . import runner
@@ -32,15 +32,15 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
     `min_area` says otherwise. Returns the results (lazily opened from results.nc)."""
     checkpoints = [str(c) for c in checkpoints]
     request = runner.Request(tuple(prompts), tuple(checkpoints), tuple(seeds), mask_mode,
-                             min_area or min_area_of(checkpoints, MIN_AREA), prompt_options or {}).check()
+                             min_area_of(checkpoints, MIN_AREA) if min_area is None else min_area,
+                             prompt_options or {}).check()
     reader = CacheReader(cache)
     reader.require_labels("to score against")
-    for c in checkpoints:  # fail early, with the right message, before any task starts
+    for c in checkpoints:
         if is_run(c):
             note = Run.open(c).check_cache(reader)
             if note:
                 log(note)
-        load_decoder(reader, c, base_checkpoint)
     out = Path(out)
     parts_dir = out / "parts"
     shutil.rmtree(parts_dir, ignore_errors=True)

@@ -26,7 +26,8 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
     a cache other than its own."""
     O.choice("--split", split, SPLITS)
     request = runner.Request((prompt,), (str(checkpoint),), (seed,), mask_mode,
-                             min_area or min_area_of([str(checkpoint)], MIN_AREA), prompt_options or {}).check()
+                             min_area_of([str(checkpoint)], MIN_AREA) if min_area is None else min_area,
+                             prompt_options or {}).check()
     reader = CacheReader(cache)
     reader.require_labels("to score against")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -175,20 +175,21 @@ def run(reader: CacheReader, indices, request: Request, device="cpu", scheduler:
         partition_size: int = 64, parts_dir=None, examples: int = 0, base_checkpoint=None,
         progress: bool = False) -> tuple[list, xr.Dataset | None]:
     """Score `indices` in partitions on Dask: local threads (decoders loaded once and shared), or the
-    dask.distributed scheduler at `scheduler` (each task loads them). Returns the partitions' results
-    (datasets, or part files under `parts_dir`) in sample order, and the examples."""
+    dask.distributed scheduler at `scheduler` (each task loads them). Every checkpoint is loaded here
+    first, so a bad one fails before any task starts. Returns the partitions' results (datasets, or part
+    files under `parts_dir`) in sample order, and the examples."""
     indices = np.asarray(indices, dtype=int)
     O.at_least("--partition-size", partition_size, 1)
     has_objects = indices[reader.coord(S.OBJECTS)[indices] > 0]
     keep = frozenset(has_objects[:examples].tolist())
     chunks = [indices[i:i + partition_size] for i in range(0, len(indices), partition_size)] or [indices]
+    decoders = load_decoders(reader, request, device, base_checkpoint)
     bar = Progress(len(indices), "score", "samples", enabled=progress)
     try:
         if scheduler:
             fn = partial(_partition, reader, request, device, base_checkpoint, keep, parts_dir, None, None)
             parts = _distributed(fn, chunks, scheduler, bar)
         else:
-            decoders = load_decoders(reader, request, device, base_checkpoint)
             fn = partial(_partition, reader, request, device, base_checkpoint, keep, parts_dir, decoders,
                          lambda: bar.update(1))
             tasks = [dask.delayed(fn, pure=False)(k, idx) for k, idx in enumerate(chunks)]

@@ -52,7 +52,7 @@ class CacheReader:
     def __init__(self, path: str | Path, allow_partial: bool = False, check_shards: bool = True):
         self.path = str(path)
         self.attrs = read_attrs(path)
-        self._group = None
+        self._group, self._arrays, self._mask_class = None, {}, None
         done = np.asarray(self.group[S.DONE][:], dtype=bool)
         if not done.all() and not allow_partial:
             raise CacheIncompleteError(
@@ -61,6 +61,7 @@ class CacheReader:
         self.done = done
         self.samples = np.flatnonzero(done)  # the samples a reader may use, in order
         self.coords = {name: np.asarray(self.group[name][:]) for name in S.SAMPLE_COORDS}
+        self.canvas = tuple(int(v) for v in self.group[S.IMAGE].shape[1:3])  # (H, W) every tile is padded to
         if check_shards:
             missing = self.missing_shards()
             if missing:
@@ -76,7 +77,13 @@ class CacheReader:
         return self._group
 
     def __getstate__(self):  # never pickle an open store into a worker
-        return {**self.__dict__, "_group": None}
+        return {**self.__dict__, "_group": None, "_arrays": {}}
+
+    def array(self, name: str) -> zarr.Array:
+        """A per-sample array, opened once per reader (not once per read)."""
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     def missing_shards(self) -> list[str]:
         """Shard files of done samples that are not in the store."""
@@ -97,7 +104,7 @@ class CacheReader:
         if not self.done[index]:
             raise CacheIncompleteError(f"{self.path}: sample {index} is not written yet")
         try:
-            return np.asarray(self.group[name][int(index)])
+            return np.asarray(self.array(name)[int(index)])
         except Exception as e:  # checksum mismatch, blosc error, truncated shard: one line naming all three
             raise CacheCorruptError(f"{self.path}: variable `{name}`, sample {index} cannot be read "
                                     f"({type(e).__name__}: {e}); run `samcache info --verify {self.path}`") from e
@@ -114,11 +121,6 @@ class CacheReader:
     @property
     def label_kind(self) -> str | None:
         return self.attrs.get("label_kind")
-
-    @property
-    def canvas(self) -> tuple[int, int]:
-        """(H, W) every stored tile is padded to."""
-        return tuple(int(v) for v in self.group[S.IMAGE].shape[1:3])
 
     @property
     def n_samples(self) -> int:
@@ -167,7 +169,7 @@ class CacheReader:
             return [str(int(i)) for i in ids]
         names = self.attrs.get("class_names")
         if names and S.MASK_CLASS in self.group:
-            if not hasattr(self, "_mask_class"):
+            if self._mask_class is None:
                 self._mask_class = self.source_table(S.MASK_CLASS)
             table = self._mask_class[int(self.coords[S.SOURCE][index])]
             return [names[table[int(i) - 1]] for i in ids]

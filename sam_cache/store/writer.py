@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -94,7 +95,7 @@ class Lock:
                                    "then rerun; a writer that exits or is killed releases the lock.") from None
         self.holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                           "command": " ".join(os.sys.argv)[:300]}))
+                                           "command": " ".join(sys.argv)[:300]}))
         return self
 
     def release(self) -> None:
