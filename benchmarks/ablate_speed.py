@@ -24,6 +24,7 @@ def main():
     ap.add_argument("--model", default="vit_b")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--prompts", default="box,center-point,random-3-points")
+    ap.add_argument("--samples", type=int, default=None, help="score only the first S samples (default: all N)")
     ap.add_argument("--min-area", type=int, default=1, help="objects smaller than this are not scored")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
@@ -32,7 +33,7 @@ def main():
     prompts = args.prompts.split(",")
     request = Request(tuple(prompts), ("base",), min_area=args.min_area).check()
     decoders = load_decoders(reader, request, args.device)
-    idx = np.arange(args.n)
+    idx = np.arange(args.samples or args.n)
     t = time.perf_counter()  # the reading part alone: embeddings, labels, objects
     for i in idx:
         reader.embedding(int(i))
@@ -43,7 +44,7 @@ def main():
     r, _ = score_samples(reader, idx, request, decoders, args.device)
     total = time.perf_counter() - t
     n_prompts = r.sizes["object"] * len(prompts) * len(decoders)
-    rows = [{"samples": args.n, "objects": r.sizes["object"], "prompts": n_prompts, "seconds": total,
+    rows = [{"samples": len(idx), "objects": r.sizes["object"], "prompts": n_prompts, "seconds": total,
              "prompts_per_s": n_prompts / total, "read_share": read / total, "decode_share": 1 - read / total}]
     print(f"{args.model} decoder on {args.device}, prompts {prompts}")
     print(table(rows, ["samples", "objects", "prompts", "seconds", "prompts_per_s", "read_share", "decode_share"]))

@@ -37,6 +37,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--workers", default="0,2")
+    ap.add_argument("--zarrs", action="store_true", help="also read through the zarrs codec pipeline (pip install zarrs)")
     args = ap.parse_args()
     path = tiny_cache(args.n)
     order = np.random.default_rng(0).permutation(args.n)
@@ -52,8 +53,45 @@ def main():
     dt = time.perf_counter() - t
     rows.append({"reader": "zarr a[i] -> tensor", "workers": 0, "samples_per_s": args.n / dt,
                  "MB_per_s": args.n * sample_bytes / dt / 1e6})
+    shard = emb.shards[0]
+    t = time.perf_counter()
+    for k in np.random.default_rng(0).permutation(-(-args.n // shard)):
+        np.asarray(emb[k * shard:(k + 1) * shard])
+    dt = time.perf_counter() - t
+    rows.append({"reader": f"zarr whole shards ({shard} samples)", "workers": 0, "samples_per_s": args.n / dt,
+                 "MB_per_s": args.n * sample_bytes / dt / 1e6})
+    if args.zarrs:  # the Rust codec pipeline (the `zarrs` package), for the same two reads
+        import zarrs  # noqa: F401
+
+        with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+            fast = zarr.open_group(str(path), mode="r")[S.EMBEDDING]
+            t = time.perf_counter()
+            for i in order:
+                np.asarray(fast[int(i)])
+            dt = time.perf_counter() - t
+            rows.append({"reader": "zarrs pipeline, a[i]", "workers": 0, "samples_per_s": args.n / dt,
+                         "MB_per_s": args.n * sample_bytes / dt / 1e6})
+            t = time.perf_counter()
+            for k in range(-(-args.n // shard)):
+                np.asarray(fast[k * shard:(k + 1) * shard])
+            dt = time.perf_counter() - t
+            rows.append({"reader": "zarrs pipeline, whole shards", "workers": 0, "samples_per_s": args.n / dt,
+                         "MB_per_s": args.n * sample_bytes / dt / 1e6})
+    reader = CacheReader(path)
+    t = time.perf_counter()
+    memory = reader.preload(order)
+    dt = time.perf_counter() - t
+    rows.append({"reader": "CacheReader.preload (whole shards, once)", "workers": 0, "samples_per_s": args.n / dt,
+                 "MB_per_s": args.n * sample_bytes / dt / 1e6})
+    ds = ObjectSamples(memory, order, "box", 4, 1024)
+    t = time.perf_counter()
+    for batch in loader(ds, 8):
+        pass
+    dt = time.perf_counter() - t
+    rows.append({"reader": "ObjectSamples DataLoader, preloaded", "workers": 0, "samples_per_s": args.n / dt,
+                 "MB_per_s": args.n * sample_bytes / dt / 1e6})
     for w in [int(x) for x in args.workers.split(",")]:
-        ds = ObjectSamples(CacheReader(path), order, "box", 4, 1024)
+        ds = ObjectSamples(reader, order, "box", 4, 1024)
         dl = loader(ds, 8, workers=w, pin=torch.cuda.is_available())
         it = iter(dl)
         next(it)  # worker start-up is not read time

@@ -22,7 +22,7 @@ from sam_cache.errors import OptionError, SamCacheError
 from sam_cache.eval.ablate import DEFAULT_PROMPTS
 from sam_cache.eval.aggregate import GROUPINGS
 from sam_cache.train.data import MIN_AREA
-from sam_cache.train.finetune import OPTIMIZERS, SCHEDULES, SPLITS
+from sam_cache.train.finetune import OPTIMIZERS, PRELOADS, SCHEDULES, SPLITS
 
 app = typer.Typer(
     name="samcache",
@@ -141,7 +141,9 @@ def finetune(
     split: str = typer.Option(SPLITS[0], help="source (seeded split of files) or column (the cache's `split`)."),
     early_stopping: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val Dice."),
     seed: int = typer.Option(0, help="Seed for splits, objects, prompts and order."),
-    workers: int = typer.Option(0, help="DataLoader worker processes reading the cache."),
+    workers: int = typer.Option(0, help="DataLoader worker processes reading the cache (when not preloaded)."),
+    preload: str = typer.Option("auto", help="Where the samples live while training: " + ", ".join(PRELOADS) +
+                                " (auto: device or host memory when they fit, else read from the cache)."),
     checkpoint: Optional[Path] = typer.Option(None, help="The SAM checkpoint the cache was made with, if moved."),
     device: Optional[str] = typer.Option(None, help="cuda or cpu; default cuda if available."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
@@ -155,7 +157,7 @@ def finetune(
         multimask=not single_mask, val_fraction=val_fraction, split=split, early_stopping=early_stopping,
         seed=seed, workers=workers)
     result = sam_cache.finetune(cache, out, config, checkpoint=checkpoint, device=device, resume=resume,
-                                progress=not quiet, log=_say)
+                                progress=not quiet, log=_say, preload=preload)
     typer.echo(str(result))
 
 

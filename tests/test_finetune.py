@@ -164,3 +164,17 @@ def test_cli_finetune(rect_cache, tmp_path):
     best = max(m[1:], key=lambda row: float(row["val_dice"]))
     assert f"best val Dice {float(best['val_dice']):.4f} at epoch {best['epoch']}" in r.output
     assert f"(untrained decoder {float(m[0]['val_dice']):.4f})" in r.output
+
+
+def test_preloaded_training_equals_reading_from_the_cache(rect_cache, tmp_path):
+    config = FinetuneConfig(epochs=2, lr=1e-2, val_fraction=0.25)
+    said = []
+    sam_cache.finetune(rect_cache, tmp_path / "mem", config, progress=False, log=said.append, preload="auto")
+    sam_cache.finetune(rect_cache, tmp_path / "disk", config, progress=False, log=lambda m: None, preload="off")
+    assert any(m.startswith("preload auto: 32 samples") and "host memory" in m for m in said), said
+    a = torch.load(tmp_path / "mem" / "decoder_last.pth", weights_only=True)
+    b = torch.load(tmp_path / "disk" / "decoder_last.pth", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val_dice"] for r in rows(tmp_path / "mem")] == [r["val_dice"] for r in rows(tmp_path / "disk")]
+    with pytest.raises(SamCacheError, match="unknown --preload 'gpu'"):
+        sam_cache.finetune(rect_cache, tmp_path / "x", config, progress=False, preload="gpu")

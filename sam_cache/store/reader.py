@@ -154,6 +154,10 @@ class CacheReader:
         """The tile's objects: masks [K, h, w] bool and their ids [K]."""
         return objects(self.label(index), self.label_kind, min_area)
 
+    def preload(self, indices, device="cpu") -> "Preloaded":
+        """These samples' embeddings and labels, read once as whole shards, in host or device memory."""
+        return Preloaded(self, indices, device)
+
     # ---- sources and classes ----------------------------------------------------------------------
     def source_table(self, name: str) -> np.ndarray:
         return np.asarray(self.group[name][...])
@@ -183,6 +187,56 @@ class CacheReader:
             ds = ds.isel({S.SAMPLE: self.samples})
         ds.attrs[S.ATTRS] = self.attrs
         return ds
+
+
+class Preloaded:
+    """Embeddings (host or device memory) and labels (host memory) of some samples of a cache, read once,
+    a whole shard at a time. It answers `embedding`, `label`, `objects`, `valid_size` and `canvas` like the
+    reader it came from, with the very same values, so training from it equals training from the reader."""
+
+    def __init__(self, reader: CacheReader, indices, device="cpu"):
+        import torch
+
+        self.reader, self.canvas = reader, reader.canvas
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
+        self.row = {int(i): r for r, i in enumerate(indices)}
+        emb, lab = reader.array(S.EMBEDDING), reader.array(S.LABEL)
+        device = torch.device(device)
+        self.embeddings = torch.empty((len(indices), *emb.shape[1:]), dtype=getattr(torch, str(emb.dtype)),
+                                      pin_memory=device.type == "cuda")
+        self.labels = np.empty((len(indices), *lab.shape[1:]), dtype=lab.dtype)
+        shard = int(emb.shards[0])
+        for k in np.unique(indices // shard):
+            start, stop = int(k) * shard, min(emb.shape[0], (int(k) + 1) * shard)
+            members = indices[(indices >= start) & (indices < stop)]
+            if not reader.done[members].all():
+                raise CacheIncompleteError(f"{reader.path}: samples {start}-{stop - 1} are not all written yet")
+            rows = [self.row[int(i)] for i in members]
+            for name, target in ((S.EMBEDDING, None), (S.LABEL, self.labels)):
+                try:
+                    block = np.asarray(reader.array(name)[start:stop])[members - start]
+                except Exception as e:  # noqa: BLE001 - one line naming the cache, the variable and the shard
+                    raise CacheCorruptError(f"{reader.path}: variable `{name}`, samples {start}-{stop - 1} cannot "
+                                            f"be read ({type(e).__name__}: {e})") from e
+                if target is None:
+                    self.embeddings[rows] = torch.from_numpy(block)
+                else:
+                    target[rows] = block
+        self.embeddings = self.embeddings.to(device)
+        self.nbytes = self.embeddings.nbytes + self.labels.nbytes
+
+    def valid_size(self, index: int) -> tuple[int, int]:
+        return self.reader.valid_size(index)
+
+    def embedding(self, index: int):
+        return self.embeddings[self.row[int(index)]]
+
+    def label(self, index: int) -> np.ndarray:
+        h, w = self.valid_size(index)
+        return self.labels[self.row[int(index)], :h, :w]
+
+    def objects(self, index: int, min_area: int) -> tuple[np.ndarray, np.ndarray]:
+        return objects(self.label(index), self.reader.label_kind, min_area)
 
 
 def open_cache(path: str | Path, allow_partial: bool = False) -> xr.Dataset:

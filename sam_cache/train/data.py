@@ -3,7 +3,8 @@
 `ObjectSamples` reads one sample's embedding and label through the cache reader, finds its objects (with
 a minimum area), draws up to K of them and their prompts from a generator seeded by (seed, epoch,
 sample), so results never depend on batch order, worker count or partitioning. One embedding read
-serves all the objects drawn from it. The reader reopens the store inside each worker process (zarr v3's
+serves all the objects drawn from it. It reads through the cache reader, or from a `Preloaded` copy of
+the samples in memory (same values, same results). The reader reopens the store inside each worker process (zarr v3's
 event loop is not fork-safe, so workers are spawned).
 """
 
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..decode.prompts import make_prompts
 from ..store import schema as S
-from ..store.reader import CacheReader
+from ..store.reader import CacheReader, Preloaded
 
 MIN_AREA = 10  # objects smaller than this (pixels) are not trained on or scored, unless told otherwise
 
@@ -34,9 +35,8 @@ class ObjectSamples(torch.utils.data.Dataset):
     object ids/areas, and the valid tile size.
     """
 
-    def __init__(self, reader: CacheReader, indices, prompt: str, k: int | None, img_size: int, seed: int = 0,
-                 min_area: int = MIN_AREA, prompt_options: dict | None = None, epoch: int = 0):
-        reader.require_labels("to train or score")
+    def __init__(self, reader: CacheReader | Preloaded, indices, prompt: str, k: int | None, img_size: int,
+                 seed: int = 0, min_area: int = MIN_AREA, prompt_options: dict | None = None, epoch: int = 0):
         self.reader, self.indices, self.prompt, self.k = reader, np.asarray(indices), prompt, k
         self.img_size, self.seed, self.min_area = img_size, seed, min_area
         self.options, self.epoch = prompt_options or {}, epoch
@@ -66,7 +66,7 @@ class ObjectSamples(torch.utils.data.Dataset):
             "points": _pad(prompts.points, k) if prompts.points is not None else torch.zeros(k, 0, 2),
             "labels": _pad(prompts.labels, k, -1) if prompts.labels is not None else torch.zeros(k, 0, dtype=torch.int64),
             "boxes": _pad(prompts.boxes, k) if prompts.boxes is not None else torch.zeros(k, 0),
-            S.EMBEDDING: torch.from_numpy(self.reader.embedding(index)),
+            S.EMBEDDING: torch.as_tensor(self.reader.embedding(index)),
         }
 
 

@@ -9,6 +9,7 @@ validation files drawn among those that hold objects.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from .data import MIN_AREA, ObjectSamples, loader, low_res_targets
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
+PRELOADS = ("auto", "device", "host", "off")  # where the embeddings live during training
 SPLITS = (S.SOURCE, "column")  # a seeded split of source files, or the cache's own `split` variable
 
 
@@ -202,10 +204,30 @@ def validate(decoder, data, multimask: bool) -> dict:
     return {"val_dice": float(dice.mean()), "val_iou": float(iou.mean()), "val_objects": int(dice.numel())}
 
 
+def choose_preload(mode: str, nbytes: int, device: torch.device) -> str:
+    """`auto`: device memory if the samples take under half of what is free there, else host memory on the
+    same terms, else stream from the cache. On a CPU, device and host memory are the same."""
+    O.choice("--preload", mode, PRELOADS)
+    if mode == "device" and device.type != "cuda":
+        mode = "host"
+    if mode != "auto":
+        return mode
+    if device.type == "cuda" and nbytes < 0.5 * torch.cuda.mem_get_info(device)[0]:
+        return "device"
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return "host" if nbytes < 0.5 * free else "off"
+
+
 def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None = None, checkpoint=None,
-             device: str | None = None, resume: bool = False, progress: bool = True, log=print) -> FinetuneResult:
-    """Train the mask decoder from `cache` into the run folder `out`. See FinetuneConfig for the recipe."""
+             device: str | None = None, resume: bool = False, progress: bool = True, log=print,
+             preload: str = "auto") -> FinetuneResult:
+    """Train the mask decoder from `cache` into the run folder `out`. See FinetuneConfig for the recipe.
+
+    `preload` (auto, device, host, off): read the training and validation samples once, as whole shards,
+    into device or host memory and train every epoch from there; `auto` decides from free memory and says
+    what it chose. The results are the same either way."""
     c = (config or FinetuneConfig()).check()
+    O.choice("--preload", preload, PRELOADS)
     reader = CacheReader(cache)
     reader.require_labels("to finetune")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -223,10 +245,19 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     log(describe_split(reader, train_idx, val_idx, c.split) +
         ("" if len(val_idx) else " (no validation: the epoch with the lowest train loss is kept)"))
     img_size = decoder.img_size[0]
-    make = lambda idx, k: ObjectSamples(reader, idx, c.prompt, k, img_size, c.seed, c.min_area,  # noqa: E731
+    both = np.concatenate([train_idx, val_idx])
+    per_sample = sum(int(np.prod(reader.array(n).shape[1:])) * reader.array(n).dtype.itemsize
+                     for n in (S.EMBEDDING, S.LABEL))
+    where = choose_preload(preload, len(both) * per_sample, device)
+    source, workers = reader, c.workers
+    if where != "off":
+        source, workers = reader.preload(both, device if where == "device" else "cpu"), 0
+        log(f"preload {preload}: {len(both)} samples ({source.nbytes / 2**20:.0f} MiB) read once into {where} memory"
+            + (f"; --workers {c.workers} not needed" if c.workers else ""))
+    make = lambda idx, k: ObjectSamples(source, idx, c.prompt, k, img_size, c.seed, c.min_area,  # noqa: E731
                                         c.prompt_options)
     train_set, val_set = make(train_idx, c.objects_per_sample), make(val_idx, None)
-    val_data = loader(val_set, 1, workers=c.workers) if len(val_idx) else []
+    val_data = loader(val_set, 1, workers=workers) if len(val_idx) else []
     opt = make_optimizer(decoder.mask_decoder.parameters(), c)
     sched = _schedule(opt, c)
     recipe = asdict(c)
@@ -256,7 +287,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         decoder.train()
         train_set.epoch = epoch
         shuffle = torch.Generator().manual_seed(c.seed * 100_003 + epoch)
-        data = loader(train_set, c.batch_size, shuffle, c.workers, pin=device.type == "cuda")
+        data = loader(train_set, c.batch_size, shuffle, workers, pin=device.type == "cuda" and where != "device")
         t0, wait, total, count = time.perf_counter(), 0.0, 0.0, 0
         bar = Progress(len(data), f"epoch {epoch}/{c.epochs}", "steps", enabled=progress)
         it = iter(data)

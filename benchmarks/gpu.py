@@ -1,0 +1,130 @@
+"""Every GPU figure in one command: each benchmark at its GPU size on one CUDA device, then one table,
+the raw JSON, and a markdown section to paste into benchmarks/RESULTS.md.
+
+    bash benchmarks/gpu.sh                 # on a CUDA machine, from the repository root (~15 min on an H100)
+    bash benchmarks/gpu.sh --dry-run       # the same steps at toy sizes, on any machine: checks the script
+
+Random-init vit_h and vit_b (speed does not depend on the weights). Each step runs in its own process,
+writes its JSON under benchmarks/out/gpu/ (or $SAMCACHE_BENCH_OUT), and a failed step is reported, not
+hidden. The summary goes to benchmarks/out/gpu_<device>.json and .md, and is copied to $OUT when set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# (step, script, GPU arguments, dry-run arguments, the JSON it writes: name template)
+STEPS = [
+    ("encoder vit_h", "encoder.py", "--model vit_h --batch-sizes 1,8,16,32 --compile", "--model tiny --batch-sizes 1,2 --repeats 1", "encoder_{m}_{d}"),
+    ("encoder vit_b", "encoder.py", "--model vit_b --batch-sizes 1,16,64 --compile", None, "encoder_{m}_{d}"),
+    ("embed end to end", "embed_e2e.py", "--model vit_h --n 256 --batch-size 32", "--model tiny --n 4 --batch-size 2", "embed_e2e_{m}_{d}"),
+    ("cache reads", "reads.py", "--n 1024 --workers 0,4", "--n 16 --workers 0", "reads"),
+    ("finetune epoch", "finetune_speed.py", "--model vit_h --n 1980 --batch-size 32 --objects-per-sample 1", "--model tiny --n 8 --batch-size 4 --objects-per-sample 1", "finetune_{m}_{d}_k1"),
+    ("ablation", "ablate_speed.py", "--model vit_h --n 1980 --samples 256", "--model tiny --n 8 --samples 2 --prompts box", "ablate_{m}_{d}"),
+]
+
+
+def headline(step: str, rows: list[dict]) -> list[tuple[str, str]]:
+    """The figures of a step worth a line in the summary: (what, value)."""
+    if step.startswith("encoder"):
+        best = {}
+        for r in rows:
+            if r["images_per_s"] > best.get(r["path"], {"images_per_s": 0})["images_per_s"]:
+                best[r["path"]] = r
+        out = [(f"{p} (batch {r['batch']})", f"{r['images_per_s']:.1f} images/s") for p, r in best.items()]
+        stock = best["SamPredictor.set_image"]["images_per_s"]
+        top = max(r["images_per_s"] for p, r in best.items() if p != "SamPredictor.set_image")
+        return out + [("best samcache path vs SamPredictor.set_image fp32", f"{top / stock:.2f}x")]
+    if step == "embed end to end":
+        return [(r["what"], f"{r['images_per_s']:.1f} images/s ({r['vs_encoder_only']:.2f} of encoder only)") for r in rows]
+    if step == "cache reads":
+        return [(f"{r['reader']}, {r['workers']} workers", f"{r['samples_per_s']:.0f} samples/s") for r in rows]
+    if step == "finetune epoch":
+        ways = {r["way"]: r for r in rows if "way" in r}
+        ratio = next(r["ratio"] for r in rows if "ratio" in r)
+        return [(w, f"{r['epoch_s']:.2f} s/epoch") for w, r in ways.items()] + [("from the cache vs encoder every step", f"{ratio:.1f}x")]
+    if step == "ablation":
+        r = rows[0]
+        return [(f"{r['prompts']} prompts on {r['samples']} samples", f"{r['prompts_per_s']:.0f} prompts/s")]
+    return []
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="toy sizes, any device: check the script itself")
+    ap.add_argument("--only", help="comma-separated step names to run (default: all)")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per step")
+    args = ap.parse_args()
+    import torch
+
+    if not torch.cuda.is_available() and not args.dry_run:
+        raise SystemExit("no CUDA device: the GPU figures need one (or pass --dry-run to check the script)")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    out = Path(os.environ.get("SAMCACHE_BENCH_OUT", HERE / "out" / ("gpu-dry" if args.dry_run else "gpu")))
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "SAMCACHE_BENCH_OUT": str(out), "PYTHONUNBUFFERED": "1"}
+    steps = [s for s in STEPS if not args.only or s[0] in args.only.split(",")]
+    summary, t_all = [], time.perf_counter()
+    for step, script, gpu_args, dry_args, name in steps:
+        argv = dry_args if args.dry_run else gpu_args
+        if argv is None:
+            continue
+        print(f"== {step}: python benchmarks/{script} {argv}", flush=True)
+        t = time.perf_counter()
+        try:
+            p = subprocess.run([sys.executable, str(HERE / script), *argv.split()], cwd=HERE, env=env,
+                               timeout=args.timeout, text=True, capture_output=True)
+            ok, log = p.returncode == 0, p.stdout + p.stderr
+        except subprocess.TimeoutExpired as e:
+            ok, log = False, f"timed out after {args.timeout} s\n{e.stdout or ''}"
+        seconds = time.perf_counter() - t
+        print(log[-3000:], flush=True)
+        model = argv.split("--model ")[1].split()[0] if "--model " in argv else ""
+        entry = {"step": step, "command": f"python benchmarks/{script} {argv}", "seconds": round(seconds, 1), "ok": ok}
+        if ok:
+            rows = json.loads((out / (name.format(m=model, d=dev) + ".json")).read_text())["rows"]
+            entry["figures"] = headline(step, rows)
+        else:
+            entry["error"] = log.strip().splitlines()[-1] if log.strip() else "failed"
+        summary.append(entry)
+    entry = {"step": "automatic masks (segment)", "ok": False, "error": "not available: `samcache segment` does not exist yet"}
+    summary.append(entry)
+    total = time.perf_counter() - t_all
+    md = markdown(summary, device, total, args.dry_run)
+    print(md)
+    tag = "dry-run" if args.dry_run else device.replace(" ", "_")
+    for suffix, text in ((".json", json.dumps({"device": device, "date": time.strftime("%Y-%m-%d"), "seconds": total,
+                                                  "steps": summary}, indent=2)), (".md", md)):
+        path = (out if args.dry_run else HERE / "out") / f"gpu_{tag}{suffix}"  # a dry run's summary is not a result
+        path.write_text(text)
+        if os.environ.get("OUT"):
+            shutil.copy(path, Path(os.environ["OUT"]) / path.name)
+    failed = [s["step"] for s in summary if not s["ok"] and "segment" not in s["step"]]
+    if failed:
+        raise SystemExit(f"steps failed: {', '.join(failed)}")
+
+
+def markdown(summary, device, total, dry) -> str:
+    lines = [f"## GPU figures: {device}, {time.strftime('%Y-%m-%d')}" + (" (DRY RUN: toy sizes, not figures)" if dry else ""),
+             "", f"`bash benchmarks/gpu.sh`, {total / 60:.1f} min in all; random-init weights.", "",
+             "| step | figure | value |", "|---|---|---|"]
+    for s in summary:
+        if s["ok"]:
+            lines += [f"| {s['step']} | {what} | {value} |" for what, value in s["figures"]]
+        else:
+            lines.append(f"| {s['step']} | {s.get('command', '')} | {s['error']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
