@@ -138,7 +138,10 @@ def finetune(
     single_mask: bool = typer.Option(False, "--single-mask", help="Train SAM's single-mask output, not best of 3."),
     val_fraction: float = typer.Option(0.2, help="Share of the source files with objects held out for validation "
                                        "(0: no validation; the lowest train loss picks the epoch)."),
-    split: str = typer.Option(SPLITS[0], help="source (seeded split of files) or column (the cache's `split`)."),
+    split: str = typer.Option(SPLITS[0], help="Validation by source (files), slice (a contiguous block of slices), "
+                              "tile, or column (the cache's `split` variable)."),
+    split_file: Optional[Path] = typer.Option(None, help="CSV of `source,split` or `sample,split` rows (train, val, "
+                                              "test): the split to use instead of --split."),
     early_stopping: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val Dice."),
     seed: int = typer.Option(0, help="Seed for splits, objects, prompts and order."),
     workers: int = typer.Option(0, help="DataLoader worker processes reading the cache (when not preloaded)."),
@@ -147,6 +150,7 @@ def finetune(
     checkpoint: Optional[Path] = typer.Option(None, help="The SAM checkpoint the cache was made with, if moved."),
     device: Optional[str] = typer.Option(None, help="cuda or cpu; default cuda if available."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever --out holds, whole."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress."),
 ):
     """Train SAM's mask decoder from the cached embeddings; the image encoder is never run."""
@@ -154,10 +158,11 @@ def finetune(
         prompt=prompt, prompt_options={"jitter": jitter} if jitter is not None else {}, epochs=epochs, lr=lr,
         optimizer=optimizer, weight_decay=weight_decay, momentum=momentum, schedule=schedule,
         batch_size=batch_size, objects_per_sample=objects_per_sample, min_area=min_area,
-        multimask=not single_mask, val_fraction=val_fraction, split=split, early_stopping=early_stopping,
+        multimask=not single_mask, val_fraction=val_fraction, split=split,
+        split_file=str(split_file) if split_file else None, early_stopping=early_stopping,
         seed=seed, workers=workers)
     result = sam_cache.finetune(cache, out, config, checkpoint=checkpoint, device=device, resume=resume,
-                                progress=not quiet, log=_say, preload=preload)
+                                progress=not quiet, log=_say, preload=preload, overwrite=overwrite)
     typer.echo(str(result))
 
 
@@ -199,6 +204,8 @@ def ablate(
                                 help="Comma-separated strategies: " + ", ".join(prompt_names()) + "."),
     checkpoints: str = typer.Option("base", help="Comma-separated: base, finetune run folders, SAM .pth files."),
     seeds: int = typer.Option(1, help="Number of prompt seeds (0..N-1)."),
+    split: str = typer.Option("auto", help="Samples to score: auto (the runs' held-out samples when a run folder is "
+                              "among --checkpoints, else all), all, train or val (the runs' own)."),
     out: Path = typer.Option(Path("ablation"), "--out", "-o", help="Folder for results.nc and the reports."),
     mask: str = typer.Option("best-iou", help=" or ".join(MASK_MODES) + " (best of 3 by predicted IoU)."),
     min_area: Optional[int] = typer.Option(None, help=f"Ignore objects smaller than this many pixels; default the "
@@ -208,6 +215,7 @@ def ablate(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     examples: int = typer.Option(4, help="Samples drawn in examples.png (0: none)."),
     base_checkpoint: Optional[Path] = typer.Option(None, help="The cache's SAM checkpoint, if it moved."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace whatever --out holds, whole."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress."),
 ):
     """Score prompt strategies × checkpoints × seeds on every object, in one pass over the cache."""
@@ -216,7 +224,8 @@ def ablate(
     results = sam_cache.ablate(
         cache, out, prompts=_list(prompts), checkpoints=_list(checkpoints), seeds=list(range(seeds)),
         mask_mode=mask, min_area=min_area, partition_size=partition_size, scheduler=scheduler, device=device,
-        base_checkpoint=base_checkpoint, progress=not quiet, examples=examples, log=_say)
+        base_checkpoint=base_checkpoint, progress=not quiet, examples=examples, log=_say, overwrite=overwrite,
+        split=split)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"{results.sizes['object']} objects; results in {out}/results.nc, summary.csv, summary.md, "
                "ablation.png" + (", examples.nc, examples.png" if (out / "examples.nc").exists() else ""))

@@ -6,6 +6,6 @@ set -euo pipefail
 out=${SAMCACHE_DEMO_OUT:-demo}
 samcache embed examples/data/cells -o "$out/cells.zarr" --fallback-tiny
 samcache info "$out/cells.zarr" --verify
-samcache finetune "$out/cells.zarr" --prompt box-jitter --epochs 2 --lr 1e-4 --val-fraction 0.25 --out "$out/run"
+samcache finetune "$out/cells.zarr" --prompt box-jitter --epochs 2 --lr 1e-4 --val-fraction 0.25 --out "$out/run" --overwrite
 samcache ablate "$out/cells.zarr" --prompts box,box-larger,center-point,random-3-points \
-    --checkpoints "base,$out/run" -o "$out/ablation"
+    --checkpoints "base,$out/run" -o "$out/ablation" --overwrite

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +134,29 @@ def _safe_load(path: Path, device="cpu"):
                               ) from e
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{path}: unreadable (corrupt or truncated?): {e}") from e
+
+
+def claim(out: str | Path, what: str, mine: tuple[str, ...], overwrite: bool = False, resume: bool = False) -> Path:
+    """Make `out` ready for a new output: a missing or empty folder is used as it is; a folder holding
+    output (any file) is refused unless `overwrite`, which removes it whole, or `resume` (finetune)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SamCacheError(f"{out} is a file, not a folder; choose another --out")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not resume:
+        if not overwrite:
+            known = [h for h in held if h in mine]
+            what_is_there = f"the output of an earlier {what} ({', '.join(known[:3])}...)" if known else \
+                f"{len(held)} other file(s) ({', '.join(held[:3])})"
+            raise SamCacheError(f"{out} already holds {what_is_there}. Pass --overwrite to replace it whole"
+                                + (", --resume to continue it," if what == "finetune" else "")
+                                + " or choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+RUN_FILES = (CONFIG, DECODER, LAST, STATE, FULL, METRICS, CURVES)
 
 
 # ---- checkpoints named on the command line ----------------------------------------------------------

@@ -50,7 +50,7 @@ PROMPTS = ["box", "box-larger", "random-3-points", "points-neg", "none"]
 def grid(rect_cache, run, tmp_path_factory):
     out = tmp_path_factory.mktemp("ablate")
     sam_cache.ablate(rect_cache, out, prompts=PROMPTS, checkpoints=["base", str(run)], seeds=[0, 1],
-                     partition_size=8, progress=False, examples=2)
+                     partition_size=8, progress=False, examples=2, split="all", overwrite=True)
     return out
 
 
@@ -156,10 +156,11 @@ def test_partitioning_and_distributed_cluster_give_identical_results(grid, rect_
     ref = xr.open_dataset(grid / "results.nc", engine="h5netcdf")
     prompts, ckpts = ["box", "random-3-points"], ["base", str(run)]
     other = sam_cache.ablate(rect_cache, tmp_path / "p5", prompts=prompts, checkpoints=ckpts, seeds=[0, 1],
-                             partition_size=5, progress=False, examples=0)
+                             partition_size=5, progress=False, examples=0, split="all")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         dist = sam_cache.ablate(rect_cache, tmp_path / "dist", prompts=prompts, checkpoints=ckpts, seeds=[0, 1],
-                                partition_size=3, scheduler=cluster.scheduler_address, progress=False, examples=0)
+                                partition_size=3, scheduler=cluster.scheduler_address, progress=False, examples=0,
+                                split="all")
     for res in (other, dist):
         np.testing.assert_array_equal(res.dice.values, ref.dice.sel(prompt=prompts).values)
         np.testing.assert_array_equal(res.sample.values, ref.sample.values)

@@ -112,7 +112,7 @@ def test_without_validation_the_lowest_train_loss_is_kept_and_named(rect_cache, 
 
 
 @pytest.mark.parametrize("args, words", [
-    (["finetune", "{cache}", "--split", "colum"], "unknown --split 'colum'; choose one of: source, column"),
+    (["finetune", "{cache}", "--split", "colum"], "unknown --split 'colum'; choose one of: source, slice, tile, column"),
     (["finetune", "{cache}", "--prompt", "box-jitter", "--jitter", "-1"], "--jitter must be >= 0"),
     (["finetune", "{cache}", "--prompt", "boxx"], "unknown prompt strategy 'boxx'; choose one of: box,"),
     (["evaluate", "{cache}", "--prompt", "boxx"], "unknown prompt strategy 'boxx'; choose one of: box,"),
@@ -187,3 +187,78 @@ def test_progress_in_a_log_counts_samples_in_lines(rect_cache, tmp_path, capsys)
     err = capsys.readouterr().err
     counts = [int(line.split(": ")[1].split("/")[0]) for line in err.splitlines() if "score:" in line]
     assert "\r" not in err and counts == sorted(counts) and len(counts) >= 5 and counts[-1] == 32
+
+
+def test_ablate_of_a_run_scores_its_held_out_samples_and_says_so(rect_cache, run, tmp_path):
+    said = []
+    r = sam_cache.ablate(rect_cache, tmp_path / "a", prompts=["box"], checkpoints=["base", str(run)],
+                         progress=False, examples=0, log=said.append)
+    val = sam_cache.runs.Run.open(run).indices("val")
+    scored = set(r.sample.values.tolist())
+    assert scored and scored <= set(val.tolist())  # only held-out samples (those with objects >= the run's min_area)
+    reader = sam_cache.CacheReader(rect_cache)
+    assert set(reader.sources(val)).isdisjoint(reader.sources(sam_cache.runs.Run.open(run).indices("train")))
+    head = (tmp_path / "a" / "summary.md").read_text().splitlines()[0]
+    assert head == f"Scored: val: the held-out (validation) samples of run, {len(val)} samples from {len(val)} sources"
+    everything = sam_cache.ablate(rect_cache, tmp_path / "b", prompts=["box"], checkpoints=["base"], progress=False,
+                                  examples=0)
+    assert everything.sizes["object"] > r.sizes["object"]
+    assert (tmp_path / "b" / "summary.md").read_text().startswith(f"Scored: all 32 samples of {rect_cache}")
+    with pytest.raises(OptionError, match="--split val scores a run's own val samples"):
+        sam_cache.ablate(rect_cache, tmp_path / "c", prompts=["box"], split="val", progress=False)
+
+
+def test_outputs_are_never_silently_replaced(rect_cache, run, tmp_path):
+    out = tmp_path / "run"
+    config = sam_cache.FinetuneConfig(epochs=1)
+    sam_cache.finetune(rect_cache, out, config, progress=False, log=lambda m: None)
+    before = (out / "decoder.pth").read_bytes()
+    r = run_cli("finetune", rect_cache, "-o", out, "--epochs", "1", "-q")
+    assert r.exit_code == 2 and "already holds the output of an earlier finetune" in r.output and "--overwrite" in r.output
+    assert (out / "decoder.pth").read_bytes() == before
+    (out / "stale.txt").write_text("from before")
+    sam_cache.finetune(rect_cache, out, sam_cache.FinetuneConfig(epochs=1, seed=1), progress=False,
+                       log=lambda m: None, overwrite=True)
+    assert not (out / "stale.txt").exists() and (out / "decoder.pth").read_bytes() != before
+
+    abl = tmp_path / "abl"
+    sam_cache.ablate(rect_cache, abl, prompts=["box"], progress=False, examples=1)
+    results = (abl / "results.nc").read_bytes()
+    r = run_cli("ablate", rect_cache, "--prompts", "center-point", "-o", abl, "-q", "--examples", "0")
+    assert r.exit_code == 2 and "already holds the output of an earlier ablate" in r.output
+    assert (abl / "results.nc").read_bytes() == results and (abl / "examples.png").exists()
+    r = run_cli("ablate", rect_cache, "--prompts", "center-point", "-o", abl, "-q", "--examples", "0", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert not (abl / "examples.png").exists() and not (abl / "examples.nc").exists()  # no stale figure left
+
+
+def test_split_by_slice_tile_and_file(data_root, tmp_path):
+    """A single CT volume: no split by source is possible; slices in one contiguous block, tiles, or a file."""
+    from sam_cache.train.finetune import split_samples
+
+    cache = tmp_path / "ct.zarr"
+    ct = data_root / "ct-totalseg"
+    sam_cache.embed(ct / "example_ct_sm.nii.gz", cache, labels=str(ct / "example_seg.nii.gz"), model="tiny",
+                    workers=0, progress=False)
+    reader = sam_cache.CacheReader(cache)
+    with pytest.raises(SamCacheError, match="1 source file.*cannot be split.*--split slice"):
+        split_samples(reader, 0.2, 0)
+    train, val = split_samples(reader, 0.2, 0, "slice")
+    slices = reader.coord("slice")[val]
+    assert len(val) >= 0.15 * reader.n_samples and (np.diff(np.sort(slices)) == 1).all()  # one contiguous block
+    assert not set(slices) & set(reader.coord("slice")[train]) and reader.coord("objects")[val].sum() > 0
+    t_train, t_val = split_samples(reader, 0.2, 0, "tile")
+    assert len(t_val) and not set(t_val) & set(t_train)
+    split_csv = tmp_path / "split.csv"
+    split_csv.write_text("sample,split\n" + "".join(f"{i},{'val' if i % 5 == 0 else 'test' if i % 5 == 1 else 'train'}\n"
+                                                    for i in range(reader.n_samples)))
+    f_train, f_val = split_samples(reader, 0.2, 0, split_file=split_csv)
+    assert (f_val % 5 == 0).all() and not ((f_train % 5) < 2).any() and len(f_train) + len(f_val) < reader.n_samples
+    said = []
+    sam_cache.finetune(cache, tmp_path / "run", sam_cache.FinetuneConfig(epochs=1, split="slice", min_area=1),
+                       progress=False, log=said.append)
+    assert said[0].startswith("split by slice: train")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("source,split\nexample_ct_sm,holdout\n")
+    r = run_cli("finetune", cache, "--split-file", bad, "-o", tmp_path / "r2", "-q")
+    assert r.exit_code == 2 and "line 2: split 'holdout' is not one of train, val, test" in r.output

@@ -10,25 +10,64 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
+from .. import options as O
+from ..errors import SamCacheError
+
 from ..reports.write import write_reports
-from ..runs import Run, is_run, min_area_of
+from ..runs import Run, claim, is_run, min_area_of
 from ..store.reader import CacheReader
 from ..train.data import MIN_AREA
 from . import runner
 from .runner import ENGINE
 
+OUTPUTS = ("results.nc", "examples.nc", "summary.csv", "summary.md", "ablation.png", "examples.png", "parts")
 DEFAULT_PROMPTS = ("box", "box-larger", "center-point", "random-point", "random-3-points")
+
+
+SPLITS = ("auto", "all", "train", "val")
+
+
+def scored_samples(reader: CacheReader, checkpoints, split: str = "auto", log=print) -> tuple[np.ndarray, str]:
+    """The samples to score and a line saying which: `auto` is the runs' own held-out (val) samples when a run
+    folder is among the checkpoints, else every sample; `train`/`val` are the runs' own sets, which must agree."""
+    O.choice("--split", split, SPLITS)
+    runs = [Run.open(c) for c in checkpoints if is_run(c)]
+    if split == "auto":
+        split = "val" if runs else "all"
+    if split == "all":
+        for run in runs:
+            note = run.check_cache(reader)
+            if note:
+                log(note)
+        return reader.samples, f"all {len(reader.samples)} samples of {reader.path}"
+    if not runs:
+        raise O.OptionError(f"--split {split} scores a run's own {split} samples: name a run folder in --checkpoints, "
+                            "or use --split all")
+    for run in runs:
+        run.check_cache(reader, split)
+    sets = {tuple(run.indices(split).tolist()) for run in runs}
+    if len(sets) > 1:
+        raise SamCacheError(f"the runs {', '.join(r.name for r in runs)} were trained on different train/validation "
+                            f"splits; score them with --split all, or one at a time")
+    indices = np.asarray(sets.pop(), dtype=np.int64)
+    sources = len(np.unique(reader.sources(indices)))
+    side = "held-out (validation)" if split == "val" else "training"
+    return indices, (f"{split}: the {side} samples of {', '.join(r.name for r in runs)}, {len(indices)} samples from "
+                     f"{sources} source{'s' if sources != 1 else ''}")
 
 
 def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,), mask_mode: str = "best-iou",
            min_area: int | None = None, prompt_options=None, partition_size: int = 64, scheduler: str | None = None,
            device: str = "cpu", base_checkpoint=None, progress: bool = True, examples: int = 4,
-           log=print) -> xr.Dataset:
+           log=print, overwrite: bool = False, split: str = "auto") -> xr.Dataset:
     """Run the grid and write OUT/results.nc, examples.nc, summary.csv, summary.md, ablation.png and
-    examples.png. `scheduler`: None for dask's local threads, or the address of a dask.distributed
-    scheduler. Objects smaller than the runs' own min_area (default 10 px) are left out unless
+    examples.png into OUT, a new or empty folder (or any folder with `overwrite`, which replaces it whole).
+    `scheduler`: None for dask's local threads, or the address of a dask.distributed
+    scheduler. `split` (auto, all, train, val): which samples; auto scores the runs' held-out samples when
+    a run folder is among the checkpoints, every sample otherwise (see `scored_samples`). Objects smaller than the runs' own min_area (default 10 px) are left out unless
     `min_area` says otherwise. Returns the results (lazily opened from results.nc)."""
     checkpoints = [str(c) for c in checkpoints]
     request = runner.Request(tuple(prompts), tuple(checkpoints), tuple(seeds), mask_mode,
@@ -36,24 +75,19 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
                              prompt_options or {}).check()
     reader = CacheReader(cache)
     reader.require_labels("to score against")
-    for c in checkpoints:
-        if is_run(c):
-            note = Run.open(c).check_cache(reader)
-            if note:
-                log(note)
-    out = Path(out)
+    indices, scored = scored_samples(reader, checkpoints, split, log)
+    log(f"scoring {scored}")
+    out = claim(out, "ablate", OUTPUTS, overwrite=overwrite)
     parts_dir = out / "parts"
-    shutil.rmtree(parts_dir, ignore_errors=True)
-    parts_dir.mkdir(parents=True)
-    paths, shown = runner.run(reader, reader.samples, request, device, scheduler, partition_size, parts_dir,
+    parts_dir.mkdir()
+    paths, shown = runner.run(reader, indices, request, device, scheduler, partition_size, parts_dir,
                               examples, base_checkpoint, progress)
     results = xr.open_mfdataset(paths, combine="nested", concat_dim="object", engine=ENGINE,
                                 data_vars="minimal", coords="minimal", compat="override")
-    results.attrs.update(cache=str(cache), prompts=list(prompts), checkpoints=checkpoints)
+    results.attrs.update(cache=str(cache), prompts=list(prompts), checkpoints=checkpoints, scored=scored)
     results.to_netcdf(out / "results.nc", engine=ENGINE)
     results.close()
     shutil.rmtree(parts_dir)
-    (out / "examples.nc").unlink(missing_ok=True)
     if shown is not None:
         shown.to_netcdf(out / "examples.nc", engine=ENGINE,
                         encoding={v: {"zlib": True} for v in shown.data_vars})

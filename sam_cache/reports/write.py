@@ -19,8 +19,9 @@ def write_reports(out: str | Path) -> None:
     with xr.open_dataset(out / "results.nc", engine=ENGINE) as results:
         summary = summarize(results)
         names = list(results.checkpoint.values)
+        scored = results.attrs.get("scored", "")
     summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(markdown(summary, names))
+    (out / "summary.md").write_text((f"Scored: {scored}\n\n" if scored else "") + markdown(summary, names))
     bar_chart(summary, out / "ablation.png")
     (out / "examples.png").unlink(missing_ok=True)
     if (out / "examples.nc").exists():

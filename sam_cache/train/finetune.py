@@ -27,7 +27,7 @@ from ..errors import SamCacheError
 from ..eval.metrics import scores
 from ..models import load_decoder, load_sam, load_state_dict
 from ..progress import Progress
-from ..runs import CURVES, DECODER, FULL, LAST, Run
+from ..runs import CONFIG, CURVES, DECODER, FULL, LAST, RUN_FILES, Run, claim
 from ..store import fingerprint
 from ..store import schema as S
 from ..store.reader import CacheReader
@@ -36,7 +36,7 @@ from .data import MIN_AREA, ObjectSamples, loader, low_res_targets
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
 PRELOADS = ("auto", "device", "host", "off")  # where the embeddings live during training
-SPLITS = (S.SOURCE, "column")  # a seeded split of source files, or the cache's own `split` variable
+SPLITS = (S.SOURCE, S.SLICE, "tile", "column")  # see split_samples
 
 
 @dataclass
@@ -56,6 +56,7 @@ class FinetuneConfig:
     iou_loss_weight: float = 1.0
     val_fraction: float = 0.2
     split: str = S.SOURCE
+    split_file: str | None = None  # a CSV of source or sample -> train/val/test; overrides `split`
     early_stopping: int | None = None  # patience in epochs
     seed: int = 0
     workers: int = 0
@@ -97,32 +98,80 @@ class FinetuneResult:
                 f"(untrained decoder {self.base_val_dice:.4f}), {speed}")
 
 
-def split_samples(reader: CacheReader, val_fraction: float, seed: int, how: str = S.SOURCE):
-    """Train and validation sample indices: by the cache's `split` variable, or a seeded split of source
-    files, the validation files drawn among those that hold objects (an image without any would leave
-    nothing to validate on)."""
+def split_samples(reader: CacheReader, val_fraction: float, seed: int, how: str = S.SOURCE,
+                  split_file: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation sample indices.
+
+    - `source`: a seeded share of the source files; `tile`: a seeded share of the tiles; `slice`: a share of
+      the slices in one contiguous block (at a seeded place), so neighbouring slices of a volume do not
+      straddle the split. Validation is drawn among the files, tiles or slices that hold objects.
+    - `column`: the cache's `split` variable; `split_file`: a CSV of `source,split` or `sample,split` rows
+      (split train, val or test; test and unlisted samples are used for neither)."""
     O.choice("--split", how, SPLITS)
     samples = reader.samples
+    if split_file is not None:
+        return _from_file(reader, Path(split_file))
     if how == "column":
         if S.SPLIT not in reader.group:
-            raise SamCacheError(f"{reader.path}: no `{S.SPLIT}` variable in the cache; use --split source")
+            raise SamCacheError(f"{reader.path}: no `{S.SPLIT}` variable in the cache; use --split source, slice or "
+                                "tile, or --split-file")
         split = np.asarray(reader.group[S.SPLIT][:]).astype(str)[samples]
         return samples[split == "train"], samples[split == "val"]
-    source = reader.sources(samples)
+    unit = {S.SOURCE: reader.sources(samples), "tile": samples,
+            S.SLICE: reader.sources(samples) * (1 + int(reader.coord(S.SLICE).max())) + reader.coord(S.SLICE)[samples]}[how]
     objects = reader.coord(S.OBJECTS)[samples]
-    sources = np.unique(source)
-    pool = np.unique(source[objects > 0])  # sources holding objects
+    units = np.unique(unit)
+    pool = np.unique(unit[objects > 0])  # the units holding objects, in (source, slice) order
     n_val = int(round(len(pool) * val_fraction))
     if val_fraction > 0 and n_val == 0:
         n_val = 1
+    name = {S.SOURCE: "source file(s)", "tile": "tile(s)", S.SLICE: "slice(s)"}[how]
     if val_fraction > 0 and n_val >= len(pool):
         raise SamCacheError(
-            f"{reader.path}: {len(sources)} source file(s), {len(pool)} of them with objects, cannot be split into "
-            "train and validation by source; embed more files, add a `split` variable (--split column), or pass "
-            "--val-fraction 0")
-    val_sources = np.random.default_rng(seed).permutation(pool)[:n_val]
-    is_val = np.isin(source, val_sources)
+            f"{reader.path}: {len(units)} {name}, {len(pool)} of them with objects, cannot be split into train and "
+            f"validation by {how}; try --split slice or tile, a --split-file, or pass --val-fraction 0")
+    rng = np.random.default_rng(seed)
+    if how == S.SLICE:
+        begin = int(rng.integers(0, len(pool) - n_val + 1)) if n_val else 0
+        val_units = pool[begin:begin + n_val]
+        val_units = units[(units >= val_units.min()) & (units <= val_units.max())] if n_val else val_units
+    else:
+        val_units = rng.permutation(pool)[:n_val]
+    is_val = np.isin(unit, val_units)
     return samples[~is_val], samples[is_val]
+
+
+def _from_file(reader: CacheReader, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise SamCacheError(f"{path}: unreadable split file: {e}") from e
+    key = next((k for k in (S.SOURCE, S.SAMPLE) if rows and k in rows[0]), None)
+    if key is None or "split" not in rows[0]:
+        raise SamCacheError(f"{path}: a split file needs a header `source,split` or `sample,split`")
+    paths = [str(p) for p in reader.source_table(S.SOURCE_PATH)]
+    names = {}
+    for i, p in enumerate(paths):  # a source is named by its index, path, file name or stem
+        for alias in (str(i), p, Path(p).name, Path(p).name.split(".")[0]):
+            names.setdefault(alias, i)
+    side = np.full(reader.n_samples, "", dtype=object)
+    for n, row in enumerate(rows, start=2):
+        value, split = (row.get(key) or "").strip(), (row.get("split") or "").strip()
+        if split not in ("train", "val", "test"):
+            raise SamCacheError(f"{path}, line {n}: split {split!r} is not one of train, val, test")
+        if key == S.SOURCE:
+            if value not in names:
+                raise SamCacheError(f"{path}, line {n}: no source {value!r} in {reader.path}")
+            side[reader.coord(S.SOURCE) == names[value]] = split
+        else:
+            if not value.isdigit() or int(value) >= reader.n_samples:
+                raise SamCacheError(f"{path}, line {n}: no sample {value!r} in {reader.path}")
+            side[int(value)] = split
+    samples = reader.samples
+    return samples[side[samples] == "train"], samples[side[samples] == "val"]
 
 
 def describe_split(reader: CacheReader, train, val, how: str) -> str:
@@ -220,12 +269,13 @@ def choose_preload(mode: str, nbytes: int, device: torch.device) -> str:
 
 def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None = None, checkpoint=None,
              device: str | None = None, resume: bool = False, progress: bool = True, log=print,
-             preload: str = "auto") -> FinetuneResult:
+             preload: str = "auto", overwrite: bool = False) -> FinetuneResult:
     """Train the mask decoder from `cache` into the run folder `out`. See FinetuneConfig for the recipe.
 
     `preload` (auto, device, host, off): read the training and validation samples once, as whole shards,
     into device or host memory and train every epoch from there; `auto` decides from free memory and says
-    what it chose. The results are the same either way."""
+    what it chose. The results are the same either way. A folder `out` that holds anything is refused
+    unless `resume` (continue that run) or `overwrite` (replace it whole)."""
     c = (config or FinetuneConfig()).check()
     O.choice("--preload", preload, PRELOADS)
     reader = CacheReader(cache)
@@ -234,7 +284,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     decoder, spec = load_decoder(reader.model, checkpoint or reader.attrs.get("checkpoint"))
     decoder.to(device)
     decoder.prompt_encoder.requires_grad_(False)
-    train_idx, val_idx = split_samples(reader, c.val_fraction, c.seed, c.split)
+    train_idx, val_idx = split_samples(reader, c.val_fraction, c.seed, c.split, c.split_file)
     counts = reader.coord(S.OBJECTS)
     for name, idx in (("training", train_idx), ("validation", val_idx)):
         if (len(idx) or name == "training") and counts[idx].sum() == 0:
@@ -242,7 +292,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
                                 "change --seed or --val-fraction, or add a `split` variable")
     if c.val_fraction > 0 and not len(val_idx):
         raise SamCacheError(f"{cache}: the validation split is empty; pass --val-fraction 0 to train without one")
-    log(describe_split(reader, train_idx, val_idx, c.split) +
+    log(describe_split(reader, train_idx, val_idx, f"file {c.split_file}" if c.split_file else c.split) +
         ("" if len(val_idx) else " (no validation: the epoch with the lowest train loss is kept)"))
     img_size = decoder.img_size[0]
     both = np.concatenate([train_idx, val_idx])
@@ -258,12 +308,15 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
                                         c.prompt_options)
     train_set, val_set = make(train_idx, c.objects_per_sample), make(val_idx, None)
     val_data = loader(val_set, 1, workers=workers) if len(val_idx) else []
+    if resume and not (Path(out) / CONFIG).is_file():
+        resume = False  # nothing to continue yet: a new run
+    claim(out, "finetune", RUN_FILES, overwrite=overwrite, resume=resume)
     opt = make_optimizer(decoder.mask_decoder.parameters(), c)
     sched = _schedule(opt, c)
     recipe = asdict(c)
     run = Run.start(out, {
         "recipe": recipe, "cache": str(cache), "cache_fingerprint": reader.fingerprint, "model": spec.fingerprint(),
-        "sets": {"how": c.split, "val_fraction": c.val_fraction, "seed": c.seed,
+        "sets": {"how": f"file {c.split_file}" if c.split_file else c.split, "val_fraction": c.val_fraction, "seed": c.seed,
                   "train": train_idx.tolist(), "val": val_idx.tolist()},
         "run_fingerprint": fingerprint.child(reader.fingerprint, {k: v for k, v in recipe.items() if k != "epochs"}),
         "train_samples": len(train_idx), "val_samples": len(val_idx), "samcache": __version__,
