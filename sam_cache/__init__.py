@@ -2,21 +2,28 @@
 
 The data flow, one sub-package each: ingest (sources -> tiles) -> encode (encoder -> cache) -> store (the
 cache's schema, fingerprint, writer and reader) -> decode (prompts -> decoder -> masks) -> train ->
-eval (metrics, runner) -> reports. `runs` owns a finetune's run folder.
+eval (metrics, runner) -> reports. `runs` owns a finetune's run folder. The names below are imported on
+first use, so `import sam_cache` (and `samcache --help`) does not load torch.
 """
+
+from importlib import import_module
 
 __version__ = "0.2.0"
 
-from .encode.embed import EmbedSummary, embed
-from .eval.ablate import ablate
-from .eval.aggregate import per_group, summarize
-from .eval.evaluate import evaluate
-from .ingest.intensity import Intensity
-from .store.info import describe, format_info, verify
-from .store.reader import CacheReader, open_cache
-from .train.finetune import FinetuneConfig, FinetuneResult, finetune
+_EXPORTS = {
+    "embed": "encode.embed", "EmbedSummary": "encode.embed", "ablate": "eval.ablate", "evaluate": "eval.evaluate",
+    "per_group": "eval.aggregate", "summarize": "eval.aggregate", "Intensity": "ingest.intensity",
+    "describe": "store.info", "format_info": "store.info", "verify": "store.info", "CacheReader": "store.reader",
+    "open_cache": "store.reader", "FinetuneConfig": "train.finetune", "FinetuneResult": "train.finetune",
+    "finetune": "train.finetune", "runs": None,
+}
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ = [
-    "CacheReader", "EmbedSummary", "FinetuneConfig", "FinetuneResult", "Intensity", "ablate", "describe", "embed",
-    "evaluate", "finetune", "format_info", "open_cache", "per_group", "summarize", "verify", "__version__",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sam_cache' has no attribute {name!r}")
+    module = import_module(f".{_EXPORTS[name] or name}", __name__)
+    value = module if _EXPORTS[name] is None else getattr(module, name)
+    globals()[name] = value
+    return value

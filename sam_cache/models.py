@@ -21,7 +21,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 from .errors import CheckpointError
 
-MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")
+from .choices import MODEL_TYPES  # noqa: E402
 
 # Official checkpoints (segment-anything README) and their sha256.
 CHECKPOINTS = {

@@ -196,15 +196,17 @@ def test_bad_input(rect_cache, tmp_path, tiny_checkpoint):
 
 def test_cli_evaluate_and_ablate(rect_cache, run, tmp_path):
     r = CliRunner().invoke(app, ["evaluate", str(rect_cache), "--checkpoint", str(run), "--split", "val",
-                                 "--per", "source", "-o", str(tmp_path / "e.nc")])
+                                 "--per", "source", "-o", str(tmp_path / "e.nc"), "-q"])
     assert r.exit_code == 0, r.output
     saved = xr.open_dataset(tmp_path / "e.nc", engine="h5netcdf")
     tp, fp, fn = (saved[k].values.ravel() for k in ("tp", "fp", "fn"))
     dice = np.mean(2 * tp / (2 * tp + fp + fn))  # by hand, from the saved counts
-    header, values = r.output.splitlines()[:2]
-    row = dict(zip(header.split(), values.split()))
+    lines = r.output.splitlines()
+    assert lines[0].startswith("note: this cache was made with an UNTRAINED model")  # tiny: said on every output
+    top = next(i for i, line in enumerate(lines) if line.split()[:2] == ["prompt", "checkpoint"])
+    row = dict(zip(lines[top].split(), lines[top + 1].split()))
     assert float(row["dice"]) == pytest.approx(dice, abs=1e-4) and int(row["objects"]) == len(tp)
-    per_source = [line.split() for line in r.output.splitlines()[3:] if not line.startswith("per-object")]
+    per_source = [line.split() for line in lines[top + 3:] if not line.startswith(("per-object", "score:"))]
     assert len(per_source) == len(np.unique(saved.source.values))
     r = CliRunner().invoke(app, ["ablate", str(rect_cache), "--prompts", "box,center-point", "--checkpoints",
                                  f"base,{run}", "--seeds", "2", "-o", str(tmp_path / "abl"), "-q", "--examples", "0"])

@@ -17,7 +17,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from .decoder import upscale_masks
 from .prompts import Prompts
 
-MASK_MODES = ("single", "best-iou")  # SAM's single-mask output, or the best of 3 by predicted IoU
+from ..choices import MASK_MODES  # noqa: E402,F401
 
 
 @dataclass

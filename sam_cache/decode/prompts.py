@@ -278,3 +278,8 @@ def _no_prompt(masks, generator, **_):
     """No points and no box (SAM's no-prompt mode); every object is valid."""
     valid = torch.ones(masks.shape[0], dtype=torch.bool, device=masks.device)
     return Prompts(None, None, None, valid)
+
+
+from ..choices import PROMPTS as _NAMES  # noqa: E402
+
+assert tuple(PROMPTS) == _NAMES, "sam_cache.choices.PROMPTS must list the registered strategies, in order"

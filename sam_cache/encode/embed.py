@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import sys
 import threading
 import time
 import warnings
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader
 from .. import __version__, options
 from ..ingest.intensity import Intensity
 from ..ingest.labels import KINDS
+from ..ingest.readers import is_volume_format
 from ..ingest.sources import discover
 from ..ingest.tiles import TILE_FIELDS, Plan, TileDataset, TileSpec, plan
 from ..models import load_sam, load_sam_or_tiny
@@ -33,7 +35,7 @@ from ..store.reader import size_on_disk
 from ..store.writer import CacheWriter, Layout
 from .encoder import PRECISIONS, Encoder
 
-DTYPES = ("float16", "float32")
+from ..choices import DTYPES  # noqa: E402
 
 
 @dataclass
@@ -74,6 +76,16 @@ def _layout(p: Plan, encoder: Encoder, dtype: str, shard: int) -> Layout:
     coords = dict(zip(S.SAMPLE_COORDS, p.tiles.T))  # TILE_FIELDS are the sample coordinates, in order
     assert len(TILE_FIELDS) == len(S.SAMPLE_COORDS)
     return Layout(p.canvas, encoder.embedding_shape, dtype, shard, p.label_kind is not None, coords, table)
+
+
+def _warn(p: Plan, spec: TileSpec, img_size: int, log) -> None:
+    """Say what a user would not guess: heavy shrinking of whole images, CT without a window."""
+    if spec.patch is None and max(p.canvas) > 2 * img_size:
+        log(f"warning: whole images of up to {p.canvas[0]}×{p.canvas[1]} px are shrunk {max(p.canvas) / img_size:.1f}× "
+            f"to the encoder's {img_size}² input; pass --patch (e.g. --patch {img_size}) to keep their detail")
+    if spec.intensity.mode in ("auto", "minmax") and any(is_volume_format(s.source.image) for s in p.sources):
+        log("warning: NIfTI volumes are scaled min-max over their whole range; for CT that is rarely what is "
+            "wanted: pass --window (abdomen, soft-tissue, liver, lung, bone, brain, or LEVEL,WIDTH in HU)")
 
 
 def _batches(todo: np.ndarray, shard: int, batch_size: int) -> list[list[int]]:
@@ -168,6 +180,7 @@ def embed(
                   else load_sam(model, checkpoint, random_init))
     encoder = Encoder(sam, device, precision, fast=fast)
     del sam  # only the image encoder is needed here
+    _warn(p, spec, encoder.img_size, log)
     identity = fingerprint.build(
         model=mspec.fingerprint(),
         preprocessing={**spec.to_dict(), **encoder.identity, "canvas": list(p.canvas), "dtype": dtype},
@@ -177,6 +190,8 @@ def embed(
     attrs = {"format": S.FORMAT, "version": __version__, **identity,
              "execution": {**encoder.execution, "shard_size": shard_size},
              "label_kind": p.label_kind, "class_names": p.class_names, "checkpoint": mspec.checkpoint,
+             "command": " ".join(["samcache" if Path(sys.argv[0]).name in ("samcache", "__main__.py") else sys.argv[0],
+                                  *sys.argv[1:]])[:2000],
              "embedding_shape": list(encoder.embedding_shape), "complete": False,
              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     with CacheWriter(output, attrs, _layout(p, encoder, dtype, shard_size), overwrite) as writer:

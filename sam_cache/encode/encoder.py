@@ -16,7 +16,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 
-PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on a GPU, fp32 on a CPU
+from ..choices import PRECISIONS  # noqa: E402,F401
 
 
 def default_device() -> torch.device:

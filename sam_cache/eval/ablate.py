@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import xarray as xr
 
 from .. import options as O
@@ -24,10 +25,7 @@ from . import runner
 from .runner import ENGINE
 
 OUTPUTS = ("results.nc", "examples.nc", "summary.csv", "summary.md", "ablation.png", "examples.png", "parts")
-DEFAULT_PROMPTS = ("box", "box-larger", "center-point", "random-point", "random-3-points")
-
-
-SPLITS = ("auto", "all", "train", "val")
+from ..choices import ABLATE_SPLITS as SPLITS, DEFAULT_PROMPTS  # noqa: E402,F401
 
 
 def scored_samples(reader: CacheReader, checkpoints, split: str = "auto", log=print) -> tuple[np.ndarray, str]:
@@ -61,7 +59,7 @@ def scored_samples(reader: CacheReader, checkpoints, split: str = "auto", log=pr
 
 def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,), mask_mode: str = "best-iou",
            min_area: int | None = None, prompt_options=None, partition_size: int = 64, scheduler: str | None = None,
-           device: str = "cpu", base_checkpoint=None, progress: bool = True, examples: int = 4,
+           device: str | None = None, base_checkpoint=None, progress: bool = True, examples: int = 4,
            log=print, overwrite: bool = False, split: str = "auto") -> xr.Dataset:
     """Run the grid and write OUT/results.nc, examples.nc, summary.csv, summary.md, ablation.png and
     examples.png into OUT, a new or empty folder (or any folder with `overwrite`, which replaces it whole).
@@ -75,6 +73,7 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
                              prompt_options or {}).check()
     reader = CacheReader(cache)
     reader.require_labels("to score against")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     indices, scored = scored_samples(reader, checkpoints, split, log)
     log(f"scoring {scored}")
     out = claim(out, "ablate", OUTPUTS, overwrite=overwrite)
@@ -84,7 +83,8 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
                               examples, base_checkpoint, progress)
     results = xr.open_mfdataset(paths, combine="nested", concat_dim="object", engine=ENGINE,
                                 data_vars="minimal", coords="minimal", compat="override")
-    results.attrs.update(cache=str(cache), prompts=list(prompts), checkpoints=checkpoints, scored=scored)
+    results.attrs.update(cache=str(cache), prompts=list(prompts), checkpoints=checkpoints, scored=scored,
+                         trained=int(reader.model["trained"]))
     results.to_netcdf(out / "results.nc", engine=ENGINE)
     results.close()
     shutil.rmtree(parts_dir)

@@ -9,7 +9,9 @@ from .. import options as O
 from ..store import schema as S
 from .metrics import METRICS
 
-GROUPINGS = ("class", S.SOURCE, S.SAMPLE)  # per class, per source (image file), per sample (tile)
+from ..choices import GROUPINGS  # noqa: E402  class, source (image file), sample (tile)
+
+assert GROUPINGS[1:] == (S.SOURCE, S.SAMPLE)
 
 
 def summarize(results: xr.Dataset) -> pd.DataFrame:

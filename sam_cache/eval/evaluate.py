@@ -12,13 +12,13 @@ from ..train.data import MIN_AREA
 from ..train.finetune import split_samples
 from . import runner
 
-SPLITS = ("all", "train", "val")
+from ..choices import EVAL_SPLITS as SPLITS  # noqa: E402
 
 
 def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = "all", seed: int = 0,
              mask_mode: str = "best-iou", min_area: int | None = None, val_fraction: float = 0.2,
              split_seed: int = 0, prompt_options=None, device: str | None = None, base_checkpoint=None,
-             log=print) -> xr.Dataset:
+             log=print, progress: bool = False) -> xr.Dataset:
     """Score one decoder with one prompt strategy on every object of a split (all, train or val).
 
     For a finetune run folder, train/val are the run's own samples, and objects smaller than the run's
@@ -41,5 +41,7 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
         indices = reader.samples
     else:
         indices = dict(zip(("train", "val"), split_samples(reader, val_fraction, split_seed)))[split]
-    parts, _ = runner.run(reader, indices, request, device, base_checkpoint=base_checkpoint)
-    return xr.concat(parts, "object") if len(parts) > 1 else parts[0]
+    parts, _ = runner.run(reader, indices, request, device, base_checkpoint=base_checkpoint, progress=progress)
+    results = xr.concat(parts, "object") if len(parts) > 1 else parts[0]
+    results.attrs.update(cache=str(cache), trained=int(reader.model["trained"]))
+    return results

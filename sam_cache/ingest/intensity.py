@@ -20,7 +20,7 @@ WINDOWS = {
     "bone": (400.0, 1800.0),
     "brain": (40.0, 80.0),
 }
-MODES = ("auto", "none", "minmax", "percentile", "window")
+from ..choices import INTENSITY_MODES as MODES  # noqa: E402
 
 
 @dataclass(frozen=True)

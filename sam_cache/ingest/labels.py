@@ -19,7 +19,7 @@ from scipy import ndimage
 from ..errors import InputError
 from .readers import check_finite, is_volume_format, read_array
 
-KINDS = ("auto", "binary", "instance", "class")
+from ..choices import LABEL_KINDS as KINDS  # noqa: E402
 
 
 def check_ids(arr: np.ndarray, path) -> np.ndarray:

@@ -11,6 +11,7 @@ from .figures import bar_chart, examples_figure
 from .tables import markdown
 
 ENGINE = "h5netcdf"
+UNTRAINED = "**Untrained model** (tiny or --random-init): these scores test the pipeline and mean nothing.\n\n"
 
 
 def write_reports(out: str | Path) -> None:
@@ -20,8 +21,10 @@ def write_reports(out: str | Path) -> None:
         summary = summarize(results)
         names = list(results.checkpoint.values)
         scored = results.attrs.get("scored", "")
+        untrained = not int(results.attrs.get("trained", 1))
     summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text((f"Scored: {scored}\n\n" if scored else "") + markdown(summary, names))
+    head = (f"Scored: {scored}\n\n" if scored else "") + (UNTRAINED if untrained else "")
+    (out / "summary.md").write_text(head + markdown(summary, names))
     bar_chart(summary, out / "ablation.png")
     (out / "examples.png").unlink(missing_ok=True)
     if (out / "examples.nc").exists():

@@ -23,6 +23,8 @@ def describe(path: str | Path) -> dict:
         "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype), "dims": list(a.metadata.dimension_names or [])}
                    for name, a in r.group.arrays() if name in S.SHARDED},
         "bytes": size_on_disk(path),
+        "source_paths": [str(v) for v in r.source_table(S.SOURCE_PATH)],
+        "slice_axes": [int(v) for v in r.source_table(S.SLICE_AXIS)],
         **r.attrs,
     }
 
@@ -76,21 +78,42 @@ def verify(path: str | Path) -> Verification:
     return v
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _intensity(p: dict) -> str:
+    i = p["intensity"]
+    if i["mode"] == "window":
+        level, width = i["window"]
+        return f"window level {level:g}, width {width:g} HU"
+    if i["mode"] == "percentile":
+        return f"percentiles {i['percentiles'][0]:g}-{i['percentiles'][1]:g}"
+    return i["mode"]
+
+
 def format_info(r: dict) -> str:
     m, p = r["model"], r["preprocessing"]
     emb = r["arrays"][S.EMBEDDING]
+    n, shown = len(r["source_paths"]), r["source_paths"][:3]
+    axes = sorted(set(r["slice_axes"]))
     lines = [
         f"{r['path']}  ({'complete' if r['written'] == r['samples'] else 'INCOMPLETE: rerun embed to finish'})",
-        f"  samples   {r['written']}/{r['samples']} written, {r[S.OBJECTS]} objects, {r['sources']} sources, "
-        f"labels: {r.get('label_kind') or 'none'}",
+        f"  samples   {r['written']}/{r['samples']} written, {plural(r[S.OBJECTS], 'object')}, "
+        f"{plural(r['sources'], 'source')}, labels: {r.get('label_kind') or 'none'}",
+        f"  sources   {', '.join(shown)}" + (f" and {n - len(shown)} more" if n > len(shown) else ""),
         f"  embedding {emb['dims']} {emb['shape']} {emb['dtype']}, "
         f"{r['bytes'] / max(r['written'], 1) / 2**20:.2f} MiB/sample on disk ({r['bytes'] / 2**20:.1f} MiB total)",
-        f"  model     {m['type']} {'trained' if m['trained'] else 'UNTRAINED (random init)'}, "
+        f"  model     {m['type']} {'trained' if m['trained'] else 'UNTRAINED (random init): smoke runs only'}, "
         f"checkpoint sha256 {m['checkpoint_sha256'][:24]}",
         f"  tiles     patch {p['patch'] or 'whole image'}, stride {p['stride'] or p['patch'] or '-'}, canvas {p['canvas']}, "
-        f"skip empty {p['skip_empty']}, intensity {p['intensity']['mode']}",
+        f"skip empty {p['skip_empty']}, slicing axis "
+        + (", ".join("none (2D)" if a < 0 else str(a) for a in axes) or "-"),
+        f"  intensity {_intensity(p)}",
         f"  encoder   input {p['img_size']}, precision {p['precision']}, stored {p['dtype']}",
         f"  made by   samcache {r['version']} (format {r['format']}{', checksummed' if r['format'] >= 2 else ''}), "
         f"fingerprint {r['fingerprint']}",
     ]
+    if r.get("command"):
+        lines.append(f"  command   {r['command']}")
     return "\n".join(lines)

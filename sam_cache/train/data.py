@@ -20,7 +20,7 @@ from ..decode.prompts import make_prompts
 from ..store import schema as S
 from ..store.reader import CacheReader, Preloaded
 
-MIN_AREA = 10  # objects smaller than this (pixels) are not trained on or scored, unless told otherwise
+from ..choices import MIN_AREA  # noqa: E402,F401  (re-exported: the one default)
 
 
 def sample_generator(seed: int, epoch: int, sample: int) -> torch.Generator:

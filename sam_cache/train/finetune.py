@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,10 +34,7 @@ from ..store import schema as S
 from ..store.reader import CacheReader
 from .data import MIN_AREA, ObjectSamples, loader, low_res_targets
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "step")
-PRELOADS = ("auto", "device", "host", "off")  # where the embeddings live during training
-SPLITS = (S.SOURCE, S.SLICE, "tile", "column")  # see split_samples
+from ..choices import OPTIMIZERS, PRELOADS, SCHEDULES, SPLITS  # noqa: E402  (one list each)
 
 
 @dataclass
@@ -342,7 +340,8 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         shuffle = torch.Generator().manual_seed(c.seed * 100_003 + epoch)
         data = loader(train_set, c.batch_size, shuffle, workers, pin=device.type == "cuda" and where != "device")
         t0, wait, total, count = time.perf_counter(), 0.0, 0.0, 0
-        bar = Progress(len(data), f"epoch {epoch}/{c.epochs}", "steps", enabled=progress)
+        # a bar in a terminal; in a log, the one line per epoch below is enough
+        bar = Progress(len(data), f"epoch {epoch}/{c.epochs}", "steps", enabled=progress and sys.stderr.isatty())
         it = iter(data)
         while True:
             tw = time.perf_counter()
@@ -364,6 +363,10 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
                **(validate(decoder, val_data, c.multimask) if len(val_idx) else {}),
                "seconds": seconds, "read_wait_s": wait, "lr": opt.param_groups[0]["lr"]}
         history.append(row)
+        if progress:
+            log(f"epoch {epoch}/{c.epochs}: train loss {row['train_loss']:.4f}"
+                + (f", val Dice {row['val_dice']:.4f} (IoU {row['val_iou']:.4f})" if len(val_idx) else "")
+                + f", {seconds:.1f} s")
         run.save_decoder(decoder, LAST)
         better = (row["val_dice"] > best["value"]) if selected_by == "val_dice" else (row["train_loss"] < best["value"])
         if best["epoch"] == 0 or better:

@@ -1,0 +1,21 @@
+"""The valid values of every string option, one list each, in a module that imports nothing heavy: the
+CLI builds its help from here in a fraction of a second, and each owner checks against the same list
+(`options.choice`)."""
+
+PROMPTS = ("box", "box-jitter", "box-larger", "center-point", "random-point", "random-3-points", "points-neg",
+           "box+point", "none")  # decode.prompts registers exactly these
+DEFAULT_PROMPTS = ("box", "box-larger", "center-point", "random-point", "random-3-points")
+MASK_MODES = ("single", "best-iou")  # SAM's single-mask output, or the best of 3 by predicted IoU
+MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")
+LABEL_KINDS = ("auto", "binary", "instance", "class")
+INTENSITY_MODES = ("auto", "none", "minmax", "percentile", "window")
+DTYPES = ("float16", "float32")
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on a GPU, fp32 on a CPU
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+SPLITS = ("source", "slice", "tile", "column")  # finetune: how validation is held out
+PRELOADS = ("auto", "device", "host", "off")  # finetune: where the samples live while training
+EVAL_SPLITS = ("all", "train", "val")
+ABLATE_SPLITS = ("auto", "all", "train", "val")
+GROUPINGS = ("class", "source", "sample")  # evaluate --per
+MIN_AREA = 10  # objects smaller than this (pixels) are neither trained on nor scored, unless told otherwise
