@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
@@ -28,7 +29,7 @@ from ..errors import SamCacheError
 from ..eval.metrics import scores
 from ..models import load_decoder, load_sam, load_state_dict
 from ..progress import Progress
-from ..runs import CONFIG, CURVES, DECODER, FULL, LAST, RUN_FILES, Run, claim
+from ..runs import CONFIG, CURVES, DECODER, FULL, LAST, METRIC_COLUMNS, RUN_FILES, Run, claim
 from ..store import fingerprint
 from ..store import schema as S
 from ..store.reader import CacheReader
@@ -86,6 +87,8 @@ class FinetuneResult:
     base_val_dice: float
     seconds_per_epoch: float
     read_wait_share: float  # share of step time spent waiting for reads
+    history: "pd.DataFrame" = field(default=None, repr=False)  # metrics.csv as a table (epoch 0: untrained)
+    decoder: torch.nn.Module = field(default=None, repr=False)  # the kept epoch's decoder (PromptDecoder)
 
     def __str__(self) -> str:
         speed = (f"{self.seconds_per_epoch:.2f} s/epoch, {100 * self.read_wait_share:.1f}% of it waiting on reads")
@@ -386,8 +389,11 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     seconds = float(np.mean([r["seconds"] for r in epochs])) if epochs else 0.0
     waits = sum(r["read_wait_s"] for r in epochs) / max(sum(r["seconds"] for r in epochs), 1e-9)
     best_row = next((r for r in history if r["epoch"] == best["epoch"]), history[-1])
+    decoder.mask_decoder.load_state_dict({k[len("mask_decoder."):]: v for k, v in run.decoder_weights().items()})
+    table = pd.DataFrame(history)[[k for k in METRIC_COLUMNS if k in history[0]]].set_index("epoch")
     return FinetuneResult(str(out), best["epoch"], selected_by, best_row.get("val_dice", math.nan),
-                          best_row["train_loss"], history[0].get("val_dice", math.nan), seconds, waits)
+                          best_row["train_loss"], history[0].get("val_dice", math.nan), seconds, waits,
+                          table, decoder.eval().cpu())
 
 
 def _save_full_sam(model: dict, spec, run: Run) -> None:

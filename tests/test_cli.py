@@ -1,0 +1,73 @@
+"""The command line a new user meets: help, version, warnings, what info says, logs that stay short."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import sam_cache
+from sam_cache.cli.main import app
+
+
+def run_cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_help_is_grouped_with_an_example_and_version():
+    r = run_cli("embed", "-h")
+    assert r.exit_code == 0
+    for heading in ("Input", "Tiles", "Intensity", "Model", "Output", "Execution"):
+        assert f"─ {heading} ─" in r.output, heading
+    assert "Example: samcache embed data/em -o em.zarr" in r.output
+    assert r.output.count("<bool>") <= 1  # typer's own -h line; our flags show no type
+    r = run_cli("--version")
+    assert r.exit_code == 0 and r.output.strip() == f"samcache {sam_cache.__version__}"
+
+
+def test_help_does_not_load_the_engine():
+    code = "import sys, sam_cache.cli.main; print(sorted(m for m in ('torch', 'zarr', 'xarray') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_embed_says_what_a_user_would_not_guess(data_root, tmp_path):
+    ct = data_root / "ct-totalseg"
+    r = run_cli("embed", ct / "example_ct_sm.nii.gz", "--labels", ct / "example_seg.nii.gz", "-o", tmp_path / "a.zarr",
+                "--model", "tiny", "-q")
+    assert r.exit_code == 0 and "for CT that is rarely what is wanted: pass --window" in r.output
+    r = run_cli("embed", ct / "example_ct_sm.nii.gz", "--labels", ct / "example_seg.nii.gz", "-o", tmp_path / "b.zarr",
+                "--model", "tiny", "-q", "--window", "abdomen")
+    assert r.exit_code == 0 and "--window" not in r.output
+    info = run_cli("info", tmp_path / "b.zarr").output
+    assert "window level 40, width 400 HU" in info and "slicing axis 2" in info and ", 1 source," in info
+    assert "example_ct_sm.nii.gz" in info
+    big = tmp_path / "big"
+    (big / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((64, 2200), np.uint8)).save(big / "images" / "wide.png")
+    r = run_cli("embed", big, "-o", tmp_path / "c.zarr", "--model", "tiny", "-q")
+    assert r.exit_code == 0 and "shrunk 2.1× to the encoder's 1024² input; pass --patch" in r.output
+
+
+def test_a_log_of_ablate_stays_short(rect_cache, tmp_path):
+    log = tmp_path / "ablate.log"
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-m", "sam_cache.cli", "ablate", str(rect_cache), "--prompts", "box",
+                        "-o", str(tmp_path / "a"), "--partition-size", "4", "--examples", "1"],
+                       stdout=f, stderr=subprocess.STDOUT, check=True)
+    text = log.read_text()
+    assert "\r" not in text and len(text.splitlines()) < 100
+    assert "score: 32/32 samples (100%" in text
+
+
+def test_finetune_returns_its_history_and_decoder(rect_cache, tmp_path):
+    r = sam_cache.finetune(rect_cache, tmp_path / "run", sam_cache.FinetuneConfig(epochs=2, lr=1e-3),
+                           progress=False, log=lambda m: None)
+    assert list(r.history.index) == [0, 1, 2] and {"train_loss", "val_dice", "val_iou"} <= set(r.history.columns)
+    assert r.history.loc[r.best_epoch, "val_dice"] == r.best_val_dice
+    kept = torch.load(tmp_path / "run" / "decoder.pth", weights_only=True)
+    assert all(torch.equal(v, kept[f"mask_decoder.{k}"]) for k, v in r.decoder.mask_decoder.state_dict().items())
