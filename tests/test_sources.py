@@ -110,3 +110,50 @@ def test_zarr_volume_and_csv_manifest(tmp_path):
     (tmp_path / "list.csv").write_text("image,label\na0.png,m0.png\na1.png,m1.png\n")
     p = planned(tmp_path / "list.csv")
     assert len(p.sources) == 2 and p.sources[1].source.labels[0].endswith("m1.png")
+
+
+def write_nuclei_folders(root, sizes, seed=0):
+    """The DSB 2018 layout: <id>/images/<id>.png (RGBA), <id>/masks/<hash>.png, one binary mask per nucleus."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    counts = []
+    for i, (h, w) in enumerate(sizes):
+        folder = root / f"{rng.integers(1 << 60):016x}"
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir()
+        rgba = np.zeros((h, w, 4), np.uint8)
+        rgba[..., :3] = rng.integers(0, 40, (h, w, 3))
+        rgba[..., 3] = 255
+        n = 0
+        for k in range(2 + i % 3):
+            y, x = rng.integers(0, h - 10), rng.integers(0, w - 10)
+            mask = np.zeros((h, w), np.uint8)
+            mask[y:y + 8, x:x + 8] = 255
+            rgba[y:y + 8, x:x + 8, :3] = 220
+            Image.fromarray(mask).save(folder / "masks" / f"{rng.integers(1 << 60):016x}.png")
+            n += 1
+        Image.fromarray(rgba, "RGBA").save(folder / "images" / f"{folder.name}.png")
+        counts.append(n)
+    return counts
+
+
+def test_one_folder_per_image_with_one_mask_per_object(tmp_path, micro_checkpoint):
+    import sam_cache
+
+    root = tmp_path / "stage1_train"
+    counts = write_nuclei_folders(root, [(40, 56), (64, 64), (33, 80), (64, 48)])
+    sources, problems = discover(root)
+    assert not problems and len(sources) == 4
+    assert sorted(len(s.labels) for s in sources) == sorted(counts) and all(set(s.names) == {"object"} for s in sources)
+    globbed, problems = discover(root, images="*/images/*.png", labels="*/masks/*.png")
+    assert not problems and {(s.image, s.labels) for s in globbed} == {(s.image, s.labels) for s in sources}
+    s = sam_cache.embed(root, tmp_path / "n.zarr", model="tiny", checkpoint=micro_checkpoint, workers=0, progress=False)
+    assert s.samples == 4 and s.objects == sum(counts)
+    reader = sam_cache.CacheReader(tmp_path / "n.zarr")
+    assert reader.label_kind == "instance"
+    for i in reader.samples:
+        _, ids = reader.objects(i, 1)
+        assert reader.classes(i, ids) == ["object"] * len(ids)
+        h, w = reader.valid_size(i)
+        assert reader.image(i).shape == (h, w, 3)  # RGBA read as RGB, on its own size (mixed sizes share a canvas)

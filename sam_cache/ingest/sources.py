@@ -3,8 +3,11 @@
 - a folder with `images/` beside `labels/` or `masks/` (also `imgs`, `raw`; `label`, `mask`, `gt`):
   labels pair with images by stem, or, when mask stems extend an image stem (`<image>_<class>_<k>.png`),
   they are one-object mask files of that image;
+- one folder per image, each with `images/` and `masks/` (one binary PNG per object, any names; the
+  layout of the DSB 2018 nuclei benchmark), or `labels/`;
 - glob patterns for images and labels (`--images '**/img*.tif' --labels '**/mask*.tif'`), paired by what
-  the wildcards matched;
+  the wildcards matched, or else by the folder their wildcards share (`--images '*/images/*.png'
+  --labels '*/masks/*.png'`);
 - a manifest, CSV (`image,label` rows; several rows or `a;b` for several mask files) or JSON
   (`{image: label or [labels]}`, or SAM-Med2D's `{mask: image}`);
 - a single file (TIFF stack, NIfTI volume, Zarr array, 2D image), with `labels` naming its label file.
@@ -45,7 +48,9 @@ def _files(folder: Path) -> list[Path]:
 
 
 def _mask_class(mask_stem: str, image_stem: str) -> str:
-    """`amos_0006_90_liver_000` of image `amos_0006_90` -> `liver`."""
+    """`amos_0006_90_liver_000` of image `amos_0006_90` -> `liver`; a mask not named after its image -> `object`."""
+    if not mask_stem.startswith(image_stem):
+        return "object"
     rest = mask_stem[len(image_stem):].lstrip("_-")
     return re.sub(r"[_-]\d+$", "", rest) or rest or "object"
 
@@ -61,12 +66,15 @@ def _pair_folders(image_dir: Path, label_dir: Path) -> tuple[list[Source], list[
         bad = {e.path for e in problems}
         pairs = [Source(str(p), (str(by_stem[stem(p)]),)) for p in images if str(p) not in bad]
         return pairs, problems
-    # one-object mask files: the mask stem is the image stem plus `_<class>[_k]`
+    # one-object mask files: the mask stem is the image stem plus `_<class>[_k]`; a folder of one image owns
+    # every mask beside it, whatever their names (the DSB/nuclei layout: <id>/images/<id>.png, <id>/masks/*.png)
     stems = sorted((stem(p) for p in images), key=len, reverse=True)
     owned: dict[str, list[Path]] = {s: [] for s in stems}
     problems = []
     for m in labels:
         owner = next((s for s in stems if stem(m).startswith(s + "_") or stem(m).startswith(s + "-")), None)
+        if owner is None and len(stems) == 1:
+            owner = stems[0]
         if owner is None:
             problems.append(InputError(m, f"matches no image in {image_dir}/ (by stem or stem prefix)"))
         else:
@@ -78,10 +86,34 @@ def _pair_folders(image_dir: Path, label_dir: Path) -> tuple[list[Source], list[
     return sources, problems
 
 
+def _folders_per_image(root: Path) -> list[Path]:
+    """Sub-folders laid out like a dataset of their own (images/ beside masks/ or labels/): one per image."""
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and any((d / i).is_dir() for i in IMAGE_DIRS)]
+
+
+def _discover_per_image(root: Path) -> tuple[list[Source], list[InputError]]:
+    sources, problems = [], []
+    for folder in _folders_per_image(root):
+        image_dir = next(folder / d for d in IMAGE_DIRS if (folder / d).is_dir())
+        label_dir = next((folder / d for d in LABEL_DIRS if (folder / d).is_dir()), None)
+        if label_dir is None:
+            sources += [Source(str(p), (), (), labelled=True) for p in _files(image_dir)]  # no masks: no objects
+            continue
+        found, trouble = _pair_folders(image_dir, label_dir)
+        sources += found
+        problems += trouble
+    return sources, problems
+
+
 def _glob_key(pattern: str, path: str) -> str | None:
     regex = fnmatch.translate(pattern).replace(".*", "(.*)")
     m = re.match(regex, path)
     return "\0".join(m.groups()) if m else None
+
+
+def _dir_key(pattern: str, path: str) -> str | None:
+    """What the wildcards of the pattern's folder part matched in the path's folder."""
+    return _glob_key(str(Path(pattern).parent), str(Path(path).parent))
 
 
 def _pair_globs(root: Path, images: str, labels: str | None) -> tuple[list[Source], list[InputError]]:
@@ -93,15 +125,45 @@ def _pair_globs(root: Path, images: str, labels: str | None) -> tuple[list[Sourc
     lbls = sorted(p for p in root.glob(labels) if is_readable_file(p))
     if len(imgs) == 1 and len(lbls) == 1:
         return [Source(str(imgs[0]), (str(lbls[0]),))], []
-    lkeys = {_glob_key(labels, str(p.relative_to(root))): p for p in lbls}
+    rel = lambda p: str(p.relative_to(root))  # noqa: E731
+    lkeys = {_glob_key(labels, rel(p)): p for p in lbls}
+    if not any(_glob_key(images, rel(p)) in lkeys for p in imgs):  # pair by the folder the wildcards share
+        return _pair_by_folder(imgs, lbls, [_dir_key(images, rel(p)) for p in imgs],
+                               [_dir_key(labels, rel(p)) for p in lbls], labels)
     sources, problems = [], []
     for p in imgs:
-        key = _glob_key(images, str(p.relative_to(root)))
+        key = _glob_key(images, rel(p))
         if key in lkeys:
             sources.append(Source(str(p), (str(lkeys[key]),)))
         else:
             problems.append(InputError(p, f"no label file matching {labels!r} pairs with it"))
     return sources, problems
+
+
+def _pair_by_folder(imgs, lbls, image_keys, label_keys, labels) -> tuple[list[Source], list[InputError]]:
+    """Images and labels whose folders' wildcards match: one label file, or one-object mask files."""
+    by_key: dict = {}
+    for p, k in zip(lbls, label_keys):
+        by_key.setdefault(k, []).append(p)
+    counts = {k: image_keys.count(k) for k in set(image_keys)}
+    masks_per_image = any(len(by_key.get(k, [])) > 1 for k in image_keys)  # then every label is a one-object mask
+    sources, problems = [], []
+    for p, k in zip(imgs, image_keys):
+        masks = by_key.get(k, [])
+        if not masks or k is None:
+            problems.append(InputError(p, f"no label file matching {labels!r} pairs with it (by name or folder)"))
+        elif counts[k] > 1:
+            problems.append(InputError(p, f"shares its folder with other images, so its labels {labels!r} cannot be "
+                                          "paired by folder; name them after their images"))
+        elif len(masks) == 1 and not masks_per_image and not _one_object_name(masks[0], p):
+            sources.append(Source(str(p), (str(masks[0]),)))
+        else:
+            sources.append(Source(str(p), tuple(map(str, masks)), tuple(_mask_class(stem(m), stem(p)) for m in masks)))
+    return sources, problems
+
+
+def _one_object_name(mask: Path, image: Path) -> bool:
+    return stem(mask).startswith(stem(image) + "_") or stem(mask).startswith(stem(image) + "-")
 
 
 def _resolve(base: Path, rel: str) -> Path:
@@ -172,6 +234,8 @@ def discover(
         return _pair_globs(root, images, labels)
     image_dir = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), None)
     label_dir = next((root / d for d in LABEL_DIRS if (root / d).is_dir()), None)
+    if image_dir is None and _folders_per_image(root):
+        return _discover_per_image(root)
     if image_dir is None:
         raise InputError(
             root, "no images/ folder found; pass --images/--labels glob patterns, or a manifest (CSV or JSON) instead"
