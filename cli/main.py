@@ -238,6 +238,8 @@ def evaluate(
                                        rich_help_panel=INPUT),
     per: Optional[str] = typer.Option(None, help="Also print means per " + ", ".join(C.GROUPINGS) + ".",
                                       rich_help_panel=OUTPUT),
+    class_names: Optional[Path] = typer.Option(None, help="Names of class ids: JSON {id: name} or CSV id,name.",
+                                               rich_help_panel=OUTPUT),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write per-object results (.nc) here.",
                                        rich_help_panel=OUTPUT),
     device: Optional[str] = typer.Option(None, help=DEVICE_HELP, rich_help_panel=RUN),
@@ -252,7 +254,8 @@ def evaluate(
 
     fmt = lambda v: f"{v:.4f}"  # noqa: E731
     results = sam_cache.evaluate(cache, checkpoint, prompt, split, seed, mask, min_area, val_fraction,
-                                 device=device, base_checkpoint=base_checkpoint, log=_say, progress=not quiet)
+                                 device=device, base_checkpoint=base_checkpoint, log=_say, progress=not quiet,
+                                 class_names=class_names)
     if not results.attrs["trained"]:
         _say(UNTRAINED)
     typer.echo(sam_cache.summarize(results).drop(columns=["seed"]).to_string(index=False, float_format=fmt))
@@ -285,6 +288,8 @@ def ablate(
     overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace whatever --out holds, whole.",
                                    rich_help_panel=OUTPUT),
     examples: int = typer.Option(4, help="Samples drawn in examples.png (0: none).", rich_help_panel=OUTPUT),
+    class_names: Optional[Path] = typer.Option(None, help="Names of class ids: JSON {id: name} or CSV id,name.",
+                                               rich_help_panel=OUTPUT),
     partition_size: int = typer.Option(64, help="Samples per Dask task.", rich_help_panel=RUN),
     scheduler: Optional[str] = typer.Option(None, help="dask.distributed scheduler address; default local threads.",
                                             rich_help_panel=RUN),
@@ -300,7 +305,7 @@ def ablate(
         cache, out, prompts=_list(prompts), checkpoints=_list(checkpoints), seeds=list(range(seeds)),
         mask_mode=mask, min_area=min_area, partition_size=partition_size, scheduler=scheduler, device=device,
         base_checkpoint=base_checkpoint, progress=not quiet, examples=examples, log=_say, overwrite=overwrite,
-        split=split)
+        split=split, class_names=class_names)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"{results.sizes['object']} objects; results in {out}/results.nc, summary.csv, summary.md, "
                "ablation.png" + (", examples.nc, examples.png" if (out / "examples.nc").exists() else ""))

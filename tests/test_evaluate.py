@@ -225,3 +225,52 @@ def test_val_split_of_a_run_is_the_runs_own(rect_cache, tmp_path):
     r = sam_cache.evaluate(rect_cache, str(run), "box", split="val")
     _, val = split_samples(sam_cache.CacheReader(rect_cache), 0.5, 3)
     assert sorted(set(r.sample.values.tolist())) == sorted(val.tolist())
+
+
+def test_figures_cover_their_data_and_name_the_cache(grid, tmp_path):
+    from sam_cache.reports.figures import DPI, bar_chart, curves, examples_figure
+
+    r = xr.open_dataset(grid / "results.nc", engine="h5netcdf")
+    summary = summarize(r)
+    fig = bar_chart(summary, tmp_path / "bars.png", r.attrs["cache"], "all 32 samples", trained=False)
+    ax = fig.axes[0]
+    g = summary.groupby(["prompt", "checkpoint"])["mdice"]
+    top = float((g.mean() + g.std(ddof=0).fillna(0)).max())
+    assert ax.get_ylim()[0] == 0 and top <= ax.get_ylim()[1] <= max(1.2 * top, 0.02) + 1e-9
+    assert "rect.zarr" in ax.get_title() and "UNTRAINED" in ax.get_title()
+    assert ax.get_xlabel() == "prompt strategy" and ax.get_ylabel().startswith("mDice")
+    labels = [t.get_text() for t in ax.texts]
+    assert f"{g.mean()[('box', 'base')]:.3f}" in labels  # the values are on the bars
+    ex = xr.open_dataset(grid / "examples.nc", engine="h5netcdf").load()
+    fig = examples_figure(ex, tmp_path / "ex.png")
+    assert "rect.zarr" in fig._suptitle.get_text()
+    first = fig.axes[0].get_title()
+    assert first.startswith("r0") and first.endswith(".png")  # the file, not an index
+    from PIL import Image
+
+    w, h = Image.open(tmp_path / "ex.png").size
+    assert w >= fig.get_figwidth() * DPI - 2  # saved at 150 dpi
+    history = [{"epoch": 0, "train_loss": float("nan"), "val_dice": 0.2}, {"epoch": 1, "train_loss": 1.0, "val_dice": 0.5},
+               {"epoch": 2, "train_loss": 0.8, "val_dice": 0.4}]
+    fig = curves(history, tmp_path / "c.png", "rect.zarr: prompt box")
+    assert len(fig.axes) == 2 and "rect.zarr" in fig.axes[0].get_title()
+    kept = [line for line in fig.axes[1].lines if line.get_label() == "kept: epoch 1"]
+    assert kept and kept[0].get_ydata()[0] == 0.5
+    no_val = curves([{**h, "val_dice": float("nan")} for h in history], tmp_path / "n.png", "x")
+    assert len(no_val.axes) == 1  # no empty validation panel
+
+
+def test_tables_sort_classes_name_them_and_show_files(grid, tmp_path):
+    from sam_cache.eval.aggregate import name_classes, per_group, read_class_names
+
+    r = xr.open_dataset(grid / "results.nc", engine="h5netcdf").load()
+    fake = r.assign_coords({"class": ("object", np.where(r.object_id.values == 1, "10", "2"))})
+    t = per_group(fake.sel(prompt=["box"], checkpoint=["base"], seed=[0]), "class")
+    assert t["class"].tolist() == ["2", "10"]  # numeric order, not "10" < "2"
+    names = tmp_path / "names.csv"
+    names.write_text("id,name\n2,nucleus\n10,mitochondrion\n")
+    named = per_group(name_classes(fake, read_class_names(names)).sel(prompt=["box"], checkpoint=["base"], seed=[0]),
+                      "class")
+    assert set(named["class"]) == {"nucleus", "mitochondrion"}
+    by_file = per_group(r, "source")
+    assert by_file["source"].str.endswith(".png").all() and by_file["source"].nunique() == 32

@@ -198,12 +198,13 @@ def test_ablate_of_a_run_scores_its_held_out_samples_and_says_so(rect_cache, run
     assert scored and scored <= set(val.tolist())  # only held-out samples (those with objects >= the run's min_area)
     reader = sam_cache.CacheReader(rect_cache)
     assert set(reader.sources(val)).isdisjoint(reader.sources(sam_cache.runs.Run.open(run).indices("train")))
-    head = (tmp_path / "a" / "summary.md").read_text().splitlines()[0]
-    assert head == f"Scored: val: the held-out (validation) samples of run, {len(val)} samples from {len(val)} sources"
+    head = (tmp_path / "a" / "summary.md").read_text().splitlines()
+    assert head[0] == f"Cache: {rect_cache}"
+    assert head[2] == f"Scored: val: the held-out (validation) samples of run, {len(val)} samples from {len(val)} sources"
     everything = sam_cache.ablate(rect_cache, tmp_path / "b", prompts=["box"], checkpoints=["base"], progress=False,
                                   examples=0)
     assert everything.sizes["object"] > r.sizes["object"]
-    assert (tmp_path / "b" / "summary.md").read_text().startswith(f"Scored: all 32 samples of {rect_cache}")
+    assert "\nScored: all 32 samples\n" in (tmp_path / "b" / "summary.md").read_text()
     with pytest.raises(OptionError, match="--split val scores a run's own val samples"):
         sam_cache.ablate(rect_cache, tmp_path / "c", prompts=["box"], split="val", progress=False)
 
@@ -258,6 +259,11 @@ def test_split_by_slice_tile_and_file(data_root, tmp_path):
     sam_cache.finetune(cache, tmp_path / "run", sam_cache.FinetuneConfig(epochs=1, split="slice", min_area=1),
                        progress=False, log=said.append)
     assert said[0].startswith("split by slice: train")
+    no_val = tmp_path / "no_val.csv"
+    no_val.write_text("source,split\nexample_ct_sm,train\n")
+    with pytest.raises(SamCacheError, match="the validation split is empty; pass --val-fraction 0"):
+        sam_cache.finetune(cache, tmp_path / "r3", sam_cache.FinetuneConfig(split_file=str(no_val)), progress=False,
+                           log=lambda m: None)
     bad = tmp_path / "bad.csv"
     bad.write_text("source,split\nexample_ct_sm,holdout\n")
     r = run_cli("finetune", cache, "--split-file", bad, "-o", tmp_path / "r2", "-q")

@@ -22,6 +22,7 @@ from ..runs import Run, claim, is_run, min_area_of
 from ..store.reader import CacheReader
 from ..train.data import MIN_AREA
 from . import runner
+from .aggregate import name_classes, read_class_names
 from .runner import ENGINE
 
 OUTPUTS = ("results.nc", "examples.nc", "summary.csv", "summary.md", "ablation.png", "examples.png", "parts")
@@ -40,7 +41,7 @@ def scored_samples(reader: CacheReader, checkpoints, split: str = "auto", log=pr
             note = run.check_cache(reader)
             if note:
                 log(note)
-        return reader.samples, f"all {len(reader.samples)} samples of {reader.path}"
+        return reader.samples, f"all {len(reader.samples)} samples"
     if not runs:
         raise O.OptionError(f"--split {split} scores a run's own {split} samples: name a run folder in --checkpoints, "
                             "or use --split all")
@@ -60,7 +61,7 @@ def scored_samples(reader: CacheReader, checkpoints, split: str = "auto", log=pr
 def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,), mask_mode: str = "best-iou",
            min_area: int | None = None, prompt_options=None, partition_size: int = 64, scheduler: str | None = None,
            device: str | None = None, base_checkpoint=None, progress: bool = True, examples: int = 4,
-           log=print, overwrite: bool = False, split: str = "auto") -> xr.Dataset:
+           log=print, overwrite: bool = False, split: str = "auto", class_names=None) -> xr.Dataset:
     """Run the grid and write OUT/results.nc, examples.nc, summary.csv, summary.md, ablation.png and
     examples.png into OUT, a new or empty folder (or any folder with `overwrite`, which replaces it whole).
     `scheduler`: None for dask's local threads, or the address of a dask.distributed
@@ -71,6 +72,7 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
     request = runner.Request(tuple(prompts), tuple(checkpoints), tuple(seeds), mask_mode,
                              min_area_of(checkpoints, MIN_AREA) if min_area is None else min_area,
                              prompt_options or {}).check()
+    names = read_class_names(class_names) if class_names else None
     reader = CacheReader(cache)
     reader.require_labels("to score against")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -85,6 +87,8 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
                                 data_vars="minimal", coords="minimal", compat="override")
     results.attrs.update(cache=str(cache), prompts=list(prompts), checkpoints=checkpoints, scored=scored,
                          trained=int(reader.model["trained"]))
+    if names:
+        results = name_classes(results, names)
     results.to_netcdf(out / "results.nc", engine=ENGINE)
     results.close()
     shutil.rmtree(parts_dir)

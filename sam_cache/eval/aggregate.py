@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -30,9 +31,43 @@ def summarize(results: xr.Dataset) -> pd.DataFrame:
 
 
 def per_group(results: xr.Dataset, by: str) -> pd.DataFrame:
-    """Mean scores and object counts per `class`, `source` (image file) or `sample` (tile), for each
-    prompt × checkpoint."""
+    """Mean scores and object counts per `class` (numeric ids in numeric order), `source` (by file name) or
+    `sample` (tile), for each prompt × checkpoint."""
     O.choice("--per", by, GROUPINGS)
     df = results[list(METRICS)].to_dataframe().reset_index().dropna(subset=["dice"])
+    if by == S.SOURCE and "file" in df:
+        df[S.SOURCE] = df["file"]
     g = df.groupby(["prompt", "checkpoint", by])
-    return g[list(METRICS)].mean().join(g.size().rename("objects")).reset_index()
+    out = g[list(METRICS)].mean().join(g.size().rename("objects")).reset_index()
+    if by == "class" and out["class"].str.fullmatch(r"\d+").all():
+        out = out.sort_values(["prompt", "checkpoint", "class"], key=lambda c: c.astype(int) if c.name == "class" else c)
+    return out.reset_index(drop=True)
+
+
+def read_class_names(path) -> dict[str, str]:
+    """A class map: JSON {id: name} or CSV rows `id,name` (a header is allowed)."""
+    import csv
+    import json
+    from pathlib import Path
+
+    from ..errors import InputError
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".json":
+            mapping = {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
+        else:
+            with open(path, newline="") as f:
+                rows = [r for r in csv.reader(f) if r]
+            mapping = {r[0].strip(): r[1].strip() for r in rows if len(r) >= 2 and r[0].strip().isdigit()}
+    except (OSError, ValueError, AttributeError, IndexError) as e:
+        raise InputError(path, f"unreadable class names (JSON {{id: name}} or CSV id,name): {e}") from e
+    if not mapping:
+        raise InputError(path, "no class names found (JSON {id: name} or CSV id,name)")
+    return mapping
+
+
+def name_classes(results: xr.Dataset, mapping: dict[str, str]) -> xr.Dataset:
+    """Replace class ids by their names where the map has them."""
+    names = [mapping.get(c, c) for c in results["class"].values.astype(str)]
+    return results.assign_coords({"class": ("object", np.asarray(names, dtype=str))})

@@ -92,6 +92,8 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
                     pr = P.make_prompts(prompt, true, sample_generator(seed, 0, index), img_size,
                                         **request.prompt_options)
                     ok[:, p, s] = pr.valid.numpy()
+                    if index in keep and p == 0 and s == 0:
+                        shown["prompts"] = _tile_frame(pr, h, w, img_size)
                     batch = PromptBatch.of(pr)
                     for c, name in enumerate(names):
                         pred = decode_prompts(decoders[name], emb, batch, torch.tensor([[h, w]]),
@@ -103,7 +105,8 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
                     out[~ok[:, p, s], p, :, s] = np.nan
             classes = reader.classes(index, ids)
             source = int(reader.coord(S.SOURCE)[index])
-            rows += [(int(index), source, int(i), cl, int(a)) for i, cl, a in zip(ids, classes, masks.sum((1, 2)))]
+            file = reader.source_name(source)
+            rows += [(int(index), source, int(i), cl, int(a), file) for i, cl, a in zip(ids, classes, masks.sum((1, 2)))]
             values.append(out)
             valid.append(ok)
             if index in keep:
@@ -117,11 +120,12 @@ def _results(request, names, rows, values, valid, cache) -> xr.Dataset:
     Pn, Sn = len(request.prompts), len(request.seeds)
     out = np.concatenate(values) if values else np.zeros((0, Pn, len(names), Sn, len(COUNTS)))
     ok = np.concatenate(valid) if valid else np.zeros((0, Pn, Sn), bool)
-    meta = np.array(rows, dtype=object).reshape(-1, 5)
+    meta = np.array(rows, dtype=object).reshape(-1, 6)
     coords = {
         "prompt": list(request.prompts), "checkpoint": names, "seed": list(request.seeds),
         S.SAMPLE: ("object", meta[:, 0].astype(np.int64)), S.SOURCE: ("object", meta[:, 1].astype(np.int64)),
         "object_id": ("object", meta[:, 2].astype(np.int64)), "class": ("object", meta[:, 3].astype(str)),
+        "file": ("object", meta[:, 5].astype(str)),
         "area": ("object", meta[:, 4].astype(np.int64)),
     }
     data = {k: (DIMS, out[..., i]) for i, k in enumerate(COUNTS)}
@@ -132,6 +136,17 @@ def _results(request, names, rows, values, valid, cache) -> xr.Dataset:
                                                   "min_area": request.min_area})
 
 
+def _tile_frame(pr, h: int, w: int, img_size: int) -> dict:
+    """A sample's prompts back in its tile's pixel frame (for drawing): boxes [K, 4], points [K, P, 2]."""
+    scale = max(h, w) / img_size
+    out = {"valid": pr.valid.numpy()}
+    if pr.boxes is not None:
+        out["box"] = pr.boxes.numpy() * scale
+    if pr.points is not None:
+        out["points"], out["point_label"] = pr.points.numpy() * scale, pr.labels.numpy()
+    return out
+
+
 def examples_dataset(reader, request: Request, kept: list) -> xr.Dataset | None:
     """Image, true masks and each checkpoint's predicted masks of the kept samples, on the canvas."""
     if not kept:
@@ -140,7 +155,18 @@ def examples_dataset(reader, request: Request, kept: list) -> xr.Dataset | None:
     H, W = reader.canvas
     pad = lambda a: np.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, H - a.shape[-2]), (0, W - a.shape[-1])])  # noqa: E731
     images, truth, pred, example, object_id, sizes = [], [], [], [], [], []
+    boxes, points, point_labels = [], [], []
+    n_points = max((k[3]["prompts"].get("points", np.zeros((0, 0, 2))).shape[1] for k in kept), default=0)
     for e, (index, masks, ids, shown) in enumerate(kept):
+        pr = shown["prompts"]
+        boxes.append(np.where(pr["valid"][:, None], pr["box"], np.nan) if "box" in pr else np.full((len(ids), 4), np.nan))
+        pts = np.full((len(ids), n_points, 2), np.nan)
+        lab = np.full((len(ids), n_points), -1)
+        if "points" in pr:
+            pts[:, :pr["points"].shape[1]] = np.where(pr["valid"][:, None, None], pr["points"], np.nan)
+            lab[:, :pr["point_label"].shape[1]] = np.where(pr["valid"][:, None], pr["point_label"], -1)
+        points.append(pts)
+        point_labels.append(lab)
         image = reader.image(index)
         sizes.append(image.shape[:2])
         images.append(np.pad(image, [(0, H - image.shape[0]), (0, W - image.shape[1]), (0, 0)]))
@@ -152,11 +178,16 @@ def examples_dataset(reader, request: Request, kept: list) -> xr.Dataset | None:
     return xr.Dataset(
         {S.IMAGE: (("example", "height", "width", "rgb"), np.stack(images)),
          "truth": (("object", "height", "width"), np.concatenate(truth)),
-         "prediction": (("object", "checkpoint", "height", "width"), np.concatenate(pred))},
+         "prediction": (("object", "checkpoint", "height", "width"), np.concatenate(pred)),
+         "box": (("object", "corner"), np.concatenate(boxes)),
+         "points": (("object", "point", "xy"), np.concatenate(points)),
+         "point_label": (("object", "point"), np.concatenate(point_labels))},
         coords={S.SAMPLE: ("example", [k[0] for k in kept]), S.VALID_H: ("example", sizes[:, 0]),
+                "title": ("example", [reader.tile_name(k[0]) for k in kept]),
                 S.VALID_W: ("example", sizes[:, 1]), "example_of": ("object", example),
                 "object_id": ("object", object_id), "checkpoint": names},
-        attrs={"prompt": request.prompts[0], "seed": request.seeds[0], "mask_mode": request.mask_mode},
+        attrs={"prompt": request.prompts[0], "seed": request.seeds[0], "mask_mode": request.mask_mode,
+               "cache": reader.path, "trained": int(reader.model["trained"])},
     )
 
 

@@ -22,10 +22,11 @@ def write_reports(out: str | Path) -> None:
         names = list(results.checkpoint.values)
         scored = results.attrs.get("scored", "")
         untrained = not int(results.attrs.get("trained", 1))
+        cache = results.attrs.get("cache", "")
     summary.to_csv(out / "summary.csv", index=False)
-    head = (f"Scored: {scored}\n\n" if scored else "") + (UNTRAINED if untrained else "")
+    head = f"Cache: {cache}\n\n" + (f"Scored: {scored}\n\n" if scored else "") + (UNTRAINED if untrained else "")
     (out / "summary.md").write_text(head + markdown(summary, names))
-    bar_chart(summary, out / "ablation.png")
+    bar_chart(summary, out / "ablation.png", cache, scored, not untrained)
     (out / "examples.png").unlink(missing_ok=True)
     if (out / "examples.nc").exists():
         with xr.open_dataset(out / "examples.nc", engine=ENGINE) as examples:

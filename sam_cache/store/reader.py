@@ -52,7 +52,7 @@ class CacheReader:
     def __init__(self, path: str | Path, allow_partial: bool = False, check_shards: bool = True):
         self.path = str(path)
         self.attrs = read_attrs(path)
-        self._group, self._arrays, self._mask_class = None, {}, None
+        self._group, self._arrays, self._mask_class, self._names = None, {}, None, None
         done = np.asarray(self.group[S.DONE][:], dtype=bool)
         if not done.all() and not allow_partial:
             raise CacheIncompleteError(
@@ -165,6 +165,21 @@ class CacheReader:
     def sources(self, indices=None) -> np.ndarray:
         """The source index of each sample of `indices` (default: every usable sample)."""
         return self.coords[S.SOURCE][self.samples if indices is None else np.asarray(indices, dtype=int)]
+
+    def source_name(self, source: int) -> str:
+        """A source's file name, for tables and figures."""
+        if self._names is None:
+            self._names = [Path(str(p)).name for p in self.source_table(S.SOURCE_PATH)]
+        return self._names[int(source)]
+
+    def tile_name(self, index: int) -> str:
+        """Where a sample comes from, in words: file, slice of a volume, patch origin."""
+        c = {k: int(v[index]) for k, v in self.coords.items()}
+        axis = int(self.source_table(S.SLICE_AXIS)[c[S.SOURCE]])
+        where = [f"slice {c[S.SLICE]}"] if axis >= 0 else []
+        if c[S.Y0] or c[S.X0] or self.attrs["preprocessing"].get("patch"):
+            where.append(f"y {c[S.Y0]}, x {c[S.X0]}")
+        return self.source_name(c[S.SOURCE]) + (f" ({', '.join(where)})" if where else "")
 
     def classes(self, index: int, ids: np.ndarray) -> list[str]:
         """The class of each object id of a sample: the id itself for class labels, the class named by

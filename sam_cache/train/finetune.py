@@ -384,7 +384,8 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     _save_full_sam(reader.model, spec, run)
     from ..reports.figures import curves
 
-    curves(history, run.path / CURVES)
+    curves(history, run.path / CURVES, f"{Path(str(cache)).name}: prompt {c.prompt}, SAM {reader.model['type']}"
+           + ("" if reader.model["trained"] else " (UNTRAINED model)"))
     epochs = [r for r in history if r["epoch"] > 0]
     seconds = float(np.mean([r["seconds"] for r in epochs])) if epochs else 0.0
     waits = sum(r["read_wait_s"] for r in epochs) / max(sum(r["seconds"] for r in epochs), 1e-9)
