@@ -233,14 +233,14 @@ def test_outputs_are_never_silently_replaced(rect_cache, run, tmp_path):
     assert not (abl / "examples.png").exists() and not (abl / "examples.nc").exists()  # no stale figure left
 
 
-def test_split_by_slice_tile_and_file(data_root, tmp_path):
+def test_split_by_slice_tile_and_file(data_root, tmp_path, micro_checkpoint):
     """A single CT volume: no split by source is possible; slices in one contiguous block, tiles, or a file."""
     from sam_cache.train.finetune import split_samples
 
     cache = tmp_path / "ct.zarr"
     ct = data_root / "ct-totalseg"
     sam_cache.embed(ct / "example_ct_sm.nii.gz", cache, labels=str(ct / "example_seg.nii.gz"), model="tiny",
-                    workers=0, progress=False)
+                    checkpoint=micro_checkpoint, workers=0, progress=False)
     reader = sam_cache.CacheReader(cache)
     with pytest.raises(SamCacheError, match="1 source file.*cannot be split.*--split slice"):
         split_samples(reader, 0.2, 0)
