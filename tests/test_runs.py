@@ -268,3 +268,13 @@ def test_split_by_slice_tile_and_file(data_root, tmp_path, micro_checkpoint):
     bad.write_text("source,split\nexample_ct_sm,holdout\n")
     r = run_cli("finetune", cache, "--split-file", bad, "-o", tmp_path / "r2", "-q")
     assert r.exit_code == 2 and "line 2: split 'holdout' is not one of train, val, test" in r.output
+
+
+def test_resume_with_other_settings_leaves_the_run_as_it_was(rect_cache, tmp_path):
+    out = tmp_path / "run"
+    sam_cache.finetune(rect_cache, out, sam_cache.FinetuneConfig(epochs=1, lr=1e-3), progress=False, log=lambda m: None)
+    config = (out / "config.json").read_text()
+    with pytest.raises(SamCacheError, match="--resume with other settings"):
+        sam_cache.finetune(rect_cache, out, sam_cache.FinetuneConfig(epochs=2, lr=1e-2), resume=True, progress=False,
+                           log=lambda m: None)
+    assert (out / "config.json").read_text() == config

@@ -295,6 +295,16 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         raise SamCacheError(f"{cache}: the validation split is empty; pass --val-fraction 0 to train without one")
     log(describe_split(reader, train_idx, val_idx, f"file {c.split_file}" if c.split_file else c.split) +
         ("" if len(val_idx) else " (no validation: the epoch with the lowest train loss is kept)"))
+    if resume and not (Path(out) / CONFIG).is_file():
+        resume = False  # nothing to continue yet: a new run
+    claim(out, "finetune", RUN_FILES, overwrite=overwrite, resume=resume)
+    recipe = asdict(c)
+    state = Run(Path(out), {}).load_state(device) if resume else None
+    if state is not None:  # checked before anything in the run folder is written
+        if state["recipe"] != recipe | {"epochs": state["recipe"]["epochs"]}:
+            raise SamCacheError(f"{out}: --resume with other settings than the run was started with")
+        if Run.open(out).config["cache_fingerprint"] != reader.fingerprint:
+            raise SamCacheError(f"{out}: --resume on another cache than the run was trained on ({reader.path})")
     img_size = decoder.img_size[0]
     both = np.concatenate([train_idx, val_idx])
     per_sample = sum(int(np.prod(reader.array(n).shape[1:])) * reader.array(n).dtype.itemsize
@@ -309,12 +319,8 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
                                         c.prompt_options)
     train_set, val_set = make(train_idx, c.objects_per_sample), make(val_idx, None)
     val_data = loader(val_set, 1, workers=workers) if len(val_idx) else []
-    if resume and not (Path(out) / CONFIG).is_file():
-        resume = False  # nothing to continue yet: a new run
-    claim(out, "finetune", RUN_FILES, overwrite=overwrite, resume=resume)
     opt = make_optimizer(decoder.mask_decoder.parameters(), c)
     sched = _schedule(opt, c)
-    recipe = asdict(c)
     run = Run.start(out, {
         "recipe": recipe, "cache": str(cache), "cache_fingerprint": reader.fingerprint, "model": spec.fingerprint(),
         "sets": {"how": f"file {c.split_file}" if c.split_file else c.split, "val_fraction": c.val_fraction, "seed": c.seed,
@@ -324,10 +330,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     })
     selected_by = "val_dice" if len(val_idx) else "train_loss"
     history, start, best = [], 1, {"epoch": 0, "value": math.nan}
-    state = run.load_state(device) if resume else None
     if state is not None:
-        if state["recipe"] != recipe | {"epochs": state["recipe"]["epochs"]}:
-            raise SamCacheError(f"{out}: --resume with other settings than the run was started with")
         decoder.mask_decoder.load_state_dict(state["mask_decoder"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
