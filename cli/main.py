@@ -14,12 +14,32 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from sam_cache import __version__
 from sam_cache import choices as C
 from sam_cache.errors import OptionError, SamCacheError
 
+class _NoFlagType:
+    """-h/--help is a flag: show no `<bool>` type beside it, like the other flags."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(_NoFlagType, TyperCommand):
+    pass
+
+
+class Group(_NoFlagType, TyperGroup):
+    pass
+
+
 app = typer.Typer(
+    cls=Group,
     name="samcache",
     help="Run SAM's frozen image encoder once, cache the embeddings in Zarr, then finetune and score "
     "mask decoders from the cache without running the encoder again.",
@@ -65,7 +85,7 @@ def command(example: str):
                 typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
                 raise typer.Exit(code=2) from None
 
-        return app.command(epilog=f"Example: `{example}`")(wrapper)
+        return app.command(cls=Command, epilog=f"Example: `{example}`")(wrapper)
 
     return register
 
