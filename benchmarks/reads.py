@@ -10,7 +10,6 @@ objects + prompts, what finetune and evaluate read) through a DataLoader.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 

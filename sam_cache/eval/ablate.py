@@ -8,7 +8,6 @@ the example masks into OUT/examples.nc, and the reports are drawn from those fil
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import torch

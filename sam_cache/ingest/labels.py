@@ -19,7 +19,7 @@ from scipy import ndimage
 from ..errors import InputError
 from .readers import check_finite, is_volume_format, read_array
 
-from ..choices import LABEL_KINDS as KINDS  # noqa: E402
+from ..choices import LABEL_KINDS as KINDS  # noqa: E402,F401  (re-exported)
 
 
 def check_ids(arr: np.ndarray, path) -> np.ndarray:
