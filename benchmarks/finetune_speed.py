@@ -22,7 +22,7 @@ import sam_cache
 from sam_cache.encode.encoder import Encoder
 from sam_cache.models import load_decoder, load_sam
 from sam_cache.store.reader import CacheReader
-from sam_cache.train.data import ObjectSamples, loader
+from sam_cache.train.data import ObjectSamples, Timed, loader
 from sam_cache.train.finetune import FinetuneConfig, make_optimizer, train_step
 
 
@@ -40,14 +40,9 @@ def em_cache(model: str, n: int, device) -> str:
 
 
 def epoch(decoder, data, c, device, opt, encoder=None, reader=None):
-    read = compute = 0.0
-    it = iter(data)
-    while True:
-        t = time.perf_counter()
-        batch = next(it, None)
-        read += time.perf_counter() - t
-        if batch is None:
-            return read, compute
+    compute = 0.0
+    batches = Timed(data)
+    for batch in batches:
         t = time.perf_counter()
         if encoder is not None:  # the encoder-in-the-loop way: embed this batch's tiles now
             idx = batch["index"].tolist()
@@ -62,6 +57,7 @@ def epoch(decoder, data, c, device, opt, encoder=None, reader=None):
         opt.step()
         sync(device)
         compute += time.perf_counter() - t
+    return batches.wait, compute
 
 
 def main():

@@ -26,7 +26,7 @@ from ..ingest.intensity import Intensity
 from ..ingest.labels import KINDS
 from ..ingest.readers import is_volume_format
 from ..ingest.sources import discover
-from ..ingest.tiles import TILE_FIELDS, Plan, TileDataset, TileSpec, plan
+from ..ingest.tiles import Plan, TileDataset, TileSpec, plan
 from ..models import load_sam, load_sam_or_tiny
 from ..progress import Progress
 from ..store import fingerprint
@@ -73,8 +73,7 @@ def _layout(p: Plan, encoder: Encoder, dtype: str, shard: int) -> Layout:
         index = {n: i for i, n in enumerate(p.class_names)}
         table[S.MASK_CLASS] = np.array([[index[n] for n in s.source.names] + [-1] * (width - len(s.source.names))
                                         for s in p.sources], dtype=np.int32)
-    coords = dict(zip(S.SAMPLE_COORDS, p.tiles.T))  # TILE_FIELDS are the sample coordinates, in order
-    assert len(TILE_FIELDS) == len(S.SAMPLE_COORDS)
+    coords = dict(zip(S.SAMPLE_COORDS, p.tiles.T))  # a plan's tile fields are the sample coordinates, in order
     return Layout(p.canvas, encoder.embedding_shape, dtype, shard, p.label_kind is not None, coords, table)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import schema as S
-from .reader import CacheReader, size_on_disk
+from .reader import CacheReader, shard_key, size_on_disk
 
 
 def describe(path: str | Path) -> dict:
@@ -62,8 +62,7 @@ def verify(path: str | Path) -> Verification:
             continue
         shard = a.shards[0]
         for k in np.unique(r.samples // shard):
-            key = f"{a.path}/{a.metadata.encode_chunk_key((int(k),) + (0,) * (a.ndim - 1))}"
-            if key in missing:
+            if shard_key(a, k) in missing:
                 continue
             start, stop = int(k) * shard, min(a.shape[0], (int(k) + 1) * shard)
             v.checked += stop - start

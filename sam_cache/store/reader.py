@@ -14,7 +14,6 @@ reader sent to a worker process reopens the store there (zarr's event loop is no
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +45,18 @@ async def _collect(store, prefix: str) -> set[str]:
     return {key async for key in store.list_prefix(prefix)}
 
 
+def shard_key(a: zarr.Array, k: int) -> str:
+    """The store key of shard k (along the sample axis) of a per-sample array."""
+    return f"{a.path}/{a.metadata.encode_chunk_key((int(k),) + (0,) * (a.ndim - 1))}"
+
+
 class CacheReader:
     """Read access to one cache: attributes, done samples, coordinates, embeddings, labels, classes."""
 
     def __init__(self, path: str | Path, allow_partial: bool = False, check_shards: bool = True):
         self.path = str(path)
         self.attrs = read_attrs(path)
-        self._group, self._arrays, self._mask_class, self._names = None, {}, None, None
+        self._group, self._arrays, self._mask_class, self._names, self._axes = None, {}, None, None, None
         done = np.asarray(self.group[S.DONE][:], dtype=bool)
         if not done.all() and not allow_partial:
             raise CacheIncompleteError(
@@ -94,10 +98,7 @@ class CacheReader:
             a = self.group[name]
             shard = a.shards[0]
             have = sync(_collect(self.group.store, f"{a.path}/"))
-            for k in np.unique(self.samples // shard):
-                key = f"{a.path}/{a.metadata.encode_chunk_key((int(k),) + (0,) * (a.ndim - 1))}"
-                if key not in have:
-                    out.append(key)
+            out += [key for k in np.unique(self.samples // shard) if (key := shard_key(a, k)) not in have]
         return out
 
     def _read(self, name: str, index: int) -> np.ndarray:
@@ -175,8 +176,9 @@ class CacheReader:
     def tile_name(self, index: int) -> str:
         """Where a sample comes from, in words: file, slice of a volume, patch origin."""
         c = {k: int(v[index]) for k, v in self.coords.items()}
-        axis = int(self.source_table(S.SLICE_AXIS)[c[S.SOURCE]])
-        where = [f"slice {c[S.SLICE]}"] if axis >= 0 else []
+        if self._axes is None:
+            self._axes = self.source_table(S.SLICE_AXIS)
+        where = [f"slice {c[S.SLICE]}"] if self._axes[c[S.SOURCE]] >= 0 else []
         if c[S.Y0] or c[S.X0] or self.attrs["preprocessing"].get("patch"):
             where.append(f"y {c[S.Y0]}, x {c[S.X0]}")
         return self.source_name(c[S.SOURCE]) + (f" ({', '.join(where)})" if where else "")
@@ -263,6 +265,3 @@ def open_cache(path: str | Path, allow_partial: bool = False) -> xr.Dataset:
 def size_on_disk(path: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
-
-def label_paths(reader: CacheReader) -> list[list[str]]:
-    return [json.loads(v) for v in reader.source_table(S.LABEL_PATHS)]

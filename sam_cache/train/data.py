@@ -10,6 +10,8 @@ event loop is not fork-safe, so workers are spawned).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -87,6 +89,23 @@ def low_res_targets(masks: torch.Tensor, valid_size: torch.Tensor, low_res: int)
         m = masks[b, :, :h, :w].float()[None]
         out[b, :, :th, :tw] = (F.interpolate(m, (th, tw), mode="bilinear", align_corners=False)[0] > 0.5).float()
     return out
+
+
+class Timed:
+    """Iterates over `iterable`, adding up in `wait` the seconds spent waiting for each item (reads)."""
+
+    def __init__(self, iterable):
+        self.items, self.wait = iter(iterable), 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t = time.perf_counter()
+        try:
+            return next(self.items)
+        finally:
+            self.wait += time.perf_counter() - t
 
 
 def loader(dataset, batch_size: int, shuffle_generator=None, workers: int = 0, pin: bool = False) -> DataLoader:

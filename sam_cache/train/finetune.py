@@ -33,7 +33,7 @@ from ..runs import CONFIG, CURVES, DECODER, FULL, LAST, METRIC_COLUMNS, RUN_FILE
 from ..store import fingerprint
 from ..store import schema as S
 from ..store.reader import CacheReader
-from .data import MIN_AREA, ObjectSamples, loader, low_res_targets
+from .data import MIN_AREA, ObjectSamples, Timed, loader, low_res_targets
 
 from ..choices import OPTIMIZERS, PRELOADS, SCHEDULES, SPLITS  # noqa: E402  (one list each)
 
@@ -345,16 +345,11 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         train_set.epoch = epoch
         shuffle = torch.Generator().manual_seed(c.seed * 100_003 + epoch)
         data = loader(train_set, c.batch_size, shuffle, workers, pin=device.type == "cuda" and where != "device")
-        t0, wait, total, count = time.perf_counter(), 0.0, 0.0, 0
+        t0, total, count = time.perf_counter(), 0.0, 0
         # a bar in a terminal; in a log, the one line per epoch below is enough
         bar = Progress(len(data), f"epoch {epoch}/{c.epochs}", "steps", enabled=progress and sys.stderr.isatty())
-        it = iter(data)
-        while True:
-            tw = time.perf_counter()
-            batch = next(it, None)
-            wait += time.perf_counter() - tw
-            if batch is None:
-                break
+        batches = Timed(data)
+        for batch in batches:
             loss, n = train_step(decoder, batch, c, device)
             if n:
                 opt.zero_grad(set_to_none=True)
@@ -367,7 +362,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_dice": math.nan,
                **(validate(decoder, val_data, c.multimask) if len(val_idx) else {}),
-               "seconds": seconds, "read_wait_s": wait, "lr": opt.param_groups[0]["lr"]}
+               "seconds": seconds, "read_wait_s": batches.wait, "lr": opt.param_groups[0]["lr"]}
         history.append(row)
         if progress:
             log(f"epoch {epoch}/{c.epochs}: train loss {row['train_loss']:.4f}"
