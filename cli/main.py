@@ -18,6 +18,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from sam_cache import __version__
 from sam_cache import choices as C
+from sam_cache.amg.knobs import Settings
 from sam_cache.errors import OptionError, SamCacheError
 
 class _NoFlagType:
@@ -52,8 +53,9 @@ app = typer.Typer(
 
 UNTRAINED = "note: this cache was made with an UNTRAINED model (tiny or --random-init): its scores mean nothing"
 DEVICE_HELP = "cuda, cuda:1 or cpu; default cuda when there is one."
-INPUT, TILES, INTENSITY, MODEL, OUTPUT, RECIPE, SCORING, RUN = (
-    "Input", "Tiles", "Intensity", "Model", "Output", "Recipe", "Scoring", "Execution")
+INPUT, TILES, INTENSITY, MODEL, OUTPUT, RECIPE, SCORING, RUN, GENERATOR = (
+    "Input", "Tiles", "Intensity", "Model", "Output", "Recipe", "Scoring", "Execution", "Generator (SAM's defaults)")
+AMG = Settings()
 
 
 def _version(value: bool):
@@ -329,6 +331,69 @@ def ablate(
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"{results.sizes['object']} objects; results in {out}/results.nc, summary.csv, summary.md, "
                "ablation.png" + (", examples.nc, examples.png" if (out / "examples.nc").exists() else ""))
+
+
+@command("samcache segment cells.zarr -o amg/ --sweep pred_iou_thresh=0.7,0.8,0.88 "
+         "--sweep stability_score_thresh=0.85,0.95")
+def segment(
+    cache: Path = typer.Argument(..., help="A cache made by `samcache embed` (labels optional: they give scores)."),
+    out: Path = typer.Option(Path("segment"), "--out", "-o", help="Folder for labels/, masks.json and the sweep "
+                             "tables.", rich_help_panel=OUTPUT),
+    checkpoint: str = typer.Option("base", help="Decoder: base, a finetune run folder, or a SAM .pth file.",
+                                   rich_help_panel=MODEL),
+    base_checkpoint: Optional[Path] = typer.Option(None, help="The cache's SAM checkpoint, if it moved.",
+                                                   rich_help_panel=MODEL),
+    points_per_side: int = typer.Option(AMG.points_per_side, help="Grid of points per tile side.",
+                                        rich_help_panel=GENERATOR),
+    pred_iou_thresh: float = typer.Option(AMG.pred_iou_thresh, help="Keep masks whose predicted IoU is above this.",
+                                          rich_help_panel=GENERATOR),
+    stability_score_thresh: float = typer.Option(AMG.stability_score_thresh, help="Keep masks at least this stable.",
+                                                 rich_help_panel=GENERATOR),
+    stability_score_offset: float = typer.Option(AMG.stability_score_offset, help="Logit offset of the stability "
+                                                 "score.", rich_help_panel=GENERATOR),
+    box_nms_thresh: float = typer.Option(AMG.box_nms_thresh, help="Box IoU above which the lower-scored duplicate "
+                                         "is dropped.", rich_help_panel=GENERATOR),
+    min_mask_region_area: int = typer.Option(AMG.min_mask_region_area, help="Remove islands and fill holes smaller "
+                                             "than this (pixels).", rich_help_panel=GENERATOR),
+    crop_n_layers: int = typer.Option(AMG.crop_n_layers, help="SAM's crop layers: only 0 (a cache holds one "
+                                      "embedding per tile; embed a smaller --patch to segment at a finer scale).",
+                                      rich_help_panel=GENERATOR),
+    sweep: Optional[list[str]] = typer.Option(None, help="KNOB=V1,V2,... (repeatable): score every combination; "
+                                              "threshold knobs cost no extra decoding.", rich_help_panel=GENERATOR),
+    keep: Optional[int] = typer.Option(None, help="The setting (row of sweep.csv) whose masks are written; "
+                                       "default the best by mSA.", rich_help_panel=OUTPUT),
+    output_mode: str = typer.Option("coco_rle", help="masks.json segmentation: " + ", ".join(C.AMG_OUTPUT_MODES)
+                                    + " (binary_mask: one PNG per mask under masks/).", rich_help_panel=OUTPUT),
+    sources: Optional[str] = typer.Option(None, help="Comma-separated source file names (or stems) to segment; "
+                                          "default all.", rich_help_panel=INPUT),
+    figures: int = typer.Option(4, help="Tiles drawn in overlays.png (0: none).", rich_help_panel=OUTPUT),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace whatever --out holds, whole.",
+                                   rich_help_panel=OUTPUT),
+    points_per_batch: int = typer.Option(256, help="Point prompts per decoder pass (B tiles x K points).",
+                                         rich_help_panel=RUN),
+    partition_size: int = typer.Option(64, help="Tiles per Dask task (whole sources).", rich_help_panel=RUN),
+    scheduler: Optional[str] = typer.Option(None, help="dask.distributed scheduler address; default local threads.",
+                                            rich_help_panel=RUN),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP, rich_help_panel=RUN),
+    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress.", rich_help_panel=RUN),
+):
+    """Automatic instance masks (SAM's generator) from the cached embeddings: label images per source, a
+    COCO JSON, and scores against the cache's labels; `--sweep` tries many settings for one decoding."""
+    import sam_cache
+    from sam_cache.amg.knobs import parse_sweep
+
+    settings = dict(points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
+                    stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
+                    box_nms_thresh=box_nms_thresh, min_mask_region_area=min_mask_region_area,
+                    crop_n_layers=crop_n_layers)
+    result = sam_cache.segment(
+        cache, out, settings=settings, sweep=parse_sweep(sweep), checkpoint=checkpoint, output_mode=output_mode,
+        sources=_list(sources) if sources else None, points_per_batch=points_per_batch,
+        partition_size=partition_size, scheduler=scheduler, device=device, base_checkpoint=base_checkpoint,
+        keep=keep, figures=figures, overwrite=overwrite, progress=not quiet, log=_say)
+    typer.echo((out / "sweep.md").read_text())
+    typer.echo(f"{len(result.sweep)} setting(s); labels in {out}/labels/, masks in {out}/masks.json, scores in "
+               f"{out}/sweep.csv, per_image.csv, results.nc")
 
 
 @command("samcache info em.zarr --verify")

@@ -19,3 +19,4 @@ EVAL_SPLITS = ("all", "train", "val")
 ABLATE_SPLITS = ("auto", "all", "train", "val")
 GROUPINGS = ("class", "source", "sample")  # evaluate --per
 MIN_AREA = 10  # objects smaller than this (pixels) are neither trained on nor scored, unless told otherwise
+AMG_OUTPUT_MODES = ("coco_rle", "uncompressed_rle", "binary_mask")  # segment: the JSON's `segmentation`

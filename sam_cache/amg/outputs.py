@@ -1,0 +1,78 @@
+"""Writing instance masks for people and tools: label images (TIFF) and one COCO-style JSON.
+
+`segment` writes through here, and `predict` will too. The JSON uses segment_anything's record names
+(`segmentation`, `bbox` XYWH, `area`, `predicted_iou`, `stability_score`, `point_coords`, `crop_box`),
+all in the source's pixel frame, under COCO's `images` / `annotations` layout. `segmentation` follows
+`output_mode`: `coco_rle` (pycocotools' compressed RLE, the default), `uncompressed_rle`
+(segment_anything's {size, counts}), or `binary_mask` (a PNG per mask under masks/, named in the JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from segment_anything.utils.amg import mask_to_rle_pytorch
+
+from ..choices import AMG_OUTPUT_MODES as OUTPUT_MODES  # noqa: F401
+
+LABELS = "labels"
+
+
+def label_dtype(n: int):
+    return np.uint16 if n < 2 ** 16 else np.uint32
+
+
+def write_label(path: Path, label: np.ndarray) -> Path:
+    """An instance label image (2D, or a volume in the source's axis order), uint16 when the ids fit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tifffile.imwrite(tmp, label.astype(label_dtype(int(label.max()) if label.size else 0)), compression="zlib",
+                    photometric="minisblack")
+    tmp.replace(path)
+    return path
+
+
+def encode(mask: np.ndarray, mode: str, png: Path | None = None, root: Path | None = None):
+    """One mask [h, w] bool in the JSON's `segmentation` form."""
+    if mode == "coco_rle":
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    if mode == "uncompressed_rle":
+        return mask_to_rle_pytorch(torch.from_numpy(mask[None]))[0]
+    png.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(png)
+    return str(png.relative_to(root))
+
+
+def annotations(label: np.ndarray, info: dict, mode: str, root: Path, stem: str) -> list[dict]:
+    """COCO records of every object of one plane's label map (ids and image ids are given when the parts
+    are joined); `info[id]` holds its predicted_iou, stability_score, point_coords and crop_box (source
+    frame). Binary masks are written as root/masks/<stem>_<id>.png."""
+    records = []
+    ids = np.unique(label)
+    for k in ids[ids > 0]:
+        mask = label == k
+        ys, xs = np.nonzero(mask)
+        extra = info.get(int(k), {})
+        records.append({
+            "category_id": 1,
+            "segmentation": encode(mask, mode, root / "masks" / f"{stem}_{int(k):05d}.png", root),
+            "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+            "area": int(mask.sum()), "iscrowd": 0, **extra,
+        })
+    return records
+
+
+def write_coco(path: Path, images: list[dict], annotations: list[dict], info: dict) -> Path:
+    doc = {"info": info, "images": images, "annotations": annotations,
+           "categories": [{"id": 1, "name": "object"}]}
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)
+    return path

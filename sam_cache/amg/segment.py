@@ -1,0 +1,289 @@
+"""`samcache segment`: SAM's automatic masks for every source of a cache, one setting or a sweep, on Dask.
+
+A Dask task takes whole sources (a source's tiles must meet to be stitched). For each `points_per_side`
+it decodes the point grid of every tile once (`amg.candidates`); every setting of the sweep then only
+filters those candidates (`amg.select`), paints and stitches them into the source's label image
+(`stitch`), scores it against the cache's labels (`eval.instances`) and writes it under OUT/.parts.
+At the end the scores of all settings become sweep.csv, per_image.csv, sweep.md, results.nc and the
+plots; the masks of one setting (the only one, or the best by mSA in a sweep, or `keep`) become
+OUT/labels/*.tif and OUT/masks.json, and the other settings' masks are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import dask
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+
+from .. import options as O
+from ..errors import SamCacheError
+from ..eval.instances import SCORES, scores
+from ..progress import Progress
+from ..runs import checkpoint_name, claim, load_decoder
+from ..store import schema as S
+from ..store.reader import CacheReader
+from . import generator as amg, outputs, stitch
+from .knobs import KNOBS, Settings, Sweep
+
+OUTPUTS = ("labels", "masks.json", "masks", "sweep.csv", "per_image.csv", "sweep.md", "results.nc", "sweep.png",
+           "overlays.png", ".parts")
+PARTS = ".parts"
+TILES_PER_PASS = 16  # embeddings read at a time per task (points_per_batch sets the decoder pass)
+
+
+@dataclass
+class SegmentResult:
+    out: Path
+    sweep: pd.DataFrame  # one row per setting: its knobs, mean scores over images, object counts
+    per_image: pd.DataFrame  # one row per setting × image plane
+    chosen: int  # the setting whose masks were written
+    note: str  # which setting that is, and why
+
+
+def _geometry(reader: CacheReader, source: int) -> tuple[tuple[int, ...], int]:
+    """A source's spatial shape and slicing axis (-1 for a 2D image)."""
+    shape = tuple(json.loads(str(reader.source_table(S.SOURCE_SHAPE)[source])))
+    return shape, int(reader.source_table(S.SLICE_AXIS)[source])
+
+
+def _planes(shape, axis) -> tuple[int, tuple[int, int]]:
+    if axis < 0:
+        return 1, shape[:2]
+    rest = [s for i, s in enumerate(shape) if i != axis]
+    return shape[axis], (rest[0], rest[1])
+
+
+def _blank(image: np.ndarray) -> bool:
+    return image.size == 0 or bool((image == image.flat[0]).all())
+
+
+def _truth(reader, samples, n_planes, plane_shape) -> np.ndarray:
+    """The source's true objects per plane, assembled from its tiles (binary labels: connected components)."""
+    out = np.zeros((n_planes, *plane_shape), np.int64)
+    for i in samples:
+        lab = reader.label(i)
+        y0, x0, z = int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i]), max(0, int(reader.coord(S.SLICE)[i]))
+        out[z, y0:y0 + lab.shape[0], x0:x0 + lab.shape[1]] = lab
+    if reader.label_kind == "binary":
+        out = np.stack([ndimage.label(p > 0)[0] for p in out])
+    return out
+
+
+def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, points_per_batch, parts: Path,
+                 output_mode, decoder, on_tile, sources_samples) -> list[dict]:
+    """One Dask task: segment whole sources under every setting; write each setting's masks into
+    parts/<k>/; return one score row per setting × image plane."""
+    decoder = decoder or load_decoder(reader, decoder_spec, base_checkpoint).to(device).eval()
+    settings = sweep.settings()
+    offsets = sweep.values("stability_score_offset")
+    min_iou, min_stab = min(sweep.values("pred_iou_thresh")), min(sweep.values("stability_score_thresh"))
+    rows = []
+    for source, samples in sources_samples:
+        sizes = [reader.valid_size(i) for i in samples]
+        blank = [_blank(reader.image(i)) for i in samples]
+        cands = {}
+        for n in sweep.values("points_per_side"):
+            cands[n] = []
+            for c0 in range(0, len(samples), TILES_PER_PASS):
+                chunk = [j for j in range(c0, min(len(samples), c0 + TILES_PER_PASS)) if not blank[j]]
+                found = amg.candidates(decoder, torch.stack([torch.from_numpy(reader.embedding(samples[j])) for j in chunk])
+                                       .float(), [sizes[j] for j in chunk], n, offsets, min_iou, min_stab,
+                                       points_per_batch) if chunk else []
+                got = dict(zip(chunk, found))
+                cands[n] += [got.get(j) for j in range(c0, min(len(samples), c0 + TILES_PER_PASS))]
+            if on_tile is not None:
+                on_tile(len(samples))
+        shape, axis = _geometry(reader, source)
+        n_planes, plane_shape = _planes(shape, axis)
+        truth = _truth(reader, samples, n_planes, plane_shape) if reader.label_kind else None
+        name = reader.source_name(source)
+        for k, s in enumerate(settings):
+            label, images = _assemble(reader, samples, sizes, cands[s.points_per_side], s, n_planes, plane_shape,
+                                      source, name, output_mode, parts / f"{k:03d}")
+            volume = label[0] if axis < 0 else np.moveaxis(label, 0, axis)
+            outputs.write_label(parts / f"{k:03d}" / outputs.LABELS / f"{Path(name).stem}.tif", volume)
+            (parts / f"{k:03d}" / "coco").mkdir(parents=True, exist_ok=True)
+            (parts / f"{k:03d}" / "coco" / f"{source:06d}.json").write_text(json.dumps(images))
+            for z in range(n_planes):
+                if axis >= 0 and not any(int(reader.coord(S.SLICE)[i]) == z for i in samples):
+                    continue  # a slice skipped at embed time (--skip-empty) was never segmented
+                row = {"setting": k, **s.knobs(), "source": source, "file": name, "slice": z if axis >= 0 else -1}
+                if truth is not None:
+                    row.update(scores(truth[z], label[z]))
+                else:
+                    row["n_pred"] = int(len(np.unique(label[z])) - (label[z] == 0).any())
+                rows.append(row)
+    return rows
+
+
+def _assemble(reader, samples, sizes, cands, s: Settings, n_planes, plane_shape, source, name, output_mode,
+              part: Path):
+    """One setting: every tile's masks painted, stitched per plane and renumbered (one id range per
+    source); and the COCO records of each plane."""
+    label = np.zeros((n_planes, *plane_shape), np.uint32)
+    first = 1
+    images = []
+    for z in range(n_planes):
+        plane, info = stitch.Plane(plane_shape), {}
+        members = [j for j, i in enumerate(samples) if max(0, int(reader.coord(S.SLICE)[i])) == z]
+        for j in members:
+            i = samples[j]
+            if cands[j] is None:  # a blank tile: no masks
+                continue
+            data = amg.select(cands[j], s)
+            tile, order = stitch.paint(data["rles"], sizes[j])
+            y0, x0 = int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
+            ids = plane.place(tile, y0, x0)
+            h, w = sizes[j]
+            for pid, m in zip(ids.tolist(), order.tolist()):
+                px, py = np.asarray(data["points"][m], dtype=float)
+                info[pid] = {"predicted_iou": float(data["iou_preds"][m]),
+                             "stability_score": float(data["stability_score"][m]),
+                             "point_coords": [[px + x0, py + y0]], "crop_box": [x0, y0, w, h]}
+        merged = plane.resolve()
+        lab, roots = stitch.renumber(plane.label, merged)
+        for old in merged:  # a merged object lists the points of all its parts
+            root = merged[old]
+            if old in info and root in info:
+                info[root]["point_coords"] = info[root]["point_coords"] + info[old]["point_coords"]
+        lab[lab > 0] += first - 1
+        label[z] = lab
+        by_new = {first + n: info.get(int(r), {}) for n, r in enumerate(roots)}
+        image = {"file_name": name, "source": source, "height": plane_shape[0], "width": plane_shape[1]}
+        if n_planes > 1 or int(reader.source_table(S.SLICE_AXIS)[source]) >= 0:
+            image["slice"] = z
+        images.append({"image": image, "annotations": outputs.annotations(lab, by_new, output_mode, part, f"{source:06d}_{z:04d}")})
+        first += len(roots)
+    return label, images
+
+
+def _group(reader: CacheReader, samples: np.ndarray, partition_size: int) -> list[list[tuple[int, list[int]]]]:
+    """Whole sources per task, about `partition_size` tiles each."""
+    by_source: dict[int, list[int]] = {}
+    for i in samples:
+        by_source.setdefault(int(reader.coord(S.SOURCE)[i]), []).append(int(i))
+    tasks, current, size = [], [], 0
+    for source, members in by_source.items():
+        current.append((source, members))
+        size += len(members)
+        if size >= partition_size:
+            tasks.append(current)
+            current, size = [], 0
+    return tasks + ([current] if current else [])
+
+
+def select_samples(reader: CacheReader, sources=None) -> np.ndarray:
+    """Every usable sample, or those of the sources named (file names, or stems)."""
+    if not sources:
+        samples = reader.samples
+    else:
+        names = {reader.source_name(s): s for s in np.unique(reader.sources())}
+        stems = {Path(n).stem: s for n, s in names.items()}
+        unknown = [n for n in sources if n not in names and n not in stems]
+        if unknown:
+            raise SamCacheError(f"{reader.path}: no source named {', '.join(unknown)}; it holds "
+                                f"{', '.join(list(names)[:5])}{' ...' if len(names) > 5 else ''}")
+        wanted = {names.get(n, stems.get(n)) for n in sources}
+        samples = reader.samples[np.isin(reader.sources(), list(wanted))]
+    if len(samples) == 0:
+        raise SamCacheError(f"{reader.path}: no tiles to segment (the cache holds no finished sample)")
+    return samples
+
+
+def segment(cache, out, settings: dict | None = None, sweep: dict | None = None, checkpoint: str = "base",
+            output_mode: str = "coco_rle", sources=None, points_per_batch: int = 256, partition_size: int = 64,
+            scheduler: str | None = None, device: str | None = None, base_checkpoint=None, keep: int | None = None,
+            figures: int = 4, overwrite: bool = False, progress: bool = True, log=print) -> SegmentResult:
+    """Automatic masks of every source of `cache` (or of `sources`), written into OUT (a new or empty
+    folder, or any with `overwrite`). `settings`: knob values other than SAM's defaults; `sweep`:
+    {knob: [values]} to try every combination of. `checkpoint`: base, a finetune run folder or a SAM .pth.
+    `keep`: the setting (its row in sweep.csv) whose masks are written; default the best by mSA."""
+    plan = Sweep.of(settings, sweep)
+    O.choice("--output-mode", output_mode, outputs.OUTPUT_MODES)
+    O.at_least("--points-per-batch", points_per_batch, 1)
+    O.at_least("--partition-size", partition_size, 1)
+    n_settings = len(plan.settings())
+    if keep is not None and not 0 <= keep < n_settings:
+        raise O.OptionError(f"--keep must name a setting 0..{n_settings - 1} of the sweep, not {keep}")
+    reader = CacheReader(cache)
+    if reader.label_kind is None:
+        log(f"{cache}: the cache holds no labels, so the masks are written but cannot be scored")
+    samples = select_samples(reader, sources)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    decoder = load_decoder(reader, checkpoint, base_checkpoint).to(device).eval()  # a bad checkpoint fails here
+    out = claim(out, "segment", OUTPUTS, overwrite=overwrite)
+    parts = out / PARTS
+    tasks = _group(reader, samples, partition_size)
+    n_passes = len(plan.values("points_per_side"))
+    bar = Progress(len(samples) * n_passes, "segment", "tiles", enabled=progress)
+    log(f"segmenting {len(samples)} tiles of {sum(len(t) for t in tasks)} sources with {checkpoint_name(checkpoint)}: "
+        f"{n_settings} setting{'s' if n_settings > 1 else ''}, {n_passes} decoder pass{'es' if n_passes > 1 else ''} "
+        "per tile")
+    try:
+        if scheduler:
+            from distributed import Client
+
+            fn = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, parts,
+                         output_mode, None, None)
+            with Client(scheduler) as client:
+                futures = [client.submit(fn, t, pure=False) for t in tasks]
+                results = client.gather(futures)
+            bar.update(len(samples) * n_passes)
+        else:
+            fn = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, parts,
+                         output_mode, decoder, bar.update)
+            results = dask.compute(*[dask.delayed(fn, pure=False)(t) for t in tasks], scheduler="threads")
+    finally:
+        bar.close()
+    per_image = pd.DataFrame([r for rows in results for r in rows])
+    return _finish(reader, out, plan, per_image, keep, output_mode, samples, figures, checkpoint, log)
+
+
+def _finish(reader, out: Path, plan: Sweep, per_image: pd.DataFrame, keep, output_mode, samples, figures,
+            checkpoint, log) -> SegmentResult:
+    from ..reports import segment as report
+
+    scored = "msa" in per_image
+    knobs = list(KNOBS)
+    agg = {m: "mean" for m in SCORES if m in per_image and not m.startswith(("n_", "tp"))}
+    agg.update({m: "sum" for m in ("n_pred", "n_true", "tp50") if m in per_image})
+    table = per_image.groupby(["setting", *knobs], sort=True).agg(agg).reset_index()
+    table.insert(len(knobs) + 1, "images", per_image.groupby("setting").size().to_numpy())
+    if keep is None:
+        keep = int(table.loc[table["msa"].fillna(-1).idxmax(), "setting"]) if scored else 0
+        why = "the best mSA of the sweep" if scored and len(table) > 1 else "the only setting" \
+            if len(table) == 1 else "the first setting (no labels to score with)"
+    else:
+        why = "chosen with --keep"
+    s = plan.settings()[keep]
+    swept = {k: getattr(s, k) for k in plan.swept} or s.knobs()
+    note = f"masks written for setting {keep} ({why}): " + ", ".join(f"{k}={v}" for k, v in swept.items())
+    # the kept setting's masks into place, the others dropped
+    part = out / PARTS / f"{keep:03d}"
+    (part / outputs.LABELS).rename(out / outputs.LABELS)
+    if (part / "masks").exists():
+        (part / "masks").rename(out / "masks")
+    images, annotations = [], []
+    for f in sorted((part / "coco").glob("*.json")):
+        for entry in json.loads(f.read_text()):
+            image_id = len(images) + 1
+            images.append({"id": image_id, **entry["image"]})
+            for a in entry["annotations"]:
+                annotations.append({**a, "id": len(annotations) + 1, "image_id": image_id})
+    outputs.write_coco(out / "masks.json", images, annotations, {
+        "description": f"samcache segment of {reader.path}", "checkpoint": str(checkpoint),
+        "output_mode": output_mode, "setting": s.knobs(), "untrained": not reader.model["trained"]})
+    shutil.rmtree(out / PARTS)
+    table.to_csv(out / "sweep.csv", index=False)
+    per_image.to_csv(out / "per_image.csv", index=False)
+    report.write(out, reader, plan, table, per_image, keep, note, samples, figures)
+    log(note)
+    return SegmentResult(out, table, per_image, keep, note)
