@@ -30,6 +30,7 @@ STEPS = [
     ("cache reads", "reads.py", "--n 1024 --workers 0,4", "--n 16 --workers 0", "reads"),
     ("finetune epoch", "finetune_speed.py", "--model vit_h --n 1980 --batch-size 32 --objects-per-sample 1", "--model tiny --n 8 --batch-size 4 --objects-per-sample 1", "finetune_{m}_{d}_k1"),
     ("ablation", "ablate_speed.py", "--model vit_h --n 1980 --samples 256", "--model tiny --n 8 --samples 2 --prompts box", "ablate_{m}_{d}"),
+    ("AMG", "amg.py", "--model vit_h --n 16 --points-per-side 32", "--model tiny --n 2 --points-per-side 4 --random-init-thresholds", "amg_{m}_{d}"),
 ]
 
 
@@ -55,6 +56,13 @@ def headline(step: str, rows: list[dict]) -> list[tuple[str, str]]:
     if step == "ablation":
         r = rows[0]
         return [(f"{r['prompts']} prompts on {r['samples']} samples", f"{r['prompts_per_s']:.0f} prompts/s")]
+    if step == "AMG":
+        runs, ratios = [r for r in rows if "run" in r], rows[-1]
+        return [(r["run"], f"{r['tiles_per_s']:.2f} tiles/s, {r['points_per_s']:.0f} points/s") for r in runs] + [
+            ("ms per tile, one setting", f"{ratios['ms_per_tile_one_setting']:.0f} ms"),
+            ("3x3x3 sweep cost vs one setting", f"{ratios['sweep_cost_vs_one_setting']:.2f}x"),
+            ("whole-call / decoder-only speed-up over stock", f"{ratios['whole_call_speedup']:.2f}x / "
+                                                              f"{ratios['decoder_only_speedup']:.2f}x")]
     return []
 
 

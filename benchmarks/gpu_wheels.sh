@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl
-PKGS=(segment-anything==1.0 zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0
+PKGS=(segment-anything==1.0 pycocotools==2.0.11 opencv-python-headless==5.0.0.93 zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0
       dask==2026.8.0 distributed==2026.8.0 partd==1.4.2 locket==1.0.0 zict==3.0.0 tblib==3.2.2 tornado==6.6.1
       monai==1.6.1 nibabel==5.4.2 h5netcdf==1.8.2 xarray==2026.9.0 filelock==4.2.12)
 PY=${PYTHON:-python3}

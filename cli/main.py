@@ -364,6 +364,10 @@ def segment(
                                        "default the best by mSA.", rich_help_panel=OUTPUT),
     output_mode: str = typer.Option("coco_rle", help="masks.json segmentation: " + ", ".join(C.AMG_OUTPUT_MODES)
                                     + " (binary_mask: one PNG per mask under masks/).", rich_help_panel=OUTPUT),
+    write_layer: Optional[str] = typer.Option(None, help="Also write the masks into the cache as label layer "
+                                              "label_NAME (never over the ground truth).", rich_help_panel=OUTPUT),
+    overwrite_layer: bool = typer.Option(False, "--overwrite-layer", metavar="", help="Replace that layer if the "
+                                         "cache has it.", rich_help_panel=OUTPUT),
     sources: Optional[str] = typer.Option(None, help="Comma-separated source file names (or stems) to segment; "
                                           "default all.", rich_help_panel=INPUT),
     figures: int = typer.Option(4, help="Tiles drawn in overlays.png (0: none).", rich_help_panel=OUTPUT),
@@ -390,7 +394,8 @@ def segment(
         cache, out, settings=settings, sweep=parse_sweep(sweep), checkpoint=checkpoint, output_mode=output_mode,
         sources=_list(sources) if sources else None, points_per_batch=points_per_batch,
         partition_size=partition_size, scheduler=scheduler, device=device, base_checkpoint=base_checkpoint,
-        keep=keep, figures=figures, overwrite=overwrite, progress=not quiet, log=_say)
+        keep=keep, figures=figures, overwrite=overwrite, write_layer=write_layer, overwrite_layer=overwrite_layer,
+        progress=not quiet, log=_say)
     typer.echo((out / "sweep.md").read_text())
     typer.echo(f"{len(result.sweep)} setting(s); labels in {out}/labels/, masks in {out}/masks.json, scores in "
                f"{out}/sweep.csv, per_image.csv, results.nc")

@@ -65,8 +65,9 @@ def ours(reader: CacheReader, index: int, s: Settings, decoder=None) -> list[dic
 
 def match(a: list[dict], b: list[dict]) -> np.ndarray:
     """IoUs of the optimal one-to-one matching of two mask lists."""
-    iou = np.array([[(x["segmentation"] & y["segmentation"]).sum() / max((x["segmentation"] | y["segmentation"]).sum(), 1)
-                     for y in b] for x in a]).reshape(len(a), len(b))
+    seg = lambda m: m["segmentation"]  # noqa: E731
+    iou = np.array([[(seg(x) & seg(y)).sum() / max((seg(x) | seg(y)).sum(), 1) for y in b] for x in a])
+    iou = iou.reshape(len(a), len(b))
     rows, cols = linear_sum_assignment(iou, maximize=True)
     return iou[rows, cols]
 
@@ -292,3 +293,70 @@ def test_cli_segment_bad_input_exits_2_and_writes_nothing(amg_cache, tmp_path):
     doc = json.loads((tmp_path / "ok" / "masks.json").read_text())
     first = doc["annotations"][0]["segmentation"]
     assert np.array(Image.open(tmp_path / "ok" / first)).sum() // 255 == doc["annotations"][0]["area"]
+
+
+def test_masks_written_back_as_a_label_layer_whole_or_not_at_all(tmp_path, micro_checkpoint, monkeypatch):
+    import shutil
+
+    import xarray as xr
+
+    from sam_cache.amg.outputs import TileLabels
+    from sam_cache.store import writer
+
+    data = write_rectangles(tmp_path / "data", n=2)
+    cache = tmp_path / "c.zarr"
+    sam_cache.embed(data, cache, model="tiny", checkpoint=micro_checkpoint, patch=32, workers=0, progress=False)
+    truth = {p.relative_to(cache): p.read_bytes() for p in (cache / "label").rglob("*") if p.is_file()}
+    knobs = dict(points_per_side=4, **RANDOM_INIT)
+    # a write that fails half way leaves the cache as it was: no layer, nothing beside it
+    shutil.copytree(cache, tmp_path / "before.zarr")
+    real = writer._array
+
+    def failing(group, name, *a, **k):
+        arr = real(group, name, *a, **k)
+        monkeypatch.setattr(type(arr), "__setitem__", lambda *x: (_ for _ in ()).throw(OSError("disk gone")))
+        return arr
+
+    monkeypatch.setattr(writer, "_array", failing)
+    with pytest.raises(OSError, match="disk gone"):
+        sam_cache.segment(cache, tmp_path / "fail", settings=knobs, write_layer="amg", progress=False,
+                          log=lambda m: None, figures=0)
+    monkeypatch.undo()
+    assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in (tmp_path / "before.zarr").iterdir())
+    assert not list(tmp_path.glob(".c.zarr.*writing"))
+    # a write that completes: the layer is the written label images' tiles; the ground truth is untouched
+    sam_cache.segment(cache, tmp_path / "out", settings=knobs, write_layer="amg", progress=False, log=lambda m: None,
+                      figures=0)
+    reader = CacheReader(cache)
+    tiles = TileLabels(tmp_path / "out", reader)
+    assert any(reader.label(int(i), "amg").max() > 0 for i in reader.samples)
+    for i in reader.samples:
+        assert np.array_equal(reader.label(int(i), "amg"), tiles(int(i)))
+    assert truth == {p.relative_to(cache): p.read_bytes() for p in (cache / "label").rglob("*") if p.is_file()}
+    with xr.open_zarr(cache, consolidated=True) as ds:
+        assert "label_amg" in ds and ds["label_amg"].attrs["made_by"] == "samcache segment"
+    r = CliRunner().invoke(app, ["segment", str(cache), "-o", str(tmp_path / "again"), "-q", "--write-layer", "amg"])
+    assert r.exit_code == 2 and "already holds the label layer" in r.output
+    r = CliRunner().invoke(app, ["segment", str(cache), "-o", str(tmp_path / "gt"), "-q", "--write-layer", "label"])
+    assert r.exit_code == 2 and "never written over" in " ".join(r.output.split())
+
+
+@pytest.mark.slow
+def test_sweep_on_a_dask_cluster_equals_local_threads(amg_cache, tmp_path):
+    """Sources split over tasks (partition_size 1) on a dask.distributed cluster: the same tables and masks."""
+    import pandas as pd
+    from distributed import LocalCluster
+
+    knobs = dict(settings=dict(points_per_side=4, **RANDOM_INIT), sweep={"stability_score_thresh": [0.6, 0.8]},
+                 progress=False, log=lambda m: None, figures=0)
+    local = sam_cache.segment(amg_cache, tmp_path / "local", **knobs)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        dist = sam_cache.segment(amg_cache, tmp_path / "dist", partition_size=1, scheduler=cluster.scheduler_address,
+                                 **knobs)
+    key = ["setting", "source"]
+    pd.testing.assert_frame_equal(local.per_image.sort_values(key).reset_index(drop=True),
+                                  dist.per_image.sort_values(key).reset_index(drop=True))
+    for f in (tmp_path / "local" / "labels").iterdir():
+        assert np.array_equal(tifffile.imread(f), tifffile.imread(tmp_path / "dist" / "labels" / f.name))
+    assert (tmp_path / "local" / "masks.json").read_text().count('"id"') == \
+        (tmp_path / "dist" / "masks.json").read_text().count('"id"')

@@ -70,7 +70,7 @@ def candidates(decoder, embeddings: torch.Tensor, sizes: Sequence[tuple[int, int
     n = points_per_side ** 2
     K = max(1, min(n, points_per_batch))
     per_pass = max(1, points_per_batch // K)
-    out = [MaskData() for _ in sizes]
+    pieces: list[list[MaskData]] = [[] for _ in sizes]
     grids = [grid_points(points_per_side, h, w) for h, w in sizes]
     for t0 in range(0, len(sizes), per_pass):
         tiles = list(range(t0, min(len(sizes), t0 + per_pass)))
@@ -87,8 +87,17 @@ def candidates(decoder, embeddings: torch.Tensor, sizes: Sequence[tuple[int, int
                 h, w = sizes[t]
                 logits = upscale_masks(decoder, dec.logits[b].float(), resize.get_preprocess_shape(h, w, img_size),
                                        (h, w))
-                out[t].cat(_score(logits, dec.iou[b].float(), pts[b], (h, w), offsets, min_iou, min_stability))
-    return out
+                pieces[t].append(_score(logits, dec.iou[b].float(), pts[b], (h, w), offsets, min_iou, min_stability))
+    return [_joined(p) for p in pieces]
+
+
+def _joined(pieces: list[MaskData]) -> MaskData:
+    """MaskData.cat's result without its deepcopy of every RLE (which took longer than the decoding)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    keys = [k for k, _ in pieces[0].items()]
+    return MaskData(**{k: torch.cat([p[k] for p in pieces]) if isinstance(pieces[0][k], torch.Tensor)
+                       else [x for p in pieces for x in p[k]] for k in keys})
 
 
 def _score(logits: torch.Tensor, iou: torch.Tensor, points: np.ndarray, size, offsets, min_iou, min_stability):

@@ -10,6 +10,7 @@ all in the source's pixel frame, under COCO's `images` / `annotations` layout. `
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from pycocotools import mask as mask_utils
 from segment_anything.utils.amg import mask_to_rle_pytorch
 
 from ..choices import AMG_OUTPUT_MODES as OUTPUT_MODES  # noqa: F401
+from ..store import schema as S
 
 LABELS = "labels"
 
@@ -76,3 +78,29 @@ def write_coco(path: Path, images: list[dict], annotations: list[dict], info: di
     tmp.write_text(json.dumps(doc))
     tmp.replace(path)
     return path
+
+
+def label_names(reader) -> dict[int, str]:
+    """The label image's file name of each source: its stem + .tif, with the source's index added where two
+    sources share a stem (files of one name in different folders)."""
+    sources = [int(s) for s in np.unique(reader.sources())]
+    stems = {s: Path(reader.source_name(s)).stem for s in sources}
+    seen = Counter(stems.values())
+    return {s: f"{stem}-{s}.tif" if seen[stem] > 1 else f"{stem}.tif" for s, stem in stems.items()}
+
+
+class TileLabels:
+    """The tiles' regions of the label images written under OUT/labels, read once per source."""
+
+    def __init__(self, out: Path, reader):
+        self.out, self.reader, self.volumes, self.names = Path(out), reader, {}, label_names(reader)
+
+    def __call__(self, index: int) -> np.ndarray:
+        r = self.reader
+        source = int(r.coord(S.SOURCE)[index])
+        if source not in self.volumes:
+            self.volumes = {source: tifffile.imread(self.out / LABELS / self.names[source])}
+        vol, axis = self.volumes[source], int(r.source_table(S.SLICE_AXIS)[source])
+        plane = vol if axis < 0 else np.take(vol, int(r.coord(S.SLICE)[index]), axis=axis)
+        (h, w), y0, x0 = r.valid_size(index), int(r.coord(S.Y0)[index]), int(r.coord(S.X0)[index])
+        return plane[y0:y0 + h, x0:x0 + w]

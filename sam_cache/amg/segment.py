@@ -30,6 +30,7 @@ from ..progress import Progress
 from ..runs import checkpoint_name, claim, load_decoder
 from ..store import schema as S
 from ..store.reader import CacheReader
+from ..store.writer import write_label_layer
 from . import generator as amg, outputs, stitch
 from .knobs import KNOBS, Settings, Sweep
 
@@ -77,28 +78,35 @@ def _truth(reader, samples, n_planes, plane_shape) -> np.ndarray:
     return out
 
 
+def _decode(reader, decoder, samples, sizes, blank, n: int, sweep: Sweep, points_per_batch: int) -> list:
+    """The candidates of every tile of a source for n points per side (None for a blank tile), keeping
+    what the loosest setting of the sweep would keep."""
+    found = [None] * len(samples)
+    todo = [j for j in range(len(samples)) if not blank[j]]
+    for c0 in range(0, len(todo), TILES_PER_PASS):
+        chunk = todo[c0:c0 + TILES_PER_PASS]
+        emb = torch.stack([torch.from_numpy(reader.embedding(samples[j])) for j in chunk]).float()
+        for j, c in zip(chunk, amg.candidates(decoder, emb, [sizes[j] for j in chunk], n,
+                                              sweep.values("stability_score_offset"),
+                                              min(sweep.values("pred_iou_thresh")),
+                                              min(sweep.values("stability_score_thresh")), points_per_batch)):
+            found[j] = c
+    return found
+
+
 def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, points_per_batch, parts: Path,
                  output_mode, decoder, on_tile, sources_samples) -> list[dict]:
     """One Dask task: segment whole sources under every setting; write each setting's masks into
     parts/<k>/; return one score row per setting × image plane."""
     decoder = decoder or load_decoder(reader, decoder_spec, base_checkpoint).to(device).eval()
     settings = sweep.settings()
-    offsets = sweep.values("stability_score_offset")
-    min_iou, min_stab = min(sweep.values("pred_iou_thresh")), min(sweep.values("stability_score_thresh"))
-    rows = []
+    rows, files = [], outputs.label_names(reader)
     for source, samples in sources_samples:
         sizes = [reader.valid_size(i) for i in samples]
         blank = [_blank(reader.image(i)) for i in samples]
         cands = {}
         for n in sweep.values("points_per_side"):
-            cands[n] = []
-            for c0 in range(0, len(samples), TILES_PER_PASS):
-                chunk = [j for j in range(c0, min(len(samples), c0 + TILES_PER_PASS)) if not blank[j]]
-                found = amg.candidates(decoder, torch.stack([torch.from_numpy(reader.embedding(samples[j])) for j in chunk])
-                                       .float(), [sizes[j] for j in chunk], n, offsets, min_iou, min_stab,
-                                       points_per_batch) if chunk else []
-                got = dict(zip(chunk, found))
-                cands[n] += [got.get(j) for j in range(c0, min(len(samples), c0 + TILES_PER_PASS))]
+            cands[n] = _decode(reader, decoder, samples, sizes, blank, n, sweep, points_per_batch)
             if on_tile is not None:
                 on_tile(len(samples))
         shape, axis = _geometry(reader, source)
@@ -109,7 +117,7 @@ def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, po
             label, images = _assemble(reader, samples, sizes, cands[s.points_per_side], s, n_planes, plane_shape,
                                       source, name, output_mode, parts / f"{k:03d}")
             volume = label[0] if axis < 0 else np.moveaxis(label, 0, axis)
-            outputs.write_label(parts / f"{k:03d}" / outputs.LABELS / f"{Path(name).stem}.tif", volume)
+            outputs.write_label(parts / f"{k:03d}" / outputs.LABELS / files[source], volume)
             (parts / f"{k:03d}" / "coco").mkdir(parents=True, exist_ok=True)
             (parts / f"{k:03d}" / "coco" / f"{source:06d}.json").write_text(json.dumps(images))
             for z in range(n_planes):
@@ -160,7 +168,8 @@ def _assemble(reader, samples, sizes, cands, s: Settings, n_planes, plane_shape,
         image = {"file_name": name, "source": source, "height": plane_shape[0], "width": plane_shape[1]}
         if n_planes > 1 or int(reader.source_table(S.SLICE_AXIS)[source]) >= 0:
             image["slice"] = z
-        images.append({"image": image, "annotations": outputs.annotations(lab, by_new, output_mode, part, f"{source:06d}_{z:04d}")})
+        anns = outputs.annotations(lab, by_new, output_mode, part, f"{source:06d}_{z:04d}")
+        images.append({"image": image, "annotations": anns})
         first += len(roots)
     return label, images
 
@@ -201,11 +210,14 @@ def select_samples(reader: CacheReader, sources=None) -> np.ndarray:
 def segment(cache, out, settings: dict | None = None, sweep: dict | None = None, checkpoint: str = "base",
             output_mode: str = "coco_rle", sources=None, points_per_batch: int = 256, partition_size: int = 64,
             scheduler: str | None = None, device: str | None = None, base_checkpoint=None, keep: int | None = None,
-            figures: int = 4, overwrite: bool = False, progress: bool = True, log=print) -> SegmentResult:
+            figures: int = 4, overwrite: bool = False, write_layer: str | None = None, overwrite_layer: bool = False,
+            progress: bool = True, log=print) -> SegmentResult:
     """Automatic masks of every source of `cache` (or of `sources`), written into OUT (a new or empty
     folder, or any with `overwrite`). `settings`: knob values other than SAM's defaults; `sweep`:
     {knob: [values]} to try every combination of. `checkpoint`: base, a finetune run folder or a SAM .pth.
-    `keep`: the setting (its row in sweep.csv) whose masks are written; default the best by mSA."""
+    `keep`: the setting (its row in sweep.csv) whose masks are written; default the best by mSA.
+    `write_layer`: also write those masks into the cache as the label layer `label_<name>` (never over
+    the ground truth; an existing layer only with `overwrite_layer`)."""
     plan = Sweep.of(settings, sweep)
     O.choice("--output-mode", output_mode, outputs.OUTPUT_MODES)
     O.at_least("--points-per-batch", points_per_batch, 1)
@@ -214,6 +226,8 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
     if keep is not None and not 0 <= keep < n_settings:
         raise O.OptionError(f"--keep must name a setting 0..{n_settings - 1} of the sweep, not {keep}")
     reader = CacheReader(cache)
+    if write_layer is not None:
+        check_layer_name(reader, write_layer, overwrite_layer)
     if reader.label_kind is None:
         log(f"{cache}: the cache holds no labels, so the masks are written but cannot be scored")
     samples = select_samples(reader, sources)
@@ -244,7 +258,24 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
     finally:
         bar.close()
     per_image = pd.DataFrame([r for rows in results for r in rows])
-    return _finish(reader, out, plan, per_image, keep, output_mode, samples, figures, checkpoint, log)
+    result = _finish(reader, out, plan, per_image, keep, output_mode, samples, figures, checkpoint, log)
+    if write_layer is not None:
+        tiles = outputs.TileLabels(out, reader)
+        var = write_label_layer(cache, write_layer, {int(i): tiles(int(i)) for i in samples}, {
+            "made_by": "samcache segment", "decoder": str(checkpoint), "setting": json.dumps(
+                plan.settings()[result.chosen].knobs()), "cache_fingerprint": reader.fingerprint}, overwrite_layer)
+        log(f"wrote the masks into {cache} as the label layer `{var}`")
+    return result
+
+
+def check_layer_name(reader: CacheReader, name: str, overwrite: bool) -> None:
+    """Refuse, before any work, a layer name that is the ground truth's or already taken."""
+    if not S.layer_name_ok(name):
+        raise O.OptionError(f"--write-layer takes a name of letters, digits, - and _, other than `{S.LABEL}` "
+                            f"(the ground truth is never written over), not {name!r}")
+    if S.label_layer(name) in reader.group and not overwrite:
+        raise SamCacheError(f"{reader.path} already holds the label layer `{name}`; pass --overwrite-layer to "
+                            "replace it, or choose another name")
 
 
 def _finish(reader, out: Path, plan: Sweep, per_image: pd.DataFrame, keep, output_mode, samples, figures,

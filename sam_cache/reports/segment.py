@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import tifffile
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ..amg.outputs import TileLabels
 from ..eval.instances import scores
 from ..store import schema as S
 from .figures import UNTRAINED, _save
@@ -98,17 +98,10 @@ def overlays(reader, out: Path, samples, count: int, path: Path, title: str) -> 
     cols = 3 if reader.label_kind else 2
     fig = Figure(figsize=(3.3 * cols, 3.3 * len(chosen) + 0.5))
     axes = fig.subplots(len(chosen), cols, squeeze=False)
-    volumes = {}
+    tile_label = TileLabels(out, reader)
     for row, i in zip(axes, chosen):
-        source = int(reader.coord(S.SOURCE)[i])
-        stem = Path(reader.source_name(source)).stem
-        if stem not in volumes:
-            volumes[stem] = tifffile.imread(out / "labels" / f"{stem}.tif")
-        vol, axis = volumes[stem], int(reader.source_table(S.SLICE_AXIS)[source])
-        plane = vol if axis < 0 else np.take(vol, int(reader.coord(S.SLICE)[i]), axis=axis)
-        h, w = reader.valid_size(i)
-        y0, x0 = int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
-        pred = plane[y0:y0 + h, x0:x0 + w]
+        pred = tile_label(i)
+        h, w = pred.shape
         image = reader.image(i)
         for ax in row:
             ax.imshow(image, interpolation="nearest")

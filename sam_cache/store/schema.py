@@ -52,3 +52,8 @@ SMALL_CODECS = (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCod
 def label_layer(layer: str | None = None) -> str:
     """The variable of a label layer: `label` for the ground truth, `label_<layer>` for others."""
     return LABEL if layer in (None, "", LABEL) else f"{LABEL}_{layer}"
+
+
+def layer_name_ok(name: str) -> bool:
+    """A label layer's name: letters, digits, - and _, and not the ground truth's."""
+    return bool(name) and name.replace("_", "").replace("-", "").isalnum() and label_layer(name) != LABEL

@@ -219,9 +219,7 @@ class CacheWriter:
         attrs.update(complete=bool(self.done.all()), finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **stats)
         with _space(self.path, "finishing", "every sample is written; rerun to finish"):
             self.group.attrs[S.ATTRS] = attrs
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Consolidated metadata")
-                zarr.consolidate_metadata(str(self.target))
+            _consolidate(self.target)
         if self.rebuild:
             _replace(self.target, self.path)
 
@@ -233,3 +231,55 @@ class CacheWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _consolidate(path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        zarr.consolidate_metadata(str(path))
+
+
+def write_label_layer(path: str | Path, name: str, tiles: dict[int, np.ndarray], provenance: dict,
+                      overwrite: bool = False) -> str:
+    """Write a named label layer (`label_<name>`: int32 ids per sample, shaped and sharded like `label`)
+    into the cache at `path`, whole or not at all: under the cache's lock it is written in a folder beside
+    the cache, then renamed into it and the metadata consolidated, so a crash leaves the cache as it was. The
+    ground truth `label` is never written here. `tiles`: sample -> ids at the tile's valid size (samples
+    not given stay 0). Returns the variable's name."""
+    if not S.layer_name_ok(name):
+        raise CacheMismatchError(f"{path}: a label layer needs a name of letters, digits, - and _, other than "
+                                 f"`{S.LABEL}` (the ground truth is never written over), not {name!r}")
+    path = Path(path)
+    var = S.label_layer(name)
+    with Lock(path):
+        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        if var in group and not overwrite:
+            raise CacheMismatchError(f"{path} already holds the label layer `{name}`; pass --overwrite-layer to "
+                                     "replace it, or choose another name")
+        image = group[S.IMAGE]
+        n, (H, W), shard = image.shape[0], image.shape[1:3], int(image.shards[0])
+        staging_root, old = path.with_name(f".{path.name}.{var}.writing"), path.with_name(f".{path.name}.{var}.old")
+        for stale in (staging_root, old):
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            with _space(path, f"writing the label layer {name}", "the cache is as it was"):
+                staged = zarr.open_group(str(staging_root), mode="w", zarr_format=3)
+                a = _array(staged, var, (n, H, W), (1, H, W), (shard, H, W), "int32", S.DIMS[S.LABEL], S.PIXEL_CODECS)
+                a.attrs.update({"coordinates": " ".join((*S.SAMPLE_COORDS, S.DONE)), "layer": name, **provenance})
+                for start in range(0, n, shard):
+                    block = np.zeros((min(shard, n - start), H, W), np.int32)
+                    for i in range(start, start + len(block)):
+                        if i in tiles:
+                            t = tiles[i]
+                            block[i - start, :t.shape[0], :t.shape[1]] = t
+                    a[start:start + len(block)] = block
+        except BaseException:  # a killed process leaves it beside the cache, removed by the next write
+            shutil.rmtree(staging_root, ignore_errors=True)
+            raise
+        if (path / var).exists():
+            (path / var).rename(old)
+        (staging_root / var).rename(path / var)
+        _consolidate(path)
+        for done in (staging_root, old):
+            shutil.rmtree(done, ignore_errors=True)
+    return var
