@@ -56,6 +56,10 @@ DEVICE_HELP = "cuda, cuda:1 or cpu; default cuda when there is one."
 INPUT, TILES, INTENSITY, MODEL, OUTPUT, RECIPE, SCORING, RUN, GENERATOR = (
     "Input", "Tiles", "Intensity", "Model", "Output", "Recipe", "Scoring", "Execution", "Generator (SAM's defaults)")
 AMG = Settings()
+# options that several commands share, declared once
+DEVICE = typer.Option(None, help=DEVICE_HELP, rich_help_panel=RUN)
+QUIET = typer.Option(False, "--quiet", "-q", metavar="", help="No progress.", rich_help_panel=RUN)
+SCHEDULER = typer.Option(None, help="dask.distributed scheduler address; default local threads.", rich_help_panel=RUN)
 
 
 def _version(value: bool):
@@ -157,10 +161,10 @@ def embed(
                                    rich_help_panel=OUTPUT),
     batch_size: Optional[int] = typer.Option(None, help="Encoder batch; default from free device memory.",
                                              rich_help_panel=RUN),
-    device: Optional[str] = typer.Option(None, help=DEVICE_HELP, rich_help_panel=RUN),
+    device: Optional[str] = DEVICE,
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes reading tiles (default: "
                                           "0 on CPU, up to 4 with a GPU).", rich_help_panel=RUN),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress.", rich_help_panel=RUN),
+    quiet: bool = QUIET,
 ):
     """Embed every tile of DATASET once and store embeddings, images and labels in a Zarr cache.
 
@@ -218,13 +222,13 @@ def finetune(
                                        rich_help_panel=INPUT),
     checkpoint: Optional[Path] = typer.Option(None, help="The SAM checkpoint the cache was made with, if moved.",
                                               rich_help_panel=MODEL),
-    device: Optional[str] = typer.Option(None, help=DEVICE_HELP, rich_help_panel=RUN),
+    device: Optional[str] = DEVICE,
     preload: str = typer.Option("auto", help="Where the samples live while training: " + ", ".join(C.PRELOADS) +
                                 " (auto: device or host memory when they fit, else read from the cache).",
                                 rich_help_panel=RUN),
     workers: int = typer.Option(0, help="DataLoader worker processes reading the cache (when not preloaded).",
                                 rich_help_panel=RUN),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress.", rich_help_panel=RUN),
+    quiet: bool = QUIET,
 ):
     """Train SAM's mask decoder from the cached embeddings; the image encoder is never run."""
     import sam_cache
@@ -264,8 +268,8 @@ def evaluate(
                                                rich_help_panel=OUTPUT),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write per-object results (.nc) here.",
                                        rich_help_panel=OUTPUT),
-    device: Optional[str] = typer.Option(None, help=DEVICE_HELP, rich_help_panel=RUN),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress.", rich_help_panel=RUN),
+    device: Optional[str] = DEVICE,
+    quiet: bool = QUIET,
 ):
     """Score one decoder and one prompt strategy on every object: Dice, IoU, precision, recall."""
     from sam_cache import options as O
@@ -313,10 +317,9 @@ def ablate(
     class_names: Optional[Path] = typer.Option(None, help="Names of class ids: JSON {id: name} or CSV id,name.",
                                                rich_help_panel=OUTPUT),
     partition_size: int = typer.Option(64, help="Samples per Dask task.", rich_help_panel=RUN),
-    scheduler: Optional[str] = typer.Option(None, help="dask.distributed scheduler address; default local threads.",
-                                            rich_help_panel=RUN),
-    device: Optional[str] = typer.Option(None, help=DEVICE_HELP, rich_help_panel=RUN),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress.", rich_help_panel=RUN),
+    scheduler: Optional[str] = SCHEDULER,
+    device: Optional[str] = DEVICE,
+    quiet: bool = QUIET,
 ):
     """Score prompt strategies × checkpoints × seeds on every object, in one pass over the cache."""
     if seeds < 1:
@@ -376,10 +379,9 @@ def segment(
     points_per_batch: int = typer.Option(256, help="Point prompts per decoder pass (B tiles x K points).",
                                          rich_help_panel=RUN),
     partition_size: int = typer.Option(64, help="Tiles per Dask task (whole sources).", rich_help_panel=RUN),
-    scheduler: Optional[str] = typer.Option(None, help="dask.distributed scheduler address; default local threads.",
-                                            rich_help_panel=RUN),
-    device: Optional[str] = typer.Option(None, help=DEVICE_HELP, rich_help_panel=RUN),
-    quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress.", rich_help_panel=RUN),
+    scheduler: Optional[str] = SCHEDULER,
+    device: Optional[str] = DEVICE,
+    quiet: bool = QUIET,
 ):
     """Automatic instance masks (SAM's generator) from the cached embeddings: label images per source, a
     COCO JSON, and scores against the cache's labels; `--sweep` tries many settings for one decoding."""
