@@ -251,6 +251,10 @@ def test_threshold_sweep_decodes_once_and_equals_single_runs(amg_cache, tmp_path
         assert dict(ds["msa"].sizes) == {"image": 4, "pred_iou_thresh": 2, "stability_score_thresh": 2,
                                          "box_nms_thresh": 2}
     assert "Best setting per score" in (tmp_path / "sweep" / "sweep.md").read_text()
+    calls.clear()  # two grids: one decoding each
+    sam_cache.segment(amg_cache, tmp_path / "grids", settings=base, sweep={"points_per_side": [2, 4]}, progress=False,
+                      log=lambda m: None, figures=0)
+    assert len(calls) == 2 * single  # each grid fits one pass per source, as 4 per side did
 
 
 def test_volume_and_cache_without_labels(tmp_path, micro_checkpoint):
@@ -269,6 +273,7 @@ def test_volume_and_cache_without_labels(tmp_path, micro_checkpoint):
     label = tifffile.imread(tmp_path / "out" / "labels" / "stack.tif")
     assert label.shape == stack.shape and label[2].max() == 0 and label[:2].max() > 0
     assert "msa" not in result.per_image and "no labels" in said[0]
+    assert result.per_image["blank_tiles"].tolist() == [0, 0, 1] and any("1 blank tile" in m for m in said)
     assert "no labels" in (tmp_path / "out" / "sweep.md").read_text()
 
 

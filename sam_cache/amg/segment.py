@@ -123,7 +123,9 @@ def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, po
             for z in range(n_planes):
                 if axis >= 0 and not any(int(reader.coord(S.SLICE)[i]) == z for i in samples):
                     continue  # a slice skipped at embed time (--skip-empty) was never segmented
-                row = {"setting": k, **s.knobs(), "source": source, "file": name, "slice": z if axis >= 0 else -1}
+                blanks = sum(blank[j] for j, i in enumerate(samples) if max(0, int(reader.coord(S.SLICE)[i])) == z)
+                row = {"setting": k, **s.knobs(), "source": source, "file": name, "slice": z if axis >= 0 else -1,
+                       "blank_tiles": blanks}
                 if truth is not None:
                     row.update(scores(truth[z], label[z]))
                 else:
@@ -283,6 +285,9 @@ def _finish(reader, out: Path, plan: Sweep, per_image: pd.DataFrame, keep, outpu
     from ..reports import segment as report
 
     scored = "msa" in per_image
+    blanks = int(per_image.loc[per_image.setting == 0, "blank_tiles"].sum())
+    if blanks:
+        log(f"{blanks} blank tile{'s' if blanks > 1 else ''} (one value throughout) got no masks")
     knobs = list(KNOBS)
     agg = {m: "mean" for m in SCORES if m in per_image and not m.startswith(("n_", "tp"))}
     agg.update({m: "sum" for m in ("n_pred", "n_true", "tp50") if m in per_image})
