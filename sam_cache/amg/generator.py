@@ -125,9 +125,6 @@ def _score(logits: torch.Tensor, iou: torch.Tensor, points: np.ndarray, size, of
 def select(cands: MaskData, s: Settings) -> MaskData:
     """One setting's masks from a tile's candidates, as SamAutomaticMaskGenerator.generate keeps them."""
     data = MaskData(**dict(cands.items()))  # a shallow copy: filtering replaces entries, never edits them
-    if not data._stats or len(data["iou_preds"]) == 0:
-        return MaskData(rles=[], boxes=torch.zeros(0, 4), iou_preds=torch.zeros(0), points=torch.zeros(0, 2),
-                        stability_score=torch.zeros(0))
     if s.pred_iou_thresh > 0.0:
         data.filter(data["iou_preds"] > s.pred_iou_thresh)
     data["stability_score"] = data[stability_key(s.stability_score_offset)]

@@ -18,6 +18,7 @@ import tifffile
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from scipy import ndimage
 from segment_anything.utils.amg import mask_to_rle_pytorch
 
 from ..choices import AMG_OUTPUT_MODES as OUTPUT_MODES  # noqa: F401
@@ -57,16 +58,17 @@ def annotations(label: np.ndarray, info: dict, mode: str, root: Path, stem: str)
     are joined); `info[id]` holds its predicted_iou, stability_score, point_coords and crop_box (source
     frame). Binary masks are written as root/masks/<stem>_<id>.png."""
     records = []
-    ids = np.unique(label)
-    for k in ids[ids > 0]:
-        mask = label == k
-        ys, xs = np.nonzero(mask)
-        extra = info.get(int(k), {})
+    for k, box in enumerate(ndimage.find_objects(label), start=1):
+        if box is None:  # ids of other planes of the volume
+            continue
+        mask = np.zeros(label.shape, bool)
+        mask[box] = label[box] == k  # compared within the object's box only
+        ys, xs = box
         records.append({
             "category_id": 1,
-            "segmentation": encode(mask, mode, root / "masks" / f"{stem}_{int(k):05d}.png", root),
-            "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
-            "area": int(mask.sum()), "iscrowd": 0, **extra,
+            "segmentation": encode(mask, mode, root / "masks" / f"{stem}_{k:05d}.png", root),
+            "bbox": [xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start],
+            "area": int(mask[box].sum()), "iscrowd": 0, **info.get(k, {}),
         })
     return records
 
@@ -100,7 +102,7 @@ class TileLabels:
         source = int(r.coord(S.SOURCE)[index])
         if source not in self.volumes:
             self.volumes = {source: tifffile.imread(self.out / LABELS / self.names[source])}
-        vol, axis = self.volumes[source], int(r.source_table(S.SLICE_AXIS)[source])
+        vol, axis = self.volumes[source], r.slice_axis(source)
         plane = vol if axis < 0 else np.take(vol, int(r.coord(S.SLICE)[index]), axis=axis)
         (h, w), y0, x0 = r.valid_size(index), int(r.coord(S.Y0)[index]), int(r.coord(S.X0)[index])
         return plane[y0:y0 + h, x0:x0 + w]

@@ -20,17 +20,19 @@ from pathlib import Path
 import dask
 import numpy as np
 import pandas as pd
+import tifffile
 import torch
-from scipy import ndimage
 
 from .. import options as O
+from ..encode.encoder import default_device
 from ..errors import SamCacheError
 from ..eval.instances import SCORES, scores
+from ..ingest.labels import instance_map
 from ..progress import Progress
 from ..runs import checkpoint_name, claim, load_decoder
 from ..store import schema as S
 from ..store.reader import CacheReader
-from ..store.writer import write_label_layer
+from ..store.writer import check_label_layer, write_label_layer
 from . import generator as amg, outputs, stitch
 from .knobs import KNOBS, Settings, Sweep
 
@@ -52,7 +54,7 @@ class SegmentResult:
 def _geometry(reader: CacheReader, source: int) -> tuple[tuple[int, ...], int]:
     """A source's spatial shape and slicing axis (-1 for a 2D image)."""
     shape = tuple(json.loads(str(reader.source_table(S.SOURCE_SHAPE)[source])))
-    return shape, int(reader.source_table(S.SLICE_AXIS)[source])
+    return shape, reader.slice_axis(source)
 
 
 def _planes(shape, axis) -> tuple[int, tuple[int, int]]:
@@ -66,16 +68,14 @@ def _blank(image: np.ndarray) -> bool:
     return image.size == 0 or bool((image == image.flat[0]).all())
 
 
-def _truth(reader, samples, n_planes, plane_shape) -> np.ndarray:
+def _truth(reader, samples, plane_of, n_planes, plane_shape) -> np.ndarray:
     """The source's true objects per plane, assembled from its tiles (binary labels: connected components)."""
     out = np.zeros((n_planes, *plane_shape), np.int64)
-    for i in samples:
+    for i, z in zip(samples, plane_of):
         lab = reader.label(i)
-        y0, x0, z = int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i]), max(0, int(reader.coord(S.SLICE)[i]))
+        y0, x0 = int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
         out[z, y0:y0 + lab.shape[0], x0:x0 + lab.shape[1]] = lab
-    if reader.label_kind == "binary":
-        out = np.stack([ndimage.label(p > 0)[0] for p in out])
-    return out
+    return np.stack([instance_map(p, reader.label_kind) for p in out])
 
 
 def _decode(reader, decoder, samples, sizes, blank, n: int, sweep: Sweep, points_per_batch: int) -> list:
@@ -95,15 +95,16 @@ def _decode(reader, decoder, samples, sizes, blank, n: int, sweep: Sweep, points
 
 
 def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, points_per_batch, parts: Path,
-                 output_mode, decoder, on_tile, sources_samples) -> list[dict]:
-    """One Dask task: segment whole sources under every setting; write each setting's masks into
-    parts/<k>/; return one score row per setting × image plane."""
+                 decoder, on_tile, sources_samples) -> list[dict]:
+    """One Dask task: segment whole sources under every setting; write each setting's label images and
+    the scores, points and crop of each object into parts/<k>/; return one score row per setting × image
+    plane."""
     decoder = decoder or load_decoder(reader, decoder_spec, base_checkpoint).to(device).eval()
-    settings = sweep.settings()
     rows, files = [], outputs.label_names(reader)
     for source, samples in sources_samples:
         sizes = [reader.valid_size(i) for i in samples]
         blank = [_blank(reader.image(i)) for i in samples]
+        plane_of = np.maximum(reader.coord(S.SLICE)[samples], 0)  # a volume's slice; 0 for a 2D image
         cands = {}
         for n in sweep.values("points_per_side"):
             cands[n] = _decode(reader, decoder, samples, sizes, blank, n, sweep, points_per_batch)
@@ -111,21 +112,21 @@ def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, po
                 on_tile(len(samples))
         shape, axis = _geometry(reader, source)
         n_planes, plane_shape = _planes(shape, axis)
-        truth = _truth(reader, samples, n_planes, plane_shape) if reader.label_kind else None
+        truth = _truth(reader, samples, plane_of, n_planes, plane_shape) if reader.label_kind else None
         name = reader.source_name(source)
-        for k, s in enumerate(settings):
-            label, images = _assemble(reader, samples, sizes, cands[s.points_per_side], s, n_planes, plane_shape,
-                                      source, name, output_mode, parts / f"{k:03d}")
+        segmented = sorted(set(plane_of.tolist()))  # slices skipped at embed time (--skip-empty) were not
+        blanks = {z: sum(b for b, p in zip(blank, plane_of) if p == z) for z in segmented}
+        for k, s in enumerate(sweep.settings()):
+            label, info = _assemble(reader, samples, sizes, plane_of, cands[s.points_per_side], s, n_planes,
+                                    plane_shape)
+            part = parts / f"{k:03d}"
             volume = label[0] if axis < 0 else np.moveaxis(label, 0, axis)
-            outputs.write_label(parts / f"{k:03d}" / outputs.LABELS / files[source], volume)
-            (parts / f"{k:03d}" / "coco").mkdir(parents=True, exist_ok=True)
-            (parts / f"{k:03d}" / "coco" / f"{source:06d}.json").write_text(json.dumps(images))
-            for z in range(n_planes):
-                if axis >= 0 and not any(int(reader.coord(S.SLICE)[i]) == z for i in samples):
-                    continue  # a slice skipped at embed time (--skip-empty) was never segmented
-                blanks = sum(blank[j] for j, i in enumerate(samples) if max(0, int(reader.coord(S.SLICE)[i])) == z)
+            outputs.write_label(part / outputs.LABELS / files[source], volume)
+            (part / "objects").mkdir(parents=True, exist_ok=True)
+            (part / "objects" / f"{source:06d}.json").write_text(json.dumps(info))
+            for z in segmented:
                 row = {"setting": k, **s.knobs(), "source": source, "file": name, "slice": z if axis >= 0 else -1,
-                       "blank_tiles": blanks}
+                       "blank_tiles": blanks[z]}
                 if truth is not None:
                     row.update(scores(truth[z], label[z]))
                 else:
@@ -134,23 +135,20 @@ def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, po
     return rows
 
 
-def _assemble(reader, samples, sizes, cands, s: Settings, n_planes, plane_shape, source, name, output_mode,
-              part: Path):
+def _assemble(reader, samples, sizes, plane_of, cands, s: Settings, n_planes, plane_shape):
     """One setting: every tile's masks painted, stitched per plane and renumbered (one id range per
-    source); and the COCO records of each plane."""
+    source); and, per plane, each object's predicted_iou, stability_score, point_coords and crop_box."""
     label = np.zeros((n_planes, *plane_shape), np.uint32)
     first = 1
-    images = []
+    objects = []
     for z in range(n_planes):
         plane, info = stitch.Plane(plane_shape), {}
-        members = [j for j, i in enumerate(samples) if max(0, int(reader.coord(S.SLICE)[i])) == z]
-        for j in members:
-            i = samples[j]
+        for j in np.flatnonzero(plane_of == z):
             if cands[j] is None:  # a blank tile: no masks
                 continue
             data = amg.select(cands[j], s)
             tile, order = stitch.paint(data["rles"], sizes[j])
-            y0, x0 = int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
+            y0, x0 = int(reader.coord(S.Y0)[samples[j]]), int(reader.coord(S.X0)[samples[j]])
             ids = plane.place(tile, y0, x0)
             h, w = sizes[j]
             for pid, m in zip(ids.tolist(), order.tolist()):
@@ -160,20 +158,35 @@ def _assemble(reader, samples, sizes, cands, s: Settings, n_planes, plane_shape,
                              "point_coords": [[px + x0, py + y0]], "crop_box": [x0, y0, w, h]}
         merged = plane.resolve()
         lab, roots = stitch.renumber(plane.label, merged)
-        for old in merged:  # a merged object lists the points of all its parts
-            root = merged[old]
+        for old, root in merged.items():  # a merged object lists the points of all its parts
             if old in info and root in info:
                 info[root]["point_coords"] = info[root]["point_coords"] + info[old]["point_coords"]
         lab[lab > 0] += first - 1
         label[z] = lab
-        by_new = {first + n: info.get(int(r), {}) for n, r in enumerate(roots)}
-        image = {"file_name": name, "source": source, "height": plane_shape[0], "width": plane_shape[1]}
-        if n_planes > 1 or int(reader.source_table(S.SLICE_AXIS)[source]) >= 0:
-            image["slice"] = z
-        anns = outputs.annotations(lab, by_new, output_mode, part, f"{source:06d}_{z:04d}")
-        images.append({"image": image, "annotations": anns})
+        objects.append({first + n: info.get(int(r), {}) for n, r in enumerate(roots)})
         first += len(roots)
-    return label, images
+    return label, objects
+
+
+def _coco(reader, out: Path, part: Path, output_mode: str) -> tuple[list[dict], list[dict]]:
+    """COCO images and annotations of the kept setting, from its label images (now in OUT/labels) and
+    the objects' records in part/objects/."""
+    files = outputs.label_names(reader)
+    images, annotations = [], []
+    for f in sorted((part / "objects").glob("*.json")):
+        source = int(f.stem)
+        shape, axis = _geometry(reader, source)
+        n_planes, (h, w) = _planes(shape, axis)
+        volume = tifffile.imread(out / outputs.LABELS / files[source])
+        for z, info in enumerate(json.loads(f.read_text())):
+            image = {"id": len(images) + 1, "file_name": reader.source_name(source), "source": source, "height": h,
+                     "width": w, **({"slice": z} if axis >= 0 else {})}
+            images.append(image)
+            plane = volume if axis < 0 else np.take(volume, z, axis=axis)
+            info = {int(k): v for k, v in info.items()}
+            for a in outputs.annotations(plane, info, output_mode, out, f"{source:06d}_{z:04d}"):
+                annotations.append({**a, "id": len(annotations) + 1, "image_id": image["id"]})
+    return images, annotations
 
 
 def _group(reader: CacheReader, samples: np.ndarray, partition_size: int) -> list[list[tuple[int, list[int]]]]:
@@ -228,12 +241,12 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
     if keep is not None and not 0 <= keep < n_settings:
         raise O.OptionError(f"--keep must name a setting 0..{n_settings - 1} of the sweep, not {keep}")
     reader = CacheReader(cache)
-    if write_layer is not None:
-        check_layer_name(reader, write_layer, overwrite_layer)
+    if write_layer is not None:  # refused before any work
+        check_label_layer(reader.group, cache, write_layer, overwrite_layer)
     if reader.label_kind is None:
         log(f"{cache}: the cache holds no labels, so the masks are written but cannot be scored")
     samples = select_samples(reader, sources)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     decoder = load_decoder(reader, checkpoint, base_checkpoint).to(device).eval()  # a bad checkpoint fails here
     out = claim(out, "segment", OUTPUTS, overwrite=overwrite)
     parts = out / PARTS
@@ -248,14 +261,14 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
             from distributed import Client
 
             fn = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, parts,
-                         output_mode, None, None)
+                         None, None)
             with Client(scheduler) as client:
                 futures = [client.submit(fn, t, pure=False) for t in tasks]
                 results = client.gather(futures)
             bar.update(len(samples) * n_passes)
         else:
             fn = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, parts,
-                         output_mode, decoder, bar.update)
+                         decoder, bar.update)
             results = dask.compute(*[dask.delayed(fn, pure=False)(t) for t in tasks], scheduler="threads")
     finally:
         bar.close()
@@ -268,16 +281,6 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
                 plan.settings()[result.chosen].knobs()), "cache_fingerprint": reader.fingerprint}, overwrite_layer)
         log(f"wrote the masks into {cache} as the label layer `{var}`")
     return result
-
-
-def check_layer_name(reader: CacheReader, name: str, overwrite: bool) -> None:
-    """Refuse, before any work, a layer name that is the ground truth's or already taken."""
-    if not S.layer_name_ok(name):
-        raise O.OptionError(f"--write-layer takes a name of letters, digits, - and _, other than `{S.LABEL}` "
-                            f"(the ground truth is never written over), not {name!r}")
-    if S.label_layer(name) in reader.group and not overwrite:
-        raise SamCacheError(f"{reader.path} already holds the label layer `{name}`; pass --overwrite-layer to "
-                            "replace it, or choose another name")
 
 
 def _finish(reader, out: Path, plan: Sweep, per_image: pd.DataFrame, keep, output_mode, samples, figures,
@@ -293,27 +296,21 @@ def _finish(reader, out: Path, plan: Sweep, per_image: pd.DataFrame, keep, outpu
     agg.update({m: "sum" for m in ("n_pred", "n_true", "tp50") if m in per_image})
     table = per_image.groupby(["setting", *knobs], sort=True).agg(agg).reset_index()
     table.insert(len(knobs) + 1, "images", per_image.groupby("setting").size().to_numpy())
-    if keep is None:
-        keep = int(table.loc[table["msa"].fillna(-1).idxmax(), "setting"]) if scored else 0
-        why = "the best mSA of the sweep" if scored and len(table) > 1 else "the only setting" \
-            if len(table) == 1 else "the first setting (no labels to score with)"
-    else:
+    if keep is not None:
         why = "chosen with --keep"
+    elif len(table) == 1:
+        keep, why = 0, "the only setting"
+    elif scored:
+        keep, why = int(table.loc[table["msa"].fillna(-1).idxmax(), "setting"]), "the best mSA of the sweep"
+    else:
+        keep, why = 0, "the first setting (no labels to score with)"
     s = plan.settings()[keep]
     swept = {k: getattr(s, k) for k in plan.swept} or s.knobs()
     note = f"masks written for setting {keep} ({why}): " + ", ".join(f"{k}={v}" for k, v in swept.items())
     # the kept setting's masks into place, the others dropped
     part = out / PARTS / f"{keep:03d}"
     (part / outputs.LABELS).rename(out / outputs.LABELS)
-    if (part / "masks").exists():
-        (part / "masks").rename(out / "masks")
-    images, annotations = [], []
-    for f in sorted((part / "coco").glob("*.json")):
-        for entry in json.loads(f.read_text()):
-            image_id = len(images) + 1
-            images.append({"id": image_id, **entry["image"]})
-            for a in entry["annotations"]:
-                annotations.append({**a, "id": len(annotations) + 1, "image_id": image_id})
+    images, annotations = _coco(reader, out, part, output_mode)
     outputs.write_coco(out / "masks.json", images, annotations, {
         "description": f"samcache segment of {reader.path}", "checkpoint": str(checkpoint),
         "output_mode": output_mode, "setting": s.knobs(), "untrained": not reader.model["trained"]})

@@ -17,8 +17,6 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from .decoder import upscale_masks
 from .prompts import Prompts
 
-from ..choices import MASK_MODES  # noqa: E402,F401
-
 
 @dataclass
 class PromptBatch:

@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader
 
 from .. import __version__, options
 from ..ingest.intensity import Intensity
-from ..ingest.labels import KINDS
 from ..ingest.readers import is_volume_format
 from ..ingest.sources import discover
 from ..ingest.tiles import Plan, TileDataset, TileSpec, plan
@@ -33,9 +32,9 @@ from ..store import fingerprint
 from ..store import schema as S
 from ..store.reader import size_on_disk
 from ..store.writer import CacheWriter, Layout
-from .encoder import PRECISIONS, Encoder
+from .encoder import Encoder
 
-from ..choices import DTYPES  # noqa: E402
+from ..choices import DTYPES, LABEL_KINDS, PRECISIONS  # noqa: E402
 
 
 @dataclass
@@ -161,7 +160,7 @@ def embed(
     t0 = time.perf_counter()
     output = Path(output)
     options.choice("--dtype", dtype, DTYPES)
-    options.choice("--label-kind", label_kind, KINDS)
+    options.choice("--label-kind", label_kind, LABEL_KINDS)
     options.choice("--precision", precision, PRECISIONS)
     options.at_least("--shard-size", shard_size, 1)
     if batch_size is not None:

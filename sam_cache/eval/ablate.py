@@ -10,22 +10,21 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-import torch
 import xarray as xr
 
 from .. import options as O
+from ..encode.encoder import default_device
 from ..errors import SamCacheError
 
 from ..reports.write import write_reports
 from ..runs import Run, claim, is_run, min_area_of
 from ..store.reader import CacheReader
-from ..train.data import MIN_AREA
 from . import runner
 from .aggregate import name_classes, read_class_names
 from .runner import ENGINE
 
 OUTPUTS = ("results.nc", "examples.nc", "summary.csv", "summary.md", "ablation.png", "examples.png", "parts")
-from ..choices import ABLATE_SPLITS as SPLITS, DEFAULT_PROMPTS  # noqa: E402,F401
+from ..choices import ABLATE_SPLITS as SPLITS, DEFAULT_PROMPTS, MIN_AREA  # noqa: E402,F401
 
 
 def scored_samples(reader: CacheReader, checkpoints, split: str = "auto", log=print) -> tuple[np.ndarray, str]:
@@ -74,7 +73,7 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
     names = read_class_names(class_names) if class_names else None
     reader = CacheReader(cache)
     reader.require_labels("to score against")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     indices, scored = scored_samples(reader, checkpoints, split, log)
     log(f"scoring {scored}")
     out = claim(out, "ablate", OUTPUTS, overwrite=overwrite)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import torch
 import xarray as xr
 
 from .. import options as O
+from ..choices import MIN_AREA
+from ..encode.encoder import default_device
 from ..runs import Run, is_run, min_area_of
 from ..store.reader import CacheReader
-from ..train.data import MIN_AREA
 from ..train.finetune import split_samples
 from . import runner
 from .aggregate import name_classes, read_class_names
@@ -32,7 +32,7 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
                              prompt_options or {}).check()
     reader = CacheReader(cache)
     reader.require_labels("to score against")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     if is_run(checkpoint):
         run = Run.open(checkpoint)
         note = run.check_cache(reader, split)

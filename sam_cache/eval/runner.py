@@ -25,7 +25,8 @@ import xarray as xr
 
 from .. import options as O
 from ..decode import prompts as P
-from ..decode.pipeline import MASK_MODES, PromptBatch, decode_prompts
+from ..choices import MASK_MODES, MIN_AREA
+from ..decode.pipeline import PromptBatch, decode_prompts
 from ..progress import Progress
 from ..runs import checkpoint_name, load_decoder
 from ..store import schema as S
@@ -45,7 +46,7 @@ class Request:
     checkpoints: tuple[str, ...]  # base, run folders, SAM .pth files
     seeds: tuple[int, ...] = (0,)
     mask_mode: str = "best-iou"
-    min_area: int = 10
+    min_area: int = MIN_AREA
     prompt_options: dict = field(default_factory=dict)
 
     def check(self) -> "Request":
@@ -82,7 +83,8 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
         masks, ids = reader.objects(index, request.min_area)
         if len(ids):
             h, w = reader.valid_size(index)
-            emb = torch.from_numpy(reader.embedding(index))[None].float()  # one read for every task
+            emb = torch.from_numpy(reader.embedding(index))[None].to(device).float()  # one read and copy per sample
+            size = torch.tensor([[h, w]])
             true = torch.from_numpy(masks)
             out = np.full((len(ids), Pn, Cn, Sn, len(COUNTS)), np.nan)
             ok = np.zeros((len(ids), Pn, Sn), bool)
@@ -96,7 +98,7 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
                         shown["prompts"] = _tile_frame(pr, h, w, img_size)
                     batch = PromptBatch.of(pr)
                     for c, name in enumerate(names):
-                        pred = decode_prompts(decoders[name], emb, batch, torch.tensor([[h, w]]),
+                        pred = decode_prompts(decoders[name], emb, batch, size,
                                               request.mask_mode).masks[0].cpu()
                         cnt = counts(pred, true)
                         out[:, p, c, s] = torch.stack([cnt[k] for k in COUNTS], -1).numpy()

@@ -19,8 +19,6 @@ from scipy import ndimage
 from ..errors import InputError
 from .readers import check_finite, is_volume_format, read_array
 
-from ..choices import LABEL_KINDS as KINDS  # noqa: E402,F401  (re-exported)
-
 
 def check_ids(arr: np.ndarray, path) -> np.ndarray:
     """Validate a label array: non-negative whole numbers. Returns it as int64."""
@@ -85,10 +83,14 @@ def count_objects(label: np.ndarray, kind: str) -> int:
     return int((ids > 0).sum())
 
 
+def instance_map(label: np.ndarray, kind: str) -> np.ndarray:
+    """A stored label map as object ids: connected components for binary labels, the ids otherwise."""
+    return ndimage.label(label > 0)[0] if kind == "binary" else label
+
+
 def objects(label: np.ndarray, kind: str, min_area: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One tile's objects as masks [K, H, W] bool, with their ids (component index for binary) [K]."""
-    if kind == "binary":
-        label, _ = ndimage.label(label > 0)
+    label = instance_map(label, kind)
     ids, areas = np.unique(label, return_counts=True)
     keep = (ids > 0) & (areas >= max(min_area, 1))
     ids = ids[keep]

@@ -12,8 +12,9 @@ from matplotlib.lines import Line2D
 
 from ..amg.outputs import TileLabels
 from ..eval.instances import scores
+from ..ingest.labels import instance_map
 from ..store import schema as S
-from .figures import UNTRAINED, _save
+from .figures import UNTRAINED, _outlines, _save
 
 ENGINE = "h5netcdf"
 METRICS = {"msa": "mSA (IoU 0.50-0.95)", "sa50": "SA50", "sa75": "SA75", "f1": "F1 at IoU 0.5",
@@ -80,11 +81,11 @@ def sweep_figure(table: pd.DataFrame, swept: list[str], path: Path, title: str) 
     return _save(fig, path)
 
 
-def _outlines(ax, label: np.ndarray) -> int:
+def _outline_label(ax, label: np.ndarray) -> int:
+    """figures' outlines (one colour per object) of a label map's objects; returns how many."""
     ids = np.unique(label)
     ids = ids[ids > 0]
-    for n, k in enumerate(ids):
-        ax.contour((label == k).astype(float), levels=[0.5], colors=[f"C{n % 10}"], linewidths=1.0)
+    _outlines(ax, label[None] == ids[:, None, None])
     return len(ids)
 
 
@@ -101,22 +102,18 @@ def overlays(reader, out: Path, samples, count: int, path: Path, title: str) -> 
     tile_label = TileLabels(out, reader)
     for row, i in zip(axes, chosen):
         pred = tile_label(i)
-        h, w = pred.shape
         image = reader.image(i)
         for ax in row:
             ax.imshow(image, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_title(reader.tile_name(i), fontsize=8)
-        n_pred = _outlines(row[-1], pred)
+        n_pred = _outline_label(row[-1], pred)
         handles = [Line2D([], [], color="C0", label=f"{n_pred} predicted")]
         head = "automatic masks"
         if reader.label_kind:
-            from ..ingest.labels import objects
-
-            masks, _ = objects(reader.label(i), reader.label_kind)
-            truth = (masks * np.arange(1, len(masks) + 1)[:, None, None]).max(0) if len(masks) else np.zeros((h, w))
-            n_true = _outlines(row[1], truth)
+            truth = instance_map(reader.label(i), reader.label_kind)
+            n_true = _outline_label(row[1], truth)
             row[1].set_title(f"ground truth: {n_true} objects", fontsize=8)
             sc = scores(truth.astype(np.int64), pred.astype(np.int64))
             head += f": mSA {sc['msa']:.3f}, F1@0.5 {sc['f1']:.3f}"

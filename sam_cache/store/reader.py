@@ -65,7 +65,7 @@ class CacheReader:
         self.done = done
         self.samples = np.flatnonzero(done)  # the samples a reader may use, in order
         self.coords = {name: np.asarray(self.group[name][:]) for name in S.SAMPLE_COORDS}
-        self.canvas = tuple(int(v) for v in self.group[S.IMAGE].shape[1:3])  # (H, W) every tile is padded to
+        self.canvas = tuple(int(v) for v in self.array(S.IMAGE).shape[1:3])  # (H, W) every tile is padded to
         if check_shards:
             missing = self.missing_shards()
             if missing:
@@ -95,7 +95,7 @@ class CacheReader:
         for name in S.SHARDED:
             if name not in self.group:
                 continue
-            a = self.group[name]
+            a = self.array(name)
             shard = a.shards[0]
             have = sync(_collect(self.group.store, f"{a.path}/"))
             out += [key for k in np.unique(self.samples // shard) if (key := shard_key(a, k)) not in have]
@@ -176,12 +176,16 @@ class CacheReader:
     def tile_name(self, index: int) -> str:
         """Where a sample comes from, in words: file, slice of a volume, patch origin."""
         c = {k: int(v[index]) for k, v in self.coords.items()}
-        if self._axes is None:
-            self._axes = self.source_table(S.SLICE_AXIS)
-        where = [f"slice {c[S.SLICE]}"] if self._axes[c[S.SOURCE]] >= 0 else []
+        where = [f"slice {c[S.SLICE]}"] if self.slice_axis(c[S.SOURCE]) >= 0 else []
         if c[S.Y0] or c[S.X0] or self.attrs["preprocessing"].get("patch"):
             where.append(f"y {c[S.Y0]}, x {c[S.X0]}")
         return self.source_name(c[S.SOURCE]) + (f" ({', '.join(where)})" if where else "")
+
+    def slice_axis(self, source: int) -> int:
+        """The axis a volume source was sliced along; -1 for a 2D image (the table is read once)."""
+        if self._axes is None:
+            self._axes = self.source_table(S.SLICE_AXIS)
+        return int(self._axes[int(source)])
 
     def classes(self, index: int, ids: np.ndarray) -> list[str]:
         """The class of each object id of a sample: the id itself for class labels, the class named by

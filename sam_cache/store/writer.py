@@ -28,7 +28,7 @@ import filelock
 import numpy as np
 import zarr
 
-from ..errors import CacheLockedError, CacheMismatchError, DiskFullError
+from ..errors import CacheLockedError, CacheMismatchError, DiskFullError, OptionError
 from . import fingerprint
 from . import schema as S
 from .reader import read_attrs
@@ -239,6 +239,18 @@ def _consolidate(path: Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
+def check_label_layer(group: zarr.Group, path, name: str, overwrite: bool = False) -> str:
+    """The variable of a label layer `name`, or a refusal: a name other than letters, digits, - and _,
+    the ground truth's, or one the cache already holds (unless `overwrite`)."""
+    if not S.layer_name_ok(name):
+        raise OptionError(f"{path}: a label layer's name is letters, digits, - and _, other than `{S.LABEL}` "
+                          f"(the ground truth is never written over), not {name!r}")
+    if S.label_layer(name) in group and not overwrite:
+        raise CacheMismatchError(f"{path} already holds the label layer `{name}`; pass --overwrite-layer to replace "
+                                 "it, or choose another name")
+    return S.label_layer(name)
+
+
 def write_label_layer(path: str | Path, name: str, tiles: dict[int, np.ndarray], provenance: dict,
                       overwrite: bool = False) -> str:
     """Write a named label layer (`label_<name>`: int32 ids per sample, shaped and sharded like `label`)
@@ -246,16 +258,10 @@ def write_label_layer(path: str | Path, name: str, tiles: dict[int, np.ndarray],
     the cache, then renamed into it and the metadata consolidated, so a crash leaves the cache as it was. The
     ground truth `label` is never written here. `tiles`: sample -> ids at the tile's valid size (samples
     not given stay 0). Returns the variable's name."""
-    if not S.layer_name_ok(name):
-        raise CacheMismatchError(f"{path}: a label layer needs a name of letters, digits, - and _, other than "
-                                 f"`{S.LABEL}` (the ground truth is never written over), not {name!r}")
     path = Path(path)
-    var = S.label_layer(name)
     with Lock(path):
         group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-        if var in group and not overwrite:
-            raise CacheMismatchError(f"{path} already holds the label layer `{name}`; pass --overwrite-layer to "
-                                     "replace it, or choose another name")
+        var = check_label_layer(group, path, name, overwrite)
         image = group[S.IMAGE]
         n, (H, W), shard = image.shape[0], image.shape[1:3], int(image.shards[0])
         staging_root, old = path.with_name(f".{path.name}.{var}.writing"), path.with_name(f".{path.name}.{var}.old")

@@ -22,7 +22,7 @@ from ..decode.prompts import make_prompts
 from ..store import schema as S
 from ..store.reader import CacheReader, Preloaded
 
-from ..choices import MIN_AREA  # noqa: E402,F401  (re-exported: the one default)
+from ..choices import MIN_AREA
 
 
 def sample_generator(seed: int, epoch: int, sample: int) -> torch.Generator:

@@ -25,6 +25,7 @@ from .. import __version__
 from .. import options as O
 from ..decode import prompts as P
 from ..decode.pipeline import PromptBatch, decode_prompts
+from ..encode.encoder import default_device
 from ..errors import SamCacheError
 from ..eval.metrics import scores
 from ..models import load_decoder, load_sam, load_state_dict
@@ -33,7 +34,8 @@ from ..runs import CONFIG, CURVES, DECODER, FULL, LAST, METRIC_COLUMNS, RUN_FILE
 from ..store import fingerprint
 from ..store import schema as S
 from ..store.reader import CacheReader
-from .data import MIN_AREA, ObjectSamples, Timed, loader, low_res_targets
+from ..choices import MIN_AREA
+from .data import ObjectSamples, Timed, loader, low_res_targets
 
 from ..choices import OPTIMIZERS, PRELOADS, SCHEDULES, SPLITS  # noqa: E402  (one list each)
 
@@ -281,7 +283,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     O.choice("--preload", preload, PRELOADS)
     reader = CacheReader(cache)
     reader.require_labels("to finetune")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device else default_device()
     decoder, spec = load_decoder(reader.model, checkpoint or reader.attrs.get("checkpoint"))
     decoder.to(device)
     decoder.prompt_encoder.requires_grad_(False)
@@ -379,7 +381,8 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         run.write_metrics(history)
         if c.early_stopping and epoch - best["epoch"] >= c.early_stopping:
             break
-    _save_full_sam(reader.model, spec, run)
+    best_weights = run.decoder_weights()
+    _save_full_sam(reader.model, spec, run, best_weights)
     from ..reports.figures import curves
 
     curves(history, run.path / CURVES, f"{Path(str(cache)).name}: prompt {c.prompt}, SAM {reader.model['type']}"
@@ -388,19 +391,19 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     seconds = float(np.mean([r["seconds"] for r in epochs])) if epochs else 0.0
     waits = sum(r["read_wait_s"] for r in epochs) / max(sum(r["seconds"] for r in epochs), 1e-9)
     best_row = next((r for r in history if r["epoch"] == best["epoch"]), history[-1])
-    decoder.mask_decoder.load_state_dict({k[len("mask_decoder."):]: v for k, v in run.decoder_weights().items()})
+    decoder.mask_decoder.load_state_dict({k[len("mask_decoder."):]: v for k, v in best_weights.items()})
     table = pd.DataFrame(history)[[k for k in METRIC_COLUMNS if k in history[0]]].set_index("epoch")
     return FinetuneResult(str(out), best["epoch"], selected_by, best_row.get("val_dice", math.nan),
                           best_row["train_loss"], history[0].get("val_dice", math.nan), seconds, waits,
                           table, decoder.eval().cpu())
 
 
-def _save_full_sam(model: dict, spec, run: Run) -> None:
+def _save_full_sam(model: dict, spec, run: Run, weights: dict) -> None:
     """sam_finetuned.pth: the original checkpoint (encoder, prompt encoder) with the best decoder swapped in,
     loadable by segment_anything's registry (or samcache's tiny builder)."""
     if spec.checkpoint is not None:
         state = load_state_dict(spec.checkpoint)
     else:
         state = load_sam(model["type"], random_init=True)[0].state_dict()
-    state.update(run.decoder_weights(DECODER))
+    state.update(weights)
     torch.save(state, run.path / FULL)
