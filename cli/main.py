@@ -193,7 +193,11 @@ def finetune(
                                    rich_help_panel=OUTPUT),
     resume: bool = typer.Option(False, "--resume", metavar="", help="Continue the run in --out from its last epoch.",
                                 rich_help_panel=OUTPUT),
-    prompt: str = typer.Option("box", help="Prompt strategy: " + ", ".join(C.PROMPTS) + ".", rich_help_panel=RECIPE),
+    prompt: str = typer.Option("box", help="Prompt strategy: " + ", ".join(C.PROMPTS) + " (none: prompt-free, "
+                               "trained to output the union of a tile's objects).", rich_help_panel=RECIPE),
+    labels: Optional[str] = typer.Option(None, help="Train on this label layer of the cache (e.g. pseudo-masks "
+                                         "from `predict --write-layer`) instead of the ground truth, which still "
+                                         "scores validation.", rich_help_panel=INPUT),
     jitter: Optional[float] = typer.Option(None, help="box-jitter: max shift per side, px (>=1) or fraction (<1).",
                                            rich_help_panel=RECIPE),
     epochs: int = typer.Option(5, help="Epochs.", rich_help_panel=RECIPE),
@@ -239,7 +243,7 @@ def finetune(
         batch_size=batch_size, objects_per_sample=objects_per_sample, min_area=min_area,
         multimask=not single_mask, val_fraction=val_fraction, split=split,
         split_file=str(split_file) if split_file else None, early_stopping=early_stopping,
-        seed=seed, workers=workers)
+        seed=seed, workers=workers, labels=labels)
     result = sam_cache.finetune(cache, out, config, checkpoint=checkpoint, device=device, resume=resume,
                                 progress=not quiet, log=_say, preload=preload, overwrite=overwrite)
     typer.echo(str(result))
@@ -252,7 +256,15 @@ def evaluate(
                                    rich_help_panel=MODEL),
     base_checkpoint: Optional[Path] = typer.Option(None, help="The cache's SAM checkpoint, if it moved.",
                                                    rich_help_panel=MODEL),
-    prompt: str = typer.Option("box", help="Prompt strategy: " + ", ".join(C.PROMPTS) + ".", rich_help_panel=SCORING),
+    prompt: str = typer.Option("box", help="Prompt strategy: " + ", ".join(C.PROMPTS) + " (none: the prompt-free "
+                               "output scored per tile: Dice, IoU, precision, recall, AUC, best F1, adjusted Rand "
+                               "index, mSA of its connected components).", rich_help_panel=SCORING),
+    labels: Optional[str] = typer.Option(None, help="Score against this label layer of the cache, not the ground "
+                                         "truth.", rich_help_panel=SCORING),
+    threshold: float = typer.Option(0.5, help="--prompt none: foreground where the probability is above this.",
+                                    rich_help_panel=SCORING),
+    watershed: bool = typer.Option(False, "--watershed", metavar="", help="--prompt none: split touching objects by "
+                                   "a distance-transform watershed before instance scores.", rich_help_panel=SCORING),
     mask: str = typer.Option("best-iou", help="single (SAM's single-mask output) or best-iou (best of 3).",
                              rich_help_panel=SCORING),
     seed: int = typer.Option(0, help="Prompt seed.", rich_help_panel=SCORING),
@@ -271,7 +283,8 @@ def evaluate(
     device: Optional[str] = DEVICE,
     quiet: bool = QUIET,
 ):
-    """Score one decoder and one prompt strategy on every object: Dice, IoU, precision, recall."""
+    """Score one decoder and one prompt strategy on every object: Dice, IoU, precision, recall (with
+    `--prompt none`, the prompt-free foreground on every tile)."""
     from sam_cache import options as O
 
     if per:
@@ -281,9 +294,17 @@ def evaluate(
     fmt = lambda v: f"{v:.4f}"  # noqa: E731
     results = sam_cache.evaluate(cache, checkpoint, prompt, split, seed, mask, min_area, val_fraction,
                                  device=device, base_checkpoint=base_checkpoint, log=_say, progress=not quiet,
-                                 class_names=class_names)
+                                 class_names=class_names, labels=labels, threshold=threshold, watershed=watershed)
     if not results.attrs["trained"]:
         _say(UNTRAINED)
+    if results.attrs.get("scoring") == "tile":
+        from sam_cache.eval.semantic import summary
+
+        typer.echo(summary(results).to_string(float_format=fmt))
+        if out:
+            results.to_netcdf(out, engine="h5netcdf")
+            typer.echo(f"per-tile results: {out}")
+        return
     typer.echo(sam_cache.summarize(results).drop(columns=["seed"]).to_string(index=False, float_format=fmt))
     if per:
         typer.echo(sam_cache.per_group(results, per).to_string(index=False, float_format=fmt))
@@ -296,7 +317,9 @@ def evaluate(
 def ablate(
     cache: Path = typer.Argument(..., help="A cache with labels."),
     prompts: str = typer.Option(",".join(C.DEFAULT_PROMPTS), help="Comma-separated strategies: " +
-                                ", ".join(C.PROMPTS) + ".", rich_help_panel=SCORING),
+                                ", ".join(C.PROMPTS) + " (none here: the no-prompt output scored against each "
+                                "object, a baseline; `evaluate --prompt none` scores it as a foreground map).",
+                                rich_help_panel=SCORING),
     checkpoints: str = typer.Option("base", help="Comma-separated: base, finetune run folders, SAM .pth files.",
                                     rich_help_panel=MODEL),
     base_checkpoint: Optional[Path] = typer.Option(None, help="The cache's SAM checkpoint, if it moved.",
@@ -401,6 +424,62 @@ def segment(
     typer.echo((out / "sweep.md").read_text())
     typer.echo(f"{len(result.sweep)} setting(s); labels in {out}/labels/, masks in {out}/masks.json, scores in "
                f"{out}/sweep.csv, per_image.csv, results.nc")
+
+
+@command("samcache predict nuclei.zarr --prompts boxes.csv -o pred/ --write-layer weak")
+def predict(
+    cache: Path = typer.Argument(..., help="A cache made by `samcache embed` (labels optional: they give a score)."),
+    prompts: Optional[Path] = typer.Option(None, help="Prompts file in source pixels: CSV `image,x0,y0,x1,y1[,class]"
+                                           "[,slice]` (boxes) or `image,x,y,label[,id][,class][,slice]` (points; rows "
+                                           "sharing an id are one prompt), or COCO JSON (bbox, point_coords).",
+                                           rich_help_panel=INPUT),
+    prompts_from_labels: Optional[str] = typer.Option(None, help="Instead of a file: one prompt per labelled object, "
+                                                      "drawn with this strategy (" + ", ".join(
+                                                          p for p in C.PROMPTS if p != "none") + ").",
+                                                      rich_help_panel=INPUT),
+    out: Path = typer.Option(Path("predict"), "--out", "-o", help="Folder for labels/, masks.json and prompts.csv.",
+                             rich_help_panel=OUTPUT),
+    checkpoint: str = typer.Option("base", help="Decoder: base, a finetune run folder, or a SAM .pth file.",
+                                   rich_help_panel=MODEL),
+    base_checkpoint: Optional[Path] = typer.Option(None, help="The cache's SAM checkpoint, if it moved.",
+                                                   rich_help_panel=MODEL),
+    mask: str = typer.Option("best-iou", help=" or ".join(C.MASK_MODES) + " (best of 3 by predicted IoU).",
+                             rich_help_panel=MODEL),
+    write_layer: Optional[str] = typer.Option(None, help="Also write the masks into the cache as label layer "
+                                              "label_NAME, one id per prompt (never over the ground truth); train on "
+                                              "it with `finetune --labels NAME`.", rich_help_panel=OUTPUT),
+    overwrite_layer: bool = typer.Option(False, "--overwrite-layer", metavar="", help="Replace that layer, whole, if "
+                                         "the cache has it.", rich_help_panel=OUTPUT),
+    annotated_fraction: Optional[float] = typer.Option(None, help="Partial annotation: one random rectangle of this "
+                                                       "share of each image (0.04: 200x200 of 1000x1000) is annotated; "
+                                                       "prompts outside it are dropped.", rich_help_panel=INPUT),
+    annotated_region: Optional[Path] = typer.Option(None, help="Partial annotation: a CSV image,x0,y0,x1,y1[,slice] "
+                                                    "of the annotated rectangles.", rich_help_panel=INPUT),
+    zero_unannotated: bool = typer.Option(False, "--zero-unannotated", metavar="", help="Write unannotated pixels "
+                                          "as background (0), as the All-in-SAM study did, not as -1 (ignored by the "
+                                          "loss).", rich_help_panel=OUTPUT),
+    seed: int = typer.Option(0, help="Seed of the prompts drawn from labels and of --annotated-fraction.",
+                             rich_help_panel=INPUT),
+    min_area: int = typer.Option(C.MIN_AREA, help="--prompts-from-labels: objects smaller than this are not "
+                                 "prompted.", rich_help_panel=INPUT),
+    output_mode: str = typer.Option("coco_rle", help="masks.json segmentation: " + ", ".join(C.AMG_OUTPUT_MODES)
+                                    + ".", rich_help_panel=OUTPUT),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace whatever --out holds, whole.",
+                                   rich_help_panel=OUTPUT),
+    device: Optional[str] = DEVICE,
+    quiet: bool = QUIET,
+):
+    """Masks for your own prompts (or prompts drawn from the labels), decoded from the cached embeddings:
+    label images per source, a COCO JSON with scores, and optionally a label layer of the cache."""
+    import sam_cache
+
+    result = sam_cache.predict(
+        cache, out, prompts=prompts, prompts_from_labels=prompts_from_labels, checkpoint=checkpoint,
+        mask_mode=mask, output_mode=output_mode, write_layer=write_layer, overwrite_layer=overwrite_layer,
+        annotated_fraction=annotated_fraction, annotated_region=annotated_region, zero_unannotated=zero_unannotated,
+        seed=seed, min_area=min_area, device=device, base_checkpoint=base_checkpoint, overwrite=overwrite,
+        progress=not quiet, log=_say)
+    typer.echo(str(result))
 
 
 @command("samcache info em.zarr --verify")

@@ -1,6 +1,6 @@
 """Writing instance masks for people and tools: label images (TIFF) and one COCO-style JSON.
 
-`segment` writes through here, and `predict` will too. The JSON uses segment_anything's record names
+`segment` and `predict` write through here. The JSON uses segment_anything's record names
 (`segmentation`, `bbox` XYWH, `area`, `predicted_iou`, `stability_score`, `point_coords`, `crop_box`),
 all in the source's pixel frame, under COCO's `images` / `annotations` layout. `segmentation` follows
 `output_mode`: `coco_rle` (pycocotools' compressed RLE, the default), `uncompressed_rle`
@@ -73,9 +73,10 @@ def annotations(label: np.ndarray, info: dict, mode: str, root: Path, stem: str)
     return records
 
 
-def write_coco(path: Path, images: list[dict], annotations: list[dict], info: dict) -> Path:
+def write_coco(path: Path, images: list[dict], annotations: list[dict], info: dict,
+               categories: list[dict] | None = None) -> Path:
     doc = {"info": info, "images": images, "annotations": annotations,
-           "categories": [{"id": 1, "name": "object"}]}
+           "categories": categories or [{"id": 1, "name": "object"}]}
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(doc))
     tmp.replace(path)

@@ -51,19 +51,6 @@ class SegmentResult:
     note: str  # which setting that is, and why
 
 
-def _geometry(reader: CacheReader, source: int) -> tuple[tuple[int, ...], int]:
-    """A source's spatial shape and slicing axis (-1 for a 2D image)."""
-    shape = tuple(json.loads(str(reader.source_table(S.SOURCE_SHAPE)[source])))
-    return shape, reader.slice_axis(source)
-
-
-def _planes(shape, axis) -> tuple[int, tuple[int, int]]:
-    if axis < 0:
-        return 1, shape[:2]
-    rest = [s for i, s in enumerate(shape) if i != axis]
-    return shape[axis], (rest[0], rest[1])
-
-
 def _blank(image: np.ndarray) -> bool:
     return image.size == 0 or bool((image == image.flat[0]).all())
 
@@ -110,8 +97,7 @@ def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, po
             cands[n] = _decode(reader, decoder, samples, sizes, blank, n, sweep, points_per_batch)
             if on_tile is not None:
                 on_tile(len(samples))
-        shape, axis = _geometry(reader, source)
-        n_planes, plane_shape = _planes(shape, axis)
+        n_planes, plane_shape, axis = reader.planes(source)
         truth = _truth(reader, samples, plane_of, n_planes, plane_shape) if reader.label_kind else None
         name = reader.source_name(source)
         segmented = sorted(set(plane_of.tolist()))  # slices skipped at embed time (--skip-empty) were not
@@ -175,8 +161,7 @@ def _coco(reader, out: Path, part: Path, output_mode: str) -> tuple[list[dict], 
     images, annotations = [], []
     for f in sorted((part / "objects").glob("*.json")):
         source = int(f.stem)
-        shape, axis = _geometry(reader, source)
-        n_planes, (h, w) = _planes(shape, axis)
+        n_planes, (h, w), axis = reader.planes(source)
         volume = tifffile.imread(out / outputs.LABELS / files[source])
         for z, info in enumerate(json.loads(f.read_text())):
             image = {"id": len(images) + 1, "file_name": reader.source_name(source), "source": source, "height": h,

@@ -1,4 +1,5 @@
-"""`samcache evaluate`: one decoder and one prompt strategy, scored on every object of a split."""
+"""`samcache evaluate`: one decoder and one prompt strategy, scored on every object of a split; or, with
+the prompt `none`, the decoder's prompt-free foreground scored on every tile (`eval.semantic`)."""
 
 from __future__ import annotations
 
@@ -14,24 +15,33 @@ from . import runner
 from .aggregate import name_classes, read_class_names
 
 from ..choices import EVAL_SPLITS as SPLITS  # noqa: E402
+from ..train.data import SEMANTIC  # noqa: E402  the prompt `none`
 
 
 def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = "all", seed: int = 0,
              mask_mode: str = "best-iou", min_area: int | None = None, val_fraction: float = 0.2,
              split_seed: int = 0, prompt_options=None, device: str | None = None, base_checkpoint=None,
-             log=print, progress: bool = False, class_names=None) -> xr.Dataset:
+             log=print, progress: bool = False, class_names=None, labels: str | None = None,
+             threshold: float = 0.5, watershed: bool = False) -> xr.Dataset:
     """Score one decoder with one prompt strategy on every object of a split (all, train or val).
 
     For a finetune run folder, train/val are the run's own samples, and objects smaller than the run's
     own min_area are left out unless `min_area` says otherwise; a run is refused on a train/val split of
-    a cache other than its own."""
+    a cache other than its own. `labels`: score against this label layer, not the ground truth.
+
+    The prompt `none` scores the prompt-free output per tile instead (dims sample × checkpoint): pixel
+    Dice, IoU, precision and recall at `threshold`, AUC, best F1, adjusted Rand index, and the instance
+    scores of its connected components (split by a distance-transform watershed with `watershed`)."""
     O.choice("--split", split, SPLITS)
     names = read_class_names(class_names) if class_names else None
     request = runner.Request((prompt,), (str(checkpoint),), (seed,), mask_mode,
                              min_area_of([str(checkpoint)], MIN_AREA) if min_area is None else min_area,
-                             prompt_options or {}).check()
+                             prompt_options or {}, labels).check()
     reader = CacheReader(cache)
-    reader.require_labels("to score against")
+    if labels is None:
+        reader.require_labels("to score against")
+    else:
+        reader.layer_variable(labels)
     device = device or default_device()
     if is_run(checkpoint):
         run = Run.open(checkpoint)
@@ -43,6 +53,19 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
         indices = reader.samples
     else:
         indices = dict(zip(("train", "val"), split_samples(reader, val_fraction, split_seed)))[split]
+    if prompt == SEMANTIC:
+        from ..progress import Progress
+        from . import semantic
+
+        bar = Progress(len(indices), "score", "tiles", enabled=progress)
+        try:
+            results = semantic.score_tiles(reader, indices, runner.load_decoders(reader, request, device, base_checkpoint),
+                                           device, threshold, watershed, min_area=request.min_area, layer=labels,
+                                           progress=bar.update, mask_mode=mask_mode)
+        finally:
+            bar.close()
+        results.attrs.update(trained=int(reader.model["trained"]), scoring="tile")
+        return results
     parts, _ = runner.run(reader, indices, request, device, base_checkpoint=base_checkpoint, progress=progress)
     results = xr.concat(parts, "object") if len(parts) > 1 else parts[0]
     results.attrs.update(cache=str(cache), trained=int(reader.model["trained"]))

@@ -48,6 +48,7 @@ class Request:
     mask_mode: str = "best-iou"
     min_area: int = MIN_AREA
     prompt_options: dict = field(default_factory=dict)
+    labels: str | None = None  # a label layer to score against; None: the ground truth
 
     def check(self) -> "Request":
         P.check(self.prompts, self.prompt_options)
@@ -80,7 +81,7 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
     Pn, Cn, Sn = len(request.prompts), len(names), len(request.seeds)
     rows, values, valid, kept = [], [], [], []
     for index in np.asarray(indices, dtype=int):
-        masks, ids = reader.objects(index, request.min_area)
+        masks, ids = reader.objects(index, request.min_area, request.labels)
         if len(ids):
             h, w = reader.valid_size(index)
             emb = torch.from_numpy(reader.embedding(index))[None].to(device).float()  # one read and copy per sample

@@ -147,17 +147,35 @@ class CacheReader:
         return self._read(S.IMAGE, index)[:h, :w]
 
     def label(self, index: int, layer: str | None = None) -> np.ndarray:
-        """The tile's label map, cropped to its valid size."""
+        """The tile's label map (the ground truth, or the label layer `layer`), cropped to its valid size."""
         h, w = self.valid_size(index)
-        return self._read(S.label_layer(layer), index)[:h, :w]
+        return self._read(self.layer_variable(layer), index)[:h, :w]
 
-    def objects(self, index: int, min_area: int) -> tuple[np.ndarray, np.ndarray]:
-        """The tile's objects: masks [K, h, w] bool and their ids [K]."""
-        return objects(self.label(index), self.label_kind, min_area)
+    def layer_variable(self, layer: str | None) -> str:
+        """The variable of the ground truth (None) or of the label layer `layer`, or a clear refusal."""
+        var = S.label_layer(layer)
+        if var != S.LABEL and var not in self.group:
+            have = [n[len(S.LABEL) + 1:] for n in self.group.array_keys() if n.startswith(S.LABEL + "_")]
+            raise SamCacheError(f"{self.path}: no label layer `{layer}`; it holds "
+                                f"{', '.join(have) if have else 'none'} (write one with `samcache predict --write-layer`)")
+        return var
 
-    def preload(self, indices, device="cpu") -> "Preloaded":
-        """These samples' embeddings and labels, read once as whole shards, in host or device memory."""
-        return Preloaded(self, indices, device)
+    def kind_of(self, layer: str | None) -> str:
+        """How a layer's ids read: the cache's label kind for the ground truth, instances for other layers."""
+        return self.label_kind if S.label_layer(layer) == S.LABEL else "instance"
+
+    def objects(self, index: int, min_area: int, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The tile's objects: masks [K, h, w] bool and their ids [K] (see `layer_objects`)."""
+        return layer_objects(self.label(index, layer), self.kind_of(layer), min_area)
+
+    def annotated(self, index: int, layer: str | None = None) -> np.ndarray:
+        """The tile's annotated pixels (bool [h, w]): all of them, except where a layer holds -1."""
+        return self.label(index, layer) >= 0
+
+    def preload(self, indices, device="cpu", layers=(None,)) -> "Preloaded":
+        """These samples' embeddings and labels (the ground truth, or the given label layers), read once as
+        whole shards, in host or device memory."""
+        return Preloaded(self, indices, device, layers)
 
     # ---- sources and classes ----------------------------------------------------------------------
     def source_table(self, name: str) -> np.ndarray:
@@ -166,6 +184,14 @@ class CacheReader:
     def sources(self, indices=None) -> np.ndarray:
         """The source index of each sample of `indices` (default: every usable sample)."""
         return self.coords[S.SOURCE][self.samples if indices is None else np.asarray(indices, dtype=int)]
+
+    def source_aliases(self) -> dict[str, int]:
+        """Every name a source answers to: its index, its path, its file name and its stem."""
+        names = {}
+        for i, p in enumerate(str(p) for p in self.source_table(S.SOURCE_PATH)):
+            for alias in (str(i), p, Path(p).name, Path(p).name.split(".")[0]):
+                names.setdefault(alias, i)
+        return names
 
     def source_name(self, source: int) -> str:
         """A source's file name, for tables and figures."""
@@ -186,6 +212,17 @@ class CacheReader:
         if self._axes is None:
             self._axes = self.source_table(S.SLICE_AXIS)
         return int(self._axes[int(source)])
+
+    def planes(self, source: int) -> tuple[int, tuple[int, int], int]:
+        """A source's planes: how many, their (H, W) in source pixels, and the axis a volume was sliced
+        along (-1 for a 2D image, which has one plane)."""
+        import json
+
+        shape, axis = tuple(json.loads(str(self.source_table(S.SOURCE_SHAPE)[int(source)]))), self.slice_axis(source)
+        if axis < 0:
+            return 1, (shape[0], shape[1]), axis
+        rest = [n for i, n in enumerate(shape) if i != axis]
+        return shape[axis], (rest[0], rest[1]), axis
 
     def classes(self, index: int, ids: np.ndarray) -> list[str]:
         """The class of each object id of a sample: the id itself for class labels, the class named by
@@ -215,17 +252,19 @@ class Preloaded:
     a whole shard at a time. It answers `embedding`, `label`, `objects`, `valid_size` and `canvas` like the
     reader it came from, with the very same values, so training from it equals training from the reader."""
 
-    def __init__(self, reader: CacheReader, indices, device="cpu"):
+    def __init__(self, reader: CacheReader, indices, device="cpu", layers=(None,)):
         import torch
 
         self.reader, self.canvas = reader, reader.canvas
         indices = np.unique(np.asarray(indices, dtype=np.int64))
         self.row = {int(i): r for r, i in enumerate(indices)}
-        emb, lab = reader.array(S.EMBEDDING), reader.array(S.LABEL)
+        emb = reader.array(S.EMBEDDING)
         device = torch.device(device)
         self.embeddings = torch.empty((len(indices), *emb.shape[1:]), dtype=getattr(torch, str(emb.dtype)),
                                       pin_memory=device.type == "cuda")
-        self.labels = np.empty((len(indices), *lab.shape[1:]), dtype=lab.dtype)
+        variables = {reader.layer_variable(layer) for layer in layers}
+        self.labels = {v: np.empty((len(indices), *reader.array(v).shape[1:]), reader.array(v).dtype)
+                       for v in variables}
         shard = int(emb.shards[0])
         for k in np.unique(indices // shard):
             start, stop = int(k) * shard, min(emb.shape[0], (int(k) + 1) * shard)
@@ -233,7 +272,7 @@ class Preloaded:
             if not reader.done[members].all():
                 raise CacheIncompleteError(f"{reader.path}: samples {start}-{stop - 1} are not all written yet")
             rows = [self.row[int(i)] for i in members]
-            for name, target in ((S.EMBEDDING, None), (S.LABEL, self.labels)):
+            for name, target in ((S.EMBEDDING, None), *self.labels.items()):
                 try:
                     block = np.asarray(reader.array(name)[start:stop])[members - start]
                 except Exception as e:  # noqa: BLE001 - one line naming the cache, the variable and the shard
@@ -244,7 +283,7 @@ class Preloaded:
                 else:
                     target[rows] = block
         self.embeddings = self.embeddings.to(device)
-        self.nbytes = self.embeddings.nbytes + self.labels.nbytes
+        self.nbytes = self.embeddings.nbytes + sum(a.nbytes for a in self.labels.values())
 
     def valid_size(self, index: int) -> tuple[int, int]:
         return self.reader.valid_size(index)
@@ -252,12 +291,20 @@ class Preloaded:
     def embedding(self, index: int):
         return self.embeddings[self.row[int(index)]]
 
-    def label(self, index: int) -> np.ndarray:
+    def label(self, index: int, layer: str | None = None) -> np.ndarray:
         h, w = self.valid_size(index)
-        return self.labels[self.row[int(index)], :h, :w]
+        return self.labels[S.label_layer(layer)][self.row[int(index)], :h, :w]
 
-    def objects(self, index: int, min_area: int) -> tuple[np.ndarray, np.ndarray]:
-        return objects(self.label(index), self.reader.label_kind, min_area)
+    def objects(self, index: int, min_area: int, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return layer_objects(self.label(index, layer), self.reader.kind_of(layer), min_area)
+
+    def annotated(self, index: int, layer: str | None = None) -> np.ndarray:
+        return self.label(index, layer) >= 0
+
+
+def layer_objects(label: np.ndarray, kind: str, min_area: int) -> tuple[np.ndarray, np.ndarray]:
+    """A tile's objects from a label map whose -1 pixels (a layer's unannotated ones) count as background."""
+    return objects(np.maximum(label, 0), kind, min_area)
 
 
 def open_cache(path: str | Path, allow_partial: bool = False) -> xr.Dataset:

@@ -24,6 +24,8 @@ from ..store.reader import CacheReader, Preloaded
 
 from ..choices import MIN_AREA
 
+SEMANTIC = "none"  # the prompt-free strategy: one target per tile, the union of its objects
+
 
 def sample_generator(seed: int, epoch: int, sample: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, sample]).generate_state(1)[0]))
@@ -32,25 +34,32 @@ def sample_generator(seed: int, epoch: int, sample: int) -> torch.Generator:
 class ObjectSamples(torch.utils.data.Dataset):
     """Item i: sample `indices[i]` with up to `k` objects (all if k is None) and their prompts.
 
-    Returns embedding [C, h, w], masks [K, H, W] bool on the canvas (the tile's true objects), the prompts
-    (padded to K rows, `prompt_valid` False for padding and for objects too small for the strategy),
-    object ids/areas, and the valid tile size.
+    Returns embedding [C, h, w], masks [K, H, W] bool on the canvas (the tile's objects in the label
+    `layer`, the ground truth by default), the prompts (padded to K rows, `prompt_valid` False for padding
+    and for objects too small for the strategy), object ids/areas, the valid tile size, and `annotated`
+    [H, W] (False where the layer leaves pixels unannotated: the loss ignores them).
+
+    With the prompt `none` the tile has one target, the union of its objects (its foreground, empty on a
+    background tile): what a prompt-free decoder can learn.
     """
 
     def __init__(self, reader: CacheReader | Preloaded, indices, prompt: str, k: int | None, img_size: int,
-                 seed: int = 0, min_area: int = MIN_AREA, prompt_options: dict | None = None, epoch: int = 0):
+                 seed: int = 0, min_area: int = MIN_AREA, prompt_options: dict | None = None, epoch: int = 0,
+                 layer: str | None = None):
         self.reader, self.indices, self.prompt, self.k = reader, np.asarray(indices), prompt, k
         self.img_size, self.seed, self.min_area = img_size, seed, min_area
-        self.options, self.epoch = prompt_options or {}, epoch
+        self.options, self.epoch, self.layer = prompt_options or {}, epoch, layer
 
     def __len__(self):
         return len(self.indices)
 
     def __getitem__(self, i):
         index = int(self.indices[i])
-        masks, ids = self.reader.objects(index, self.min_area)
+        masks, ids = self.reader.objects(index, self.min_area, self.layer)
         h, w = self.reader.valid_size(index)
         gen = sample_generator(self.seed, self.epoch, index)
+        if self.prompt == SEMANTIC:
+            masks, ids = masks.any(0, keepdims=True) if len(ids) else np.zeros((1, h, w), bool), np.zeros(1, np.int64)
         if self.k is not None and len(ids) > self.k:
             pick = torch.randperm(len(ids), generator=gen)[: self.k].sort().values.numpy()
             masks, ids = masks[pick], ids[pick]
@@ -60,7 +69,10 @@ class ObjectSamples(torch.utils.data.Dataset):
         H, W = self.reader.canvas
         full = torch.zeros(k, H, W, dtype=torch.bool)
         full[:n, :h, :w] = masks
+        annotated = torch.ones(H, W, dtype=torch.bool)
+        annotated[:h, :w] = torch.from_numpy(self.reader.annotated(index, self.layer))
         return {
+            "annotated": annotated,
             "index": index, "n": n, "valid_size": torch.tensor([h, w]),
             "masks": full, "ids": _pad(torch.from_numpy(ids.astype(np.int64)), k),
             "areas": _pad(masks.flatten(1).sum(1), k),
@@ -76,6 +88,12 @@ def _pad(t: torch.Tensor, k: int, value=0) -> torch.Tensor:
     if len(t) >= k:
         return t[:k]
     return torch.cat([t, torch.full((k - len(t), *t.shape[1:]), value, dtype=t.dtype)])
+
+
+def low_res_weights(annotated: torch.Tensor, valid_size: torch.Tensor, low_res: int) -> torch.Tensor:
+    """Annotated pixels [B, H, W] (canvas) -> loss weights [B, 1, L, L]: 0 where the resized tile is
+    unannotated, 1 elsewhere (the padding included, as for every label)."""
+    return 1 - low_res_targets(~annotated[:, None], valid_size, low_res)
 
 
 def low_res_targets(masks: torch.Tensor, valid_size: torch.Tensor, low_res: int) -> torch.Tensor:

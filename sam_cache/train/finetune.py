@@ -35,7 +35,7 @@ from ..store import fingerprint
 from ..store import schema as S
 from ..store.reader import CacheReader
 from ..choices import MIN_AREA
-from .data import ObjectSamples, Timed, loader, low_res_targets
+from .data import SEMANTIC, ObjectSamples, Timed, loader, low_res_targets, low_res_weights
 
 from ..choices import OPTIMIZERS, PRELOADS, SCHEDULES, SPLITS  # noqa: E402  (one list each)
 
@@ -61,6 +61,7 @@ class FinetuneConfig:
     early_stopping: int | None = None  # patience in epochs
     seed: int = 0
     workers: int = 0
+    labels: str | None = None  # train on this label layer (e.g. pseudo-masks from `predict`), not the ground truth
 
     def check(self) -> "FinetuneConfig":
         """Every option checked once, before any work, with the valid choices in the message."""
@@ -101,8 +102,18 @@ class FinetuneResult:
                 f"(untrained decoder {self.base_val_dice:.4f}), {speed}")
 
 
+def object_counts(reader: CacheReader, layer: str | None = None) -> np.ndarray:
+    """Objects per sample: the cache's own count for the ground truth, counted from a label layer otherwise."""
+    if layer is None:
+        return reader.coord(S.OBJECTS)
+    counts = np.zeros(reader.n_samples, np.int64)
+    for i in reader.samples:
+        counts[i] = len(reader.objects(int(i), 1, layer)[1])
+    return counts
+
+
 def split_samples(reader: CacheReader, val_fraction: float, seed: int, how: str = S.SOURCE,
-                  split_file: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  split_file: str | Path | None = None, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Train and validation sample indices.
 
     - `source`: a seeded share of the source files; `tile`: a seeded share of the tiles; `slice`: a share of
@@ -122,7 +133,7 @@ def split_samples(reader: CacheReader, val_fraction: float, seed: int, how: str 
         return samples[split == "train"], samples[split == "val"]
     unit = {S.SOURCE: reader.sources(samples), "tile": samples,
             S.SLICE: reader.sources(samples) * (1 + int(reader.coord(S.SLICE).max())) + reader.coord(S.SLICE)[samples]}[how]
-    objects = reader.coord(S.OBJECTS)[samples]
+    objects = (reader.coord(S.OBJECTS) if counts is None else counts)[samples]
     units = np.unique(unit)
     pool = np.unique(unit[objects > 0])  # the units holding objects, in (source, slice) order
     n_val = int(round(len(pool) * val_fraction))
@@ -155,11 +166,7 @@ def _from_file(reader: CacheReader, path: Path) -> tuple[np.ndarray, np.ndarray]
     key = next((k for k in (S.SOURCE, S.SAMPLE) if rows and k in rows[0]), None)
     if key is None or "split" not in rows[0]:
         raise SamCacheError(f"{path}: a split file needs a header `source,split` or `sample,split`")
-    paths = [str(p) for p in reader.source_table(S.SOURCE_PATH)]
-    names = {}
-    for i, p in enumerate(paths):  # a source is named by its index, path, file name or stem
-        for alias in (str(i), p, Path(p).name, Path(p).name.split(".")[0]):
-            names.setdefault(alias, i)
+    names = reader.source_aliases()  # a source is named by its index, path, file name or stem
     side = np.full(reader.n_samples, "", dtype=object)
     for n, row in enumerate(rows, start=2):
         value, split = (row.get(key) or "").strip(), (row.get("split") or "").strip()
@@ -185,16 +192,22 @@ def describe_split(reader: CacheReader, train, val, how: str) -> str:
     return f"split by {how}: train {side(train)}; validation {side(val) if len(val) else 'none'}"
 
 
-def mask_losses(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def mask_losses(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Dice + BCE of every candidate: logits [N, M, L, L], target [N, L, L] -> [N, M].
 
     The same terms MONAI's DiceCELoss(sigmoid=True, squared_pred=True) adds up, kept per mask (DiceCELoss
-    only returns a mean), so the best of SAM's 3 masks can be chosen per object."""
+    only returns a mean), so the best of SAM's 3 masks can be chosen per object. `weight` [N, L, L] (0 or
+    1) leaves unannotated pixels out of both terms."""
     N, M = logits.shape[:2]
     x, y = logits.reshape(N * M, 1, *logits.shape[2:]), target.repeat_interleave(M, 0)[:, None]
-    dice = DiceLoss(sigmoid=True, squared_pred=True, reduction="none")(x, y).reshape(N, M)
-    bce = F.binary_cross_entropy_with_logits(x, y, reduction="none").mean((1, 2, 3)).reshape(N, M)
-    return dice + bce
+    if weight is None:
+        dice = DiceLoss(sigmoid=True, squared_pred=True, reduction="none")(x, y).reshape(N, M)
+        bce = F.binary_cross_entropy_with_logits(x, y, reduction="none").mean((1, 2, 3)).reshape(N, M)
+        return dice + bce
+    w = weight.repeat_interleave(M, 0)[:, None]
+    dice = DiceLoss(squared_pred=True, reduction="none")(torch.sigmoid(x) * w, y * w).reshape(N, M)
+    bce = F.binary_cross_entropy_with_logits(x, y, weight=w, reduction="none").sum((1, 2, 3))
+    return dice + (bce / w.sum((1, 2, 3)).clamp(min=1)).reshape(N, M)
 
 
 def make_optimizer(params, c: FinetuneConfig):
@@ -226,7 +239,12 @@ def train_step(decoder, batch, c: FinetuneConfig, device) -> tuple[torch.Tensor,
     if not sel.any():
         return logits.sum() * 0, 0
     lg, tg, ip = logits.reshape(B * K, M, L, L)[sel], target.reshape(B * K, L, L)[sel], iou_pred.reshape(B * K, M)[sel]
-    losses = mask_losses(lg, tg)
+    annotated = batch["annotated"].to(device)
+    weight = None
+    if not annotated.all():  # a partly annotated label layer: unannotated pixels are left out of the loss
+        weight = low_res_weights(annotated, batch["valid_size"], L).expand(B, K, L, L).reshape(B * K, L, L)[sel]
+        tg = tg * weight
+    losses = mask_losses(lg, tg, weight)
     best = losses.argmin(1)
     mask_loss = losses.gather(1, best[:, None]).mean()
     with torch.no_grad():
@@ -282,13 +300,18 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     c = (config or FinetuneConfig()).check()
     O.choice("--preload", preload, PRELOADS)
     reader = CacheReader(cache)
-    reader.require_labels("to finetune")
+    if c.labels is None:
+        reader.require_labels("to finetune (or train on a label layer with --labels)")
+    else:
+        reader.layer_variable(c.labels)  # refused here, before any work, if the cache lacks it
+    # validation is against the ground truth when there is one, else against the layer trained on
+    val_layer = None if reader.label_kind is not None else c.labels
     device = torch.device(device) if device else default_device()
     decoder, spec = load_decoder(reader.model, checkpoint or reader.attrs.get("checkpoint"))
     decoder.to(device)
     decoder.prompt_encoder.requires_grad_(False)
-    train_idx, val_idx = split_samples(reader, c.val_fraction, c.seed, c.split, c.split_file)
-    counts = reader.coord(S.OBJECTS)
+    counts = object_counts(reader, val_layer)
+    train_idx, val_idx = split_samples(reader, c.val_fraction, c.seed, c.split, c.split_file, counts)
     for name, idx in (("training", train_idx), ("validation", val_idx)):
         if (len(idx) or name == "training") and counts[idx].sum() == 0:
             raise SamCacheError(f"{cache}: the {name} split holds no objects ({len(idx)} samples); "
@@ -309,17 +332,22 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
             raise SamCacheError(f"{out}: --resume on another cache than the run was trained on ({reader.path})")
     img_size = decoder.img_size[0]
     both = np.concatenate([train_idx, val_idx])
+    layers = tuple({c.labels, val_layer})
     per_sample = sum(int(np.prod(reader.array(n).shape[1:])) * reader.array(n).dtype.itemsize
-                     for n in (S.EMBEDDING, S.LABEL))
+                     for n in (S.EMBEDDING, *(reader.layer_variable(v) for v in layers)))
     where = choose_preload(preload, len(both) * per_sample, device)
     source, workers = reader, c.workers
     if where != "off":
-        source, workers = reader.preload(both, device if where == "device" else "cpu"), 0
+        source, workers = reader.preload(both, device if where == "device" else "cpu", layers), 0
         log(f"preload {preload}: {len(both)} samples ({source.nbytes / 2**20:.0f} MiB) read once into {where} memory"
             + (f"; --workers {c.workers} not needed" if c.workers else ""))
-    make = lambda idx, k: ObjectSamples(source, idx, c.prompt, k, img_size, c.seed, c.min_area,  # noqa: E731
-                                        c.prompt_options)
-    train_set, val_set = make(train_idx, c.objects_per_sample), make(val_idx, None)
+    make = lambda idx, k, layer: ObjectSamples(source, idx, c.prompt, k, img_size, c.seed,  # noqa: E731
+                                               c.min_area, c.prompt_options, layer=layer)
+    per_tile = 1 if c.prompt == SEMANTIC else c.objects_per_sample  # prompt-free: one target, the foreground
+    train_set, val_set = make(train_idx, per_tile, c.labels), make(val_idx, None, val_layer)
+    if c.labels is not None:
+        log(f"training on the label layer `{c.labels}`; validating against "
+            + ("the ground truth" if val_layer is None else f"`{c.labels}` (the cache holds no ground truth)"))
     val_data = loader(val_set, 1, workers=workers) if len(val_idx) else []
     opt = make_optimizer(decoder.mask_decoder.parameters(), c)
     sched = _schedule(opt, c)

@@ -1,0 +1,94 @@
+"""Prompts in source pixels -> the cached tile that decodes each, in that tile's pixel frame.
+
+The cache's provenance says where every tile lies: its source, slice, origin (y0, x0) and valid size. A
+box goes to the tile holding most of its area (the first such tile on a tie) and is clipped to it; a
+point prompt goes to the tile holding most of its points, the positive ones first, and points outside
+that tile are dropped. Every check names the prompts file and the line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from ..store import schema as S
+from .prompts_file import Prompt
+
+
+@dataclass
+class Placed:
+    prompt: Prompt
+    sample: int  # the tile that decodes it
+    box: np.ndarray | None  # [4] tile frame
+    points: np.ndarray | None  # [P, 2] tile frame
+    labels: np.ndarray | None  # [P]
+    dropped_points: int = 0
+
+
+class Tiles:
+    """The tiles of each (source, plane) of a cache, with their origins and sizes."""
+
+    def __init__(self, reader):
+        self.reader, self.aliases = reader, reader.source_aliases()
+        c = reader.coord
+        self.by_plane: dict[tuple[int, int], list[int]] = {}
+        for i in reader.samples:
+            self.by_plane.setdefault((int(c(S.SOURCE)[i]), max(int(c(S.SLICE)[i]), 0)), []).append(int(i))
+
+    def rect(self, i: int) -> np.ndarray:
+        """A tile's inclusive extent x0, y0, x1, y1 in source pixels."""
+        (h, w), y0, x0 = self.reader.valid_size(i), int(self.reader.coord(S.Y0)[i]), int(self.reader.coord(S.X0)[i])
+        return np.array([x0, y0, x0 + w - 1, y0 + h - 1], np.float64)
+
+    def plane(self, p: Prompt, path) -> tuple[int, int]:
+        """The (source, plane) a prompt names, or an error saying what the cache holds."""
+        if p.image not in self.aliases:
+            names = sorted({self.reader.source_name(s) for s in np.unique(self.reader.sources())})
+            raise InputError(path, f"{p.where}: image {p.image!r} is not a source of {self.reader.path} (it holds "
+                                   f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''})")
+        source = self.aliases[p.image]
+        n_planes, (H, W), axis = self.reader.planes(source)
+        if axis >= 0 and not 0 <= p.slice < n_planes:
+            raise InputError(path, f"{p.where}: {p.image} is a volume of {n_planes} slices along axis {axis}; give "
+                                   f"its `slice` (0..{n_planes - 1}), not {p.slice}")
+        if axis < 0 and p.slice not in (-1, 0):
+            raise InputError(path, f"{p.where}: {p.image} is a 2D image; it has no slice {p.slice}")
+        coords = [] if p.box is None else [p.box[:2], p.box[2:]]
+        coords += [] if p.points is None else list(p.points)
+        for x, y in coords:
+            if not (0 <= x <= W and 0 <= y <= H):
+                raise InputError(path, f"{p.where}: ({x:g}, {y:g}) lies outside {p.image}, which is {W}×{H} "
+                                       "(x, y in source pixels)")
+        plane = max(p.slice, 0)
+        if (source, plane) not in self.by_plane:
+            raise InputError(path, f"{p.where}: slice {plane} of {p.image} is not in the cache (skipped at embed time?)")
+        return source, plane
+
+    def place(self, p: Prompt, path) -> Placed:
+        tiles = self.by_plane[self.plane(p, path)]
+        rects = np.stack([self.rect(i) for i in tiles])
+        if p.box is not None:
+            lo, hi = np.maximum(rects[:, :2], p.box[:2]), np.minimum(rects[:, 2:], p.box[2:])
+            score = np.prod(np.clip(hi - lo + 1, 0, None), axis=1)
+        else:
+            inside = _inside(rects, p.points)  # [T, P]
+            score = inside[:, p.labels == 1].sum(1) * (len(p.labels) + 1) + inside.sum(1)
+        k = int(np.argmax(score))
+        i, r = tiles[k], rects[k]
+        box = None if p.box is None else np.concatenate([np.maximum(p.box[:2], r[:2]), np.minimum(p.box[2:], r[2:])]) \
+            - np.tile(r[:2], 2)
+        points = labels = None
+        dropped = 0
+        if p.points is not None:
+            keep = _inside(r[None], p.points)[0]
+            points, labels, dropped = p.points[keep] - r[:2], p.labels[keep], int((~keep).sum())
+            if not len(points):
+                points = labels = None
+        return Placed(p, i, box, points, labels, dropped)
+
+
+def _inside(rects: np.ndarray, points: np.ndarray) -> np.ndarray:
+    x, y = points[None, :, 0], points[None, :, 1]
+    return (x >= rects[:, :1]) & (x <= rects[:, 2:3] + 0.999) & (y >= rects[:, 1:2]) & (y <= rects[:, 3:4] + 0.999)
