@@ -482,6 +482,54 @@ def predict(
     typer.echo(str(result))
 
 
+@command("samcache classify ct.zarr --prompt center-point --train-transformer --class-names organs.json -o runs/cls")
+def classify(
+    cache: Path = typer.Argument(..., help="A cache with classes: class-id labels (e.g. CT organs) or one-object mask "
+                                 "files named by class."),
+    out: Path = typer.Option(Path("runs/classify"), "--out", "-o", help="Run folder: decoder.pth, class_head.pth, "
+                             "config.json (class names), report.md, confusion matrices.", rich_help_panel=OUTPUT),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace whatever --out holds, whole.",
+                                   rich_help_panel=OUTPUT),
+    checkpoint: str = typer.Option("base", help="Decoder to start from: base, a finetune run folder, or a SAM .pth.",
+                                   rich_help_panel=MODEL),
+    prompt: str = typer.Option("center-point", help="Prompt strategy the head trains with: " + ", ".join(C.PROMPTS)
+                               + ".", rich_help_panel=RECIPE),
+    train_transformer: bool = typer.Option(False, "--train-transformer", metavar="", help="Also train the decoder's "
+                                           "two-way transformer (the study's recipe); else only the head.",
+                                           rich_help_panel=RECIPE),
+    epochs: int = typer.Option(50, help="Epochs.", rich_help_panel=RECIPE),
+    lr: float = typer.Option(1e-5, help="Adam learning rate.", rich_help_panel=RECIPE),
+    balanced: bool = typer.Option(False, "--balanced", metavar="", help="Weigh each class by its inverse frequency "
+                                  "in the loss.", rich_help_panel=RECIPE),
+    batch_size: int = typer.Option(8, help="Cached samples per step.", rich_help_panel=RECIPE),
+    objects_per_sample: int = typer.Option(8, help="Objects drawn from each sample per step.", rich_help_panel=RECIPE),
+    min_area: int = typer.Option(C.MIN_AREA, help="Ignore objects smaller than this many pixels.",
+                                 rich_help_panel=RECIPE),
+    seed: int = typer.Option(0, help="Seed for the split, objects, prompts and order.", rich_help_panel=RECIPE),
+    class_names: Optional[Path] = typer.Option(None, help="Names of class ids: JSON {id: name} or CSV id,name (e.g. "
+                                               "TotalSegmentator's organs).", rich_help_panel=INPUT),
+    split: str = typer.Option("auto", help="Validation by source, slice, tile or column; auto: the first of source, "
+                              "slice, tile that can split the cache.", rich_help_panel=INPUT),
+    val_fraction: float = typer.Option(0.2, help="Share held out for validation (0: score on every sample).",
+                                       rich_help_panel=INPUT),
+    eval_prompts: str = typer.Option("random-point,box", help="Strategies the head is also scored with.",
+                                     rich_help_panel=SCORING),
+    device: Optional[str] = DEVICE,
+    quiet: bool = QUIET,
+):
+    """Train a class head on the decoder's mask token (and optionally the two-way transformer) to name the
+    class of each prompted object; report per-class and balanced accuracy and the confusion matrix."""
+    from sam_cache.classify import classify as run_classify
+
+    result = run_classify(
+        cache, out, prompt=prompt, epochs=epochs, lr=lr, train_transformer=train_transformer, checkpoint=checkpoint,
+        class_names=class_names, balanced=balanced, eval_prompts=_list(eval_prompts), val_fraction=val_fraction,
+        split=split, seed=seed, batch_size=batch_size, objects_per_sample=objects_per_sample, min_area=min_area,
+        device=device, progress=not quiet, log=_say, overwrite=overwrite)
+    typer.echo(str(result))
+    typer.echo(f"report: {out}/report.md, per_class.csv, confusion_*.csv/png")
+
+
 @command("samcache info em.zarr --verify")
 def info(
     cache: Path = typer.Argument(..., help="A cache made by `samcache embed`."),

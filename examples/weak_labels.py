@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 import sam_cache
-from sam_cache.predict.regions import Regions
+from sam_cache.infer.regions import Regions
 from sam_cache.store import schema as S
 from sam_cache.store.reader import CacheReader
 from sam_cache.store.writer import write_label_layer

@@ -2,7 +2,7 @@
 
 The data flow, one sub-package each: ingest (sources -> tiles) -> encode (encoder -> cache) -> store (the
 cache's schema, fingerprint, writer and reader) -> decode (prompts -> decoder -> masks) -> train ->
-eval (metrics, runner) -> reports; amg (automatic masks, sweeps), predict (a user's prompts, label layers)
+eval (metrics, runner) -> reports; amg (automatic masks, sweeps), infer (predict: a user's prompts, label layers)
 and classify (a class head) decode from the cache on their own. `runs` owns a finetune's run folder. The names below are imported on
 first use, so `import sam_cache` (and `samcache --help`) does not load torch.
 """
@@ -17,7 +17,8 @@ _EXPORTS = {
     "describe": "store.info", "format_info": "store.info", "verify": "store.info", "CacheReader": "store.reader",
     "open_cache": "store.reader", "FinetuneConfig": "train.finetune", "FinetuneResult": "train.finetune",
     "finetune": "train.finetune", "segment": "amg.segment", "SegmentResult": "amg.segment",
-    "predict": "predict.predict", "PredictResult": "predict.predict", "runs": None,
+    "predict": "infer.predict", "PredictResult": "infer.predict",
+    "classify": None, "runs": None,
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -4,7 +4,6 @@ training from them."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

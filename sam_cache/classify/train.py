@@ -1,0 +1,172 @@
+"""`classify`: train a class head on SAM's decoder tokens from the cache (the CT organ study, BTCV recipe:
+Adam lr 1e-5, 50 epochs) and report per-organ accuracy per prompt strategy. The image encoder never runs.
+
+Trained: the head always, and with `train_transformer` the mask decoder's two-way transformer; the prompt
+encoder, the IoU head, the hypernetwork MLPs and the upscaling stay as they were. The last epoch is kept
+(no selection on the validation split, so the validation scores are not tuned to it).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from .. import options as O
+from ..choices import MIN_AREA, SPLITS
+from ..decode import prompts as P
+from ..decode.pipeline import PromptBatch, decode_prompts
+from ..encode.encoder import default_device
+from ..errors import SamCacheError
+from ..eval.aggregate import read_class_names
+from ..models import ModelSpec, resolve_checkpoint
+from ..runs import CONFIG, DECODER, FULL, METRICS, Run, claim, load_decoder
+from ..store import schema as S
+from ..store.reader import CacheReader
+from ..train.data import ObjectSamples, loader
+from ..train.finetune import _save_full_sam, choose_preload, split_samples
+from . import report
+from .report import ClassifyResult
+from .head import HEAD, ClassHead
+from .objects import ObjectClasses
+
+FILES = (CONFIG, DECODER, HEAD, FULL, METRICS, report.PER_CLASS, report.REPORT)
+
+
+def _split(reader, val_fraction: float, seed: int, how: str):
+    """`auto`: by source file, else by slice block, else by tile, the first that can split."""
+    tries = [S.SOURCE, S.SLICE, "tile"] if how == "auto" else [how]
+    for n, way in enumerate(tries):
+        try:
+            return (*split_samples(reader, val_fraction, seed, way), way)
+        except SamCacheError:
+            if n == len(tries) - 1:
+                raise
+
+
+def _spec(reader) -> ModelSpec:
+    m = reader.model
+    random = m["checkpoint_sha256"].startswith("random-init:")
+    path = None if random else str(resolve_checkpoint(m["type"], reader.attrs.get("checkpoint"), download=False))
+    return ModelSpec(m["type"], path, m["checkpoint_sha256"], m["trained"])
+
+
+def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: float = 1e-5,
+             train_transformer: bool = False, checkpoint: str = "base", class_names=None, balanced: bool = False,
+             eval_prompts=None, val_fraction: float = 0.2, split: str = "auto", seed: int = 0, batch_size: int = 8,
+             objects_per_sample: int | None = 8, min_area: int = MIN_AREA, device=None, progress: bool = True,
+             log=print, overwrite: bool = False) -> ClassifyResult:
+    """Train a class head (and optionally the two-way transformer) of `checkpoint` (`base`, a finetune run
+    folder or a SAM .pth) on the classes of `cache`, into the run folder `out`; score it per prompt of
+    `prompt` and `eval_prompts` (default: random-point, box) on the validation split, or on every sample when
+    `val_fraction` is 0. `class_names`: a JSON {id: name} or CSV id,name file naming class ids.
+
+    `balanced`: the cross-entropy weighs each class by its inverse frequency among the training objects
+    (n / (classes * count)); the samples are still drawn uniformly. `split`: auto (by source file, falling back to a
+    block of slices, then tiles, when the cache cannot be split so), or one of source, slice, tile, column.
+    `objects_per_sample`: objects drawn per sample and step (None: all)."""
+    eval_prompts = list(dict.fromkeys([prompt, *(["random-point", "box"] if eval_prompts is None else eval_prompts)]))
+    P.check([prompt, *eval_prompts])
+    O.choice("--split", split, ("auto", *SPLITS))
+    for name, value in (("epochs", epochs), ("batch-size", batch_size), ("min-area", min_area)):
+        O.at_least("--" + name, value, 1)
+    if objects_per_sample is not None:
+        O.at_least("--objects-per-sample", objects_per_sample, 1)
+    if not lr > 0:
+        raise O.OptionError(f"--lr must be > 0, not {lr!r}")
+    O.at_least("--val-fraction", val_fraction, 0, 0.95)
+    reader = CacheReader(cache)
+    reader.require_labels("to train a class head")
+    classes = ObjectClasses(reader, min_area, read_class_names(class_names) if class_names else None)
+    train_idx, val_idx, how = _split(reader, val_fraction, seed, split)
+    train_idx, val_idx = classes.holding(train_idx), classes.holding(val_idx)
+    if not len(train_idx) or (val_fraction > 0 and not len(val_idx)):
+        raise SamCacheError(f"{cache}: the {'training' if not len(train_idx) else 'validation'} split holds no "
+                            "objects; change --seed or --val-fraction")
+    device = torch.device(device) if device else default_device()
+    decoder = load_decoder(reader, checkpoint).to(device)
+    claim(out, "classify", FILES, overwrite=overwrite)
+    recipe = {"prompt": prompt, "epochs": epochs, "lr": lr, "optimizer": "adam", "train_transformer": train_transformer,
+              "balanced": balanced, "batch_size": batch_size, "objects_per_sample": objects_per_sample,
+              "min_area": min_area, "checkpoint": str(checkpoint), "seed": seed, "eval_prompts": eval_prompts}
+    run = Run.start(out, {
+        "recipe": recipe, "cache": str(cache), "cache_fingerprint": reader.fingerprint, "model": reader.model,
+        "classes": classes.names, "class_ids": classes.ids,
+        "sets": {"how": how, "val_fraction": val_fraction, "seed": seed, "train": train_idx.tolist(),
+                 "val": val_idx.tolist()}, "samcache": __version__})
+    head = ClassHead.for_decoder(decoder, classes.names)
+    decoder.requires_grad_(False)
+    decoder.mask_decoder.transformer.requires_grad_(train_transformer)
+    params = [*head.parameters(), *(decoder.mask_decoder.transformer.parameters() if train_transformer else [])]
+    opt = torch.optim.Adam(params, lr=lr)
+    weight = classes.balanced_weights(train_idx).to(device) if balanced else None
+    both = np.concatenate([train_idx, val_idx])
+    nbytes = len(both) * int(np.prod(reader.array(S.EMBEDDING).shape[1:])) * reader.array(S.EMBEDDING).dtype.itemsize
+    where = choose_preload("auto", nbytes, device)
+    source = reader if where == "off" else reader.preload(both, device if where == "device" else "cpu")
+    img_size = decoder.img_size[0]
+    samples = lambda idx, p, k: ObjectSamples(source, idx, p, k, img_size, seed, min_area)  # noqa: E731
+    train_set = samples(train_idx, prompt, objects_per_sample or classes.most(train_idx))
+    eval_idx = val_idx if len(val_idx) else train_idx
+    val_set = samples(val_idx, prompt, classes.most(val_idx)) if len(val_idx) else None
+    log(f"{len(classes)} classes; split by {how}: {len(train_idx)} training samples, {len(val_idx)} validation "
+        f"samples; training the head{' and the two-way transformer' if train_transformer else ''}")
+    history = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        train_set.epoch = epoch
+        data = loader(train_set, batch_size, torch.Generator().manual_seed(seed * 100_003 + epoch))
+        total, count = train_epoch(decoder, head, data, classes, opt, weight, train_transformer, device)
+        row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_accuracy": float("nan"),
+               "val_balanced_accuracy": float("nan")}
+        if val_set is not None:
+            s = report.score(*report.predict(decoder, head, val_set, classes, batch_size), classes.names, 0)
+            row.update(val_accuracy=s["accuracy"], val_balanced_accuracy=s["balanced_accuracy"])
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        report.write_metrics(run.path / METRICS, history)
+        if progress:
+            log(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, val accuracy {row['val_accuracy']:.3f} "
+                f"(balanced {row['val_balanced_accuracy']:.3f}), {row['seconds']:.1f} s")
+    decoder.eval()
+    run.save_decoder(decoder)
+    head.save(run.path / HEAD)
+    _save_full_sam(reader.model, _spec(reader), run, run.decoder_weights())
+    majority = int(np.argmax(classes.counts(train_idx)))
+    scored = {p: report.score(*report.predict(decoder, head, samples(eval_idx, p, classes.most(eval_idx)), classes,
+                                              batch_size), classes.names, majority) for p in eval_prompts}
+    on = "validation" if len(val_idx) else "all samples"
+    report.write(run.path, scored, f"{Path(str(cache)).name}, SAM {reader.model['type']}, {on} "
+                 f"({len(eval_idx)} samples), head trained with {prompt}"
+                 + ("" if reader.model["trained"] else " (UNTRAINED model)"))
+    first = scored[prompt]
+    return ClassifyResult(str(out), classes.names, prompt, on, first["accuracy"], first["balanced_accuracy"],
+                          first["majority_rate"], report.summary_table(scored),
+                          {p: s["per_class"] for p, s in scored.items()}, pd.DataFrame(history), head.eval().cpu())
+
+
+def train_epoch(decoder, head, data, classes, opt, weight, train_transformer: bool, device) -> tuple[float, int]:
+    """One pass over `data`: cross-entropy on every prompted object; returns (summed loss, objects)."""
+    head.train()
+    decoder.train(train_transformer)
+    total, count = 0.0, 0
+    for batch in data:
+        target = classes.targets(batch).to(device)
+        n = int((target >= 0).sum())
+        if not n:
+            continue
+        with torch.set_grad_enabled(train_transformer), \
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            tokens = decode_prompts(decoder, batch[S.EMBEDDING], PromptBatch.collated(batch), batch["valid_size"],
+                                    "best-iou", tile_masks=False).tokens
+        loss = F.cross_entropy(head(tokens.float()).flatten(0, 1), target.flatten(), weight=weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, count = total + float(loss.detach()) * n, count + n
+    return total, count
