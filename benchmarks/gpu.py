@@ -31,6 +31,7 @@ STEPS = [
     ("finetune epoch", "finetune_speed.py", "--model vit_h --n 1980 --batch-size 32 --objects-per-sample 1", "--model tiny --n 8 --batch-size 4 --objects-per-sample 1", "finetune_{m}_{d}_k1"),
     ("ablation", "ablate_speed.py", "--model vit_h --n 1980 --samples 256", "--model tiny --n 8 --samples 2 --prompts box", "ablate_{m}_{d}"),
     ("AMG", "amg.py", "--model vit_h --n 16 --points-per-side 32", "--model tiny --n 2 --points-per-side 4 --random-init-thresholds", "amg_{m}_{d}"),
+    ("predict", "predict_speed.py", "--model vit_h --n 64", "--model tiny --n 2", "predict_{m}_{d}"),
 ]
 
 
@@ -63,6 +64,10 @@ def headline(step: str, rows: list[dict]) -> list[tuple[str, str]]:
             ("3x3x3 sweep cost vs one setting", f"{ratios['sweep_cost_vs_one_setting']:.2f}x"),
             ("whole-call / decoder-only speed-up over stock", f"{ratios['whole_call_speedup']:.2f}x / "
                                                               f"{ratios['decoder_only_speedup']:.2f}x")]
+    if step == "predict":
+        runs, ratios = [r for r in rows if "run" in r], rows[-1]
+        return [(r["run"], f"{r['prompts_per_s']:.0f} prompts/s") for r in runs] + [
+            ("whole-call speed-up over stock", f"{ratios['whole_speedup']:.1f}x")]
     return []
 
 

@@ -108,12 +108,13 @@ def main() -> None:
     table = pd.DataFrame(rows)
     cells = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     md = "\n".join(["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)] +
-                   ["| " + " | ".join(cells(v) for v in row) + " |" for row in table.fillna("-").itertuples(index=False)])
+                   ["| " + " | ".join(cells(v) for v in row) + " |" for row in table.astype(object).fillna("-").itertuples(index=False)])
     (a.out / "table.md").write_text(f"Prompt-free Dice etc. on held-out images ({a.model}); teacher {teacher}\n\n{md}\n")
     print(md)
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    labels = [f"{r['labels']}\n{r['annotated']}" for r in rows]
-    ax.bar(labels, table["dice"], color=["grey"] + ["tab:blue", "tab:orange"] * (len(rows) // 2))
+    labels = ["untrained"] + [f"{r['labels']}\n{r['annotated']}" for r in rows[1:]]
+    bars = ax.bar(labels, table["dice"], color=["grey"] + ["tab:blue", "tab:orange"] * (len(rows) // 2))
+    ax.bar_label(bars, fmt="%.2f")
     ax.set_ylabel("prompt-free Dice (val)")
     ax.set_ylim(0, 1)
     ax.set_title(f"full vs weak labels, {a.model}" + (" (UNTRAINED SAM)" if a.model == "tiny" else ""))
