@@ -243,3 +243,24 @@ def test_prompt_free_finetune_beats_the_untrained_prompt_free_output(nuclei, tmp
     assert list(base.sample.values) == list(tuned.sample.values) and base.sizes["sample"] == 16
     assert float(tuned.dice.mean()) > float(base.dice.mean()) + 0.15, (float(tuned.dice.mean()), float(base.dice.mean()))
     assert float(tuned.auc.mean()) > 0.8 and r.best_val_dice > r.base_val_dice
+
+
+def test_a_volume_keeps_its_shape_and_prompts_name_their_slice(tmp_path, data_root):
+    ct = data_root / "ct-totalseg"
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_tiny(img_size=128), tmp_path / "t.pth")
+    cache = tmp_path / "ct.zarr"
+    sam_cache.embed(ct / "example_ct_sm.nii.gz", cache, labels=str(ct / "example_seg.nii.gz"), model="tiny",
+                    checkpoint=ckpt, workers=0, progress=False, skip_empty=True)
+    (tmp_path / "p.csv").write_text("image,x,y,label,slice\nexample_ct_sm,50,40,1,12\n")
+    r = sam_cache.predict(cache, tmp_path / "o", prompts=tmp_path / "p.csv", **QUIET)
+    vol = tifffile.imread(tmp_path / "o" / "labels" / "example_ct_sm.tif")  # .nii.gz: the stem without .nii
+    assert vol.shape == (122, 101, 30) and r.prompts.loc[0, "tile"] == "example_ct_sm.nii.gz (slice 12)"
+    reader = CacheReader(cache)
+    sample = int(r.prompts.loc[0, "sample"])
+    want = decoded(reader, sample, points=[[50, 40]], labels=[1])
+    np.testing.assert_array_equal(vol[..., 12] == 1, want)
+    assert not np.delete(vol, 12, axis=2).any()
+    (tmp_path / "p.csv").write_text("image,x,y,label\nexample_ct_sm,50,40,1\n")
+    r = CliRunner().invoke(app, ["predict", str(cache), "--prompts", str(tmp_path / "p.csv"), "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "give its `slice` (0..29)" in " ".join(r.output.split())

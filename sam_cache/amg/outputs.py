@@ -84,12 +84,17 @@ def write_coco(path: Path, images: list[dict], annotations: list[dict], info: di
 
 
 def label_names(reader) -> dict[int, str]:
-    """The label image's file name of each source: its stem + .tif, with the source's index added where two
-    sources share a stem (files of one name in different folders)."""
+    """The label image's file name of each source: its stem (without .nii or .ome either) + .tif, with the
+    source's index added where two sources share a stem (files of one name in different folders)."""
     sources = [int(s) for s in np.unique(reader.sources())]
-    stems = {s: Path(reader.source_name(s)).stem for s in sources}
+    stems = {s: _stem(reader.source_name(s)) for s in sources}
     seen = Counter(stems.values())
     return {s: f"{stem}-{s}.tif" if seen[stem] > 1 else f"{stem}.tif" for s, stem in stems.items()}
+
+
+def _stem(name: str) -> str:
+    stem = Path(name).stem
+    return Path(stem).stem if Path(stem).suffix.lower() in (".nii", ".ome") else stem
 
 
 class TileLabels:

@@ -127,31 +127,31 @@ def _decode(reader, decoder, placed: list[Placed], mask_mode: str, on_prompt) ->
 
 
 def _paint(reader, placed, masks, keep, regions: Regions) -> dict:
-    """Source -> [planes, H, W] uint32 ids (largest mask painted first) and the annotated pixels (or None)."""
+    """Source -> [planes, H, W] uint32 ids (largest mask painted first), for the sources prompted."""
     planes = {}
-    for s in np.unique(reader.sources()):
-        n_planes, shape, _ = reader.planes(int(s))
-        region = [regions.annotated(int(s), z, shape) for z in range(n_planes)]
-        planes[int(s)] = (np.zeros((n_planes, *shape), np.uint32), None if region[0] is None else np.stack(region))
     for n in sorted(keep, key=lambda n: -int(masks[n].sum())):
         p, m = placed[n], masks[n]
         i = p.sample
-        label, region = planes[int(reader.coord(S.SOURCE)[i])]
+        source = int(reader.coord(S.SOURCE)[i])
+        if source not in planes:
+            n_planes, shape, _ = reader.planes(source)
+            planes[source] = np.zeros((n_planes, *shape), np.uint32)
         z, y0, x0 = max(int(reader.coord(S.SLICE)[i]), 0), int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
-        view = label[z, y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
+        region = regions.annotated(source, z, planes[source].shape[1:])
         if region is not None:
-            m = m & region[z, y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
-        view[m] = p.prompt.id
+            m = m & region[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
+        planes[source][z, y0:y0 + m.shape[0], x0:x0 + m.shape[1]][m] = p.prompt.id
     return planes
 
 
-def _tile(reader, planes, i: int, zero_unannotated: bool) -> np.ndarray:
-    label, region = planes[int(reader.coord(S.SOURCE)[i])]
-    (h, w), z = reader.valid_size(i), max(int(reader.coord(S.SLICE)[i]), 0)
-    y0, x0 = int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
-    tile = label[z, y0:y0 + h, x0:x0 + w].astype(np.int32)
+def _tile(reader, planes, regions: Regions, i: int, zero_unannotated: bool) -> np.ndarray:
+    """A tile's ids in the layer: its region of the painted plane, -1 where not annotated."""
+    source, z = int(reader.coord(S.SOURCE)[i]), max(int(reader.coord(S.SLICE)[i]), 0)
+    (h, w), y0, x0 = reader.valid_size(i), int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
+    tile = planes[source][z, y0:y0 + h, x0:x0 + w].astype(np.int32) if source in planes else np.zeros((h, w), np.int32)
+    region = regions.annotated(source, z, reader.planes(source)[1])
     if region is not None and not zero_unannotated:
-        tile[~region[z, y0:y0 + h, x0:x0 + w]] = -1  # not annotated: the loss leaves it out
+        tile[~region[y0:y0 + h, x0:x0 + w]] = -1  # not annotated: the loss leaves it out
     return tile
 
 
@@ -222,23 +222,24 @@ def predict(cache, out, prompts=None, prompts_from_labels: str | None = None, ch
     if write_layer is not None:
         provenance = {"made_by": "samcache predict", "decoder": str(checkpoint), "mask_mode": mask_mode, **origin,
                       **regions.describe(), "zero_unannotated": zero_unannotated, "cache_fingerprint": reader.fingerprint}
-        tiles = {int(i): _tile(reader, planes, int(i), zero_unannotated) for i in reader.samples}
+        tiles = {int(i): _tile(reader, planes, regions, int(i), zero_unannotated) for i in reader.samples}
         layer = write_label_layer(cache, write_layer, tiles, provenance, overwrite_layer)
         log(f"wrote {len(keep)} masks into {cache} as the label layer `{layer}`")
     weak = object_dice = None
     if reader.label_kind is not None:
-        weak = _foreground_dice(reader, planes)
+        weak = _foreground_dice(reader, planes, regions)
         hits = [from_counts(**counts(torch.from_numpy(masks[n][None]), torch.from_numpy(truth[placed[n].prompt.id][None]))
                             )["dice"].item() for n in keep if placed[n].prompt.id in truth]
         object_dice = float(np.mean(hits)) if hits else None
     return PredictResult(out, table, layer, weak, object_dice)
 
 
-def _foreground_dice(reader, planes) -> float:
+def _foreground_dice(reader, planes, regions) -> float:
     """The masks' foreground against the ground truth's, pooled over every annotated pixel of every tile."""
     tp = fp = fn = 0
     for i in reader.samples:
-        pred, truth = _tile(reader, planes, int(i), False), instance_map(reader.label(int(i)), reader.label_kind) > 0
+        pred = _tile(reader, planes, regions, int(i), False)
+        truth = instance_map(reader.label(int(i)), reader.label_kind) > 0
         seen = pred >= 0
         c = counts(torch.from_numpy((pred > 0) & seen)[None], torch.from_numpy(truth & seen)[None])
         tp, fp, fn = tp + int(c["tp"]), fp + int(c["fp"]), fn + int(c["fn"])
@@ -259,7 +260,7 @@ def _table(reader, placed, status, masks, scores) -> pd.DataFrame:
 
 def _write_outputs(reader, out: Path, planes, placed, masks, scores, output_mode, checkpoint, origin) -> None:
     files = outputs.label_names(reader)
-    classes = sorted({p.prompt.cls for p in placed if p.prompt.cls})
+    classes = sorted({p.prompt.cls for p in placed if p.prompt.cls}, key=lambda c: (not c.isdigit(), c.zfill(12)))
     category = {c: k for k, c in enumerate(classes, start=2)}  # 1 is `object` (no class given)
     info = {p.prompt.id: {"predicted_iou": scores[n], "prompt_id": p.prompt.id,
                           "category_id": category.get(p.prompt.cls, 1),
@@ -270,7 +271,7 @@ def _write_outputs(reader, out: Path, planes, placed, masks, scores, output_mode
     used = {int(reader.coord(S.SOURCE)[placed[n].sample]) for n in masks}
     images, annotations = [], []
     for source in sorted(used):
-        label, _ = planes[source]
+        label = planes[source]
         n_planes, (h, w), axis = reader.planes(source)
         outputs.write_label(out / outputs.LABELS / files[source], label[0] if axis < 0 else np.moveaxis(label, 0, axis))
         for z in range(n_planes):

@@ -36,7 +36,7 @@ class Regions:
             raise OptionError("give --annotated-fraction or --annotated-region, not both")
         if fraction is not None and not 0 < fraction <= 1:
             raise OptionError(f"--annotated-fraction must be in (0, 1], not {fraction}")
-        self.fraction, self.seed, self.rects = fraction, seed, None
+        self.fraction, self.seed, self.rects, self.made = fraction, seed, None, {}
         if region_file is not None:
             tiles, self.rects = Tiles(reader), {}
             for p in read_prompts(region_file):
@@ -55,7 +55,10 @@ class Regions:
     def annotated(self, source: int, plane: int, shape: tuple[int, int]) -> np.ndarray | None:
         if not self.partial:
             return None
+        if (source, plane) in self.made:  # the last plane made: asked for by each prompt and tile on it in turn
+            return self.made[source, plane]
         out = np.zeros(shape, bool)
+        self.made = {(source, plane): out}
         if self.fraction is not None:
             out[fraction_rect(shape, self.fraction, np.random.default_rng([self.seed, source, plane]))] = True
         for x0, y0, x1, y1 in self.rects.get((source, plane), []) if self.rects is not None else []:

@@ -57,6 +57,7 @@ class CacheReader:
         self.path = str(path)
         self.attrs = read_attrs(path)
         self._group, self._arrays, self._mask_class, self._names, self._axes = None, {}, None, None, None
+        self._shapes = None
         done = np.asarray(self.group[S.DONE][:], dtype=bool)
         if not done.all() and not allow_partial:
             raise CacheIncompleteError(
@@ -218,7 +219,9 @@ class CacheReader:
         along (-1 for a 2D image, which has one plane)."""
         import json
 
-        shape, axis = tuple(json.loads(str(self.source_table(S.SOURCE_SHAPE)[int(source)]))), self.slice_axis(source)
+        if self._shapes is None:  # the table is read once
+            self._shapes = [tuple(json.loads(str(v))) for v in self.source_table(S.SOURCE_SHAPE)]
+        shape, axis = self._shapes[int(source)], self.slice_axis(source)
         if axis < 0:
             return 1, (shape[0], shape[1]), axis
         rest = [n for i, n in enumerate(shape) if i != axis]
