@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, SamCacheError
-from .models import detect_type, load_decoder as _cache_decoder, load_state_dict
+from .models import detect_type, load_decoder as _cache_decoder, load_sam, load_state_dict, resolve_checkpoint
 
 CONFIG, DECODER, LAST, STATE = "config.json", "decoder.pth", "decoder_last.pth", "state.pth"
 FULL, METRICS, CURVES = "sam_finetuned.pth", "metrics.csv", "curves.png"
@@ -103,6 +103,17 @@ class Run:
         state = {f"mask_decoder.{k}": v.detach().cpu() for k, v in decoder.mask_decoder.state_dict().items()}
         torch.save(state, self.path / which)
 
+    def save_full_sam(self, model: dict, checkpoint, weights: dict) -> None:
+        """sam_finetuned.pth: the cache's SAM (`model`, its checkpoint file, or rebuilt from its seed when it
+        was random-init) with `weights` (SAM key names) swapped in, loadable by segment_anything's registry
+        (or samcache's tiny builder)."""
+        if model["checkpoint_sha256"].startswith("random-init:"):
+            state = load_sam(model["type"], random_init=True)[0].state_dict()
+        else:
+            state = load_state_dict(resolve_checkpoint(model["type"], checkpoint, download=False))
+        state.update(weights)
+        torch.save(state, self.path / FULL)
+
     def decoder_weights(self, which: str = DECODER) -> dict:
         return _safe_load(self.path / which)
 
@@ -116,12 +127,13 @@ class Run:
         path = self.path / STATE
         return _safe_load(path, device) if path.exists() else None
 
-    def write_metrics(self, history: list[dict]) -> None:
+    def write_metrics(self, history: list[dict], columns=METRIC_COLUMNS) -> None:
+        """metrics.csv: one row per epoch, in `columns` (a finetune's by default)."""
         with open(self.path / METRICS, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             w.writeheader()
             for row in history:
-                w.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+                w.writerow({k: row.get(k, "") for k in columns})
 
 
 def _safe_load(path: Path, device="cpu"):

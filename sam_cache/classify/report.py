@@ -8,7 +8,6 @@ that occur among the true or predicted classes of the evaluated objects.
 
 from __future__ import annotations
 
-import csv
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,10 +137,3 @@ def markdown(scored: dict[str, dict], title: str) -> str:
         cells = [f"{t.loc[c, 'accuracy']:.3f} ({t.loc[c, 'support']})" if c in t.index else "-" for t in table.values()]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_metrics(path: Path, history: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)

@@ -24,12 +24,11 @@ from ..decode.pipeline import PromptBatch, decode_prompts
 from ..encode.encoder import default_device
 from ..errors import SamCacheError
 from ..eval.aggregate import read_class_names
-from ..models import ModelSpec, resolve_checkpoint
 from ..runs import CONFIG, DECODER, FULL, METRICS, Run, claim, load_decoder
 from ..store import schema as S
 from ..store.reader import CacheReader
 from ..train.data import ObjectSamples, loader
-from ..train.finetune import _save_full_sam, choose_preload, split_samples
+from ..train.finetune import choose_preload, split_samples
 from . import report
 from .report import ClassifyResult
 from .head import HEAD, ClassHead
@@ -47,13 +46,6 @@ def _split(reader, val_fraction: float, seed: int, how: str):
         except SamCacheError:
             if n == len(tries) - 1:
                 raise
-
-
-def _spec(reader) -> ModelSpec:
-    m = reader.model
-    random = m["checkpoint_sha256"].startswith("random-init:")
-    path = None if random else str(resolve_checkpoint(m["type"], reader.attrs.get("checkpoint"), download=False))
-    return ModelSpec(m["type"], path, m["checkpoint_sha256"], m["trained"])
 
 
 def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: float = 1e-5,
@@ -129,14 +121,14 @@ def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: flo
             row.update(val_accuracy=s["accuracy"], val_balanced_accuracy=s["balanced_accuracy"])
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
-        report.write_metrics(run.path / METRICS, history)
+        run.write_metrics(history, list(row))
         if progress:
             log(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, val accuracy {row['val_accuracy']:.3f} "
                 f"(balanced {row['val_balanced_accuracy']:.3f}), {row['seconds']:.1f} s")
     decoder.eval()
     run.save_decoder(decoder)
     head.save(run.path / HEAD)
-    _save_full_sam(reader.model, _spec(reader), run, run.decoder_weights())
+    run.save_full_sam(reader.model, reader.attrs.get("checkpoint"), run.decoder_weights())
     majority = int(np.argmax(classes.counts(train_idx)))
     scored = {p: report.score(*report.predict(decoder, head, samples(eval_idx, p, classes.most(eval_idx)), classes,
                                               batch_size), classes.names, majority) for p in eval_prompts}

@@ -71,16 +71,16 @@ def decode_prompts(decoder, embeddings: torch.Tensor, prompts: PromptBatch, vali
     result = DecodeOutput(out.logits, out.iou, out.tokens, best, None)
     if tile_masks:
         with torch.no_grad():
-            result.masks = _at_tile_size(decoder, result.chosen.detach().float(), valid_size)
+            result.masks = [t > 0 for t in tile_logits(decoder, result.chosen.detach().float(), valid_size)]
     return result
 
 
-def _at_tile_size(decoder, logits: torch.Tensor, valid_size: torch.Tensor) -> list[torch.Tensor]:
-    """Per tile: logits [K, L, L] -> bool masks [K, h, w] at the tile's valid size."""
+def tile_logits(decoder, logits: torch.Tensor, valid_size: torch.Tensor) -> list[torch.Tensor]:
+    """Per tile: low-res logits [K, L, L] -> logits [K, h, w] at the tile's valid size (SAM's postprocessing)."""
     img_size = decoder.img_size[0]
     out = []
     for b in range(logits.shape[0]):
         h, w = (int(v) for v in valid_size[b])
         input_size = ResizeLongestSide.get_preprocess_shape(h, w, img_size)
-        out.append(upscale_masks(decoder, logits[b][:, None], input_size, (h, w))[:, 0] > 0)
+        out.append(upscale_masks(decoder, logits[b][:, None], input_size, (h, w))[:, 0])
     return out

@@ -22,10 +22,8 @@ import pandas as pd
 import torch
 import xarray as xr
 from scipy import ndimage
-from segment_anything.utils.transforms import ResizeLongestSide
 
-from ..decode.decoder import upscale_masks
-from ..decode.pipeline import PromptBatch, decode_prompts
+from ..decode.pipeline import PromptBatch, decode_prompts, tile_logits
 from ..ingest.labels import instance_map
 from . import instances as inst
 from .metrics import from_counts
@@ -91,14 +89,8 @@ def foreground_probability(decoder, embeddings: torch.Tensor, valid_size: torch.
     with torch.no_grad():
         out = decode_prompts(decoder, embeddings, PromptBatch(None, None, None, 1), valid_size, mask_mode,
                              tile_masks=False)
-        logits = out.chosen.float()  # [B, 1, L, L]
-        probs = []
-        for b in range(logits.shape[0]):
-            h, w = (int(v) for v in valid_size[b])
-            input_size = ResizeLongestSide.get_preprocess_shape(h, w, decoder.img_size[0])
-            up = upscale_masks(decoder, logits[b][:, None], input_size, (h, w))[0, 0]
-            probs.append(torch.sigmoid(up).cpu().numpy().astype(np.float32))
-    return probs
+        return [torch.sigmoid(t[0]).cpu().numpy().astype(np.float32)
+                for t in tile_logits(decoder, out.chosen.float(), valid_size)]
 
 
 def score_tiles(reader, indices, decoders: dict, device="cpu", threshold: float = 0.5, watershed: bool = False,
@@ -107,9 +99,10 @@ def score_tiles(reader, indices, decoders: dict, device="cpu", threshold: float 
     """Score each decoder (name -> PromptDecoder) prompt-free on the samples `indices` of a cache, against
     its ground truth (or the label layer `layer`, read as instance ids). Returns a Dataset of dims (sample,
     checkpoint) with one variable per score of SCORES; `progress()` is called once per sample."""
-    reader.require_labels("to score against")
+    if layer is None:
+        reader.require_labels("to score against")
     indices = np.asarray(indices, dtype=np.int64)
-    kind = reader.label_kind if layer is None else "instance"
+    kind = reader.kind_of(layer)
     names = list(decoders)
     for d in decoders.values():
         d.to(device).eval()
@@ -118,7 +111,7 @@ def score_tiles(reader, indices, decoders: dict, device="cpu", threshold: float 
         batch = indices[start:start + batch_size]
         emb = torch.from_numpy(np.stack([reader.embedding(i) for i in batch]))
         size = torch.tensor([reader.valid_size(i) for i in batch])
-        truths = [instance_map(reader.label(i, layer), kind) for i in batch]
+        truths = [instance_map(np.maximum(reader.label(i, layer), 0), kind) for i in batch]  # a layer's -1: background
         probs = [foreground_probability(decoders[n], emb, size, mask_mode) for n in names]
         for j, truth in enumerate(truths):
             for c in range(len(names)):

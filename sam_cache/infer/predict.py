@@ -23,7 +23,7 @@ from ..choices import MASK_MODES, MIN_AREA, PROMPTS
 from ..decode import prompts as P
 from ..decode.pipeline import PromptBatch, decode_prompts
 from ..encode.encoder import default_device
-from ..eval.metrics import counts, from_counts
+from ..eval.metrics import counts, from_counts, scores as mask_scores
 from ..ingest.labels import instance_map
 from ..progress import Progress
 from ..runs import checkpoint_name, claim, load_decoder
@@ -70,20 +70,18 @@ def from_labels(reader: CacheReader, strategy: str, seed: int, min_area: int, op
         h, w = reader.valid_size(int(i))
         # target_length = the tile's longest side: the prompts come back in the tile's own pixel frame
         pr = P.make_prompts(strategy, torch.from_numpy(masks), sample_generator(seed, 0, int(i)), max(h, w), **options)
-        y0, x0 = int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
-        name, z, classes = reader.source_name(reader.coord(S.SOURCE)[i]), int(reader.coord(S.SLICE)[i]), \
-            reader.classes(int(i), ids)
+        source, shift = int(reader.coord(S.SOURCE)[i]), np.array([reader.coord(S.X0)[i], reader.coord(S.Y0)[i]], float)
+        name, tile, classes = reader.source_name(source), reader.tile_name(int(i)), reader.classes(int(i), ids)
+        z = int(reader.coord(S.SLICE)[i]) if reader.slice_axis(source) >= 0 else -1
         for k in np.flatnonzero(pr.valid.numpy()):
             box = None if pr.boxes is None else pr.boxes[k].numpy().astype(np.float64)
             pts = lab = None
             if pr.points is not None:
                 real = pr.labels[k].numpy() >= 0
                 pts, lab = pr.points[k].numpy()[real].astype(np.float64), pr.labels[k].numpy()[real]
-            shift = np.array([x0, y0], np.float64)
-            prompt = Prompt(len(placed) + 1, name, z if reader.slice_axis(reader.coord(S.SOURCE)[i]) >= 0 else -1,
-                            None if box is None else box + np.tile(shift, 2), None if pts is None else pts + shift,
-                            lab, "" if classes[k] == "object" else classes[k],
-                            f"{reader.tile_name(int(i))}, object {ids[k]}")
+            prompt = Prompt(len(placed) + 1, name, z, None if box is None else box + np.tile(shift, 2),
+                            None if pts is None else pts + shift, lab, "" if classes[k] == "object" else classes[k],
+                            f"{tile}, object {ids[k]}")
             placed.append(Placed(prompt, int(i), box, pts, lab))
             truth[prompt.id] = masks[k]
     return placed, truth
@@ -228,8 +226,8 @@ def predict(cache, out, prompts=None, prompts_from_labels: str | None = None, ch
     weak = object_dice = None
     if reader.label_kind is not None:
         weak = _foreground_dice(reader, planes, regions)
-        hits = [from_counts(**counts(torch.from_numpy(masks[n][None]), torch.from_numpy(truth[placed[n].prompt.id][None]))
-                            )["dice"].item() for n in keep if placed[n].prompt.id in truth]
+        hits = [mask_scores(torch.from_numpy(masks[n][None]), torch.from_numpy(truth[placed[n].prompt.id][None]))
+                ["dice"].item() for n in keep if placed[n].prompt.id in truth]
         object_dice = float(np.mean(hits)) if hits else None
     return PredictResult(out, table, layer, weak, object_dice)
 

@@ -155,7 +155,7 @@ class CacheReader:
     def layer_variable(self, layer: str | None) -> str:
         """The variable of the ground truth (None) or of the label layer `layer`, or a clear refusal."""
         var = S.label_layer(layer)
-        if var != S.LABEL and var not in self.group:
+        if var != S.LABEL and var not in self._arrays and var not in self.group:  # checked once per reader
             have = [n[len(S.LABEL) + 1:] for n in self.group.array_keys() if n.startswith(S.LABEL + "_")]
             raise SamCacheError(f"{self.path}: no label layer `{layer}`; it holds "
                                 f"{', '.join(have) if have else 'none'} (write one with `samcache predict --write-layer`)")
@@ -168,10 +168,6 @@ class CacheReader:
     def objects(self, index: int, min_area: int, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The tile's objects: masks [K, h, w] bool and their ids [K] (see `layer_objects`)."""
         return layer_objects(self.label(index, layer), self.kind_of(layer), min_area)
-
-    def annotated(self, index: int, layer: str | None = None) -> np.ndarray:
-        """The tile's annotated pixels (bool [h, w]): all of them, except where a layer holds -1."""
-        return self.label(index, layer) >= 0
 
     def preload(self, indices, device="cpu", layers=(None,)) -> "Preloaded":
         """These samples' embeddings and labels (the ground truth, or the given label layers), read once as
@@ -298,15 +294,16 @@ class Preloaded:
         h, w = self.valid_size(index)
         return self.labels[S.label_layer(layer)][self.row[int(index)], :h, :w]
 
-    def objects(self, index: int, min_area: int, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return layer_objects(self.label(index, layer), self.reader.kind_of(layer), min_area)
+    def kind_of(self, layer: str | None) -> str:
+        return self.reader.kind_of(layer)
 
-    def annotated(self, index: int, layer: str | None = None) -> np.ndarray:
-        return self.label(index, layer) >= 0
+    def objects(self, index: int, min_area: int, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return layer_objects(self.label(index, layer), self.kind_of(layer), min_area)
 
 
 def layer_objects(label: np.ndarray, kind: str, min_area: int) -> tuple[np.ndarray, np.ndarray]:
-    """A tile's objects from a label map whose -1 pixels (a layer's unannotated ones) count as background."""
+    """A tile's objects from a label map whose -1 pixels (a layer's unannotated ones) count as background.
+    Readers answer the same through `objects(index, min_area, layer)`."""
     return objects(np.maximum(label, 0), kind, min_area)
 
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..decode.prompts import make_prompts
 from ..store import schema as S
-from ..store.reader import CacheReader, Preloaded
+from ..store.reader import CacheReader, Preloaded, layer_objects
 
 from ..choices import MIN_AREA
 
@@ -55,8 +55,9 @@ class ObjectSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         index = int(self.indices[i])
-        masks, ids = self.reader.objects(index, self.min_area, self.layer)
-        h, w = self.reader.valid_size(index)
+        label = self.reader.label(index, self.layer)  # read once: the objects, and the pixels annotated
+        masks, ids = layer_objects(label, self.reader.kind_of(self.layer), self.min_area)
+        h, w = label.shape
         gen = sample_generator(self.seed, self.epoch, index)
         if self.prompt == SEMANTIC:
             masks, ids = masks.any(0, keepdims=True) if len(ids) else np.zeros((1, h, w), bool), np.zeros(1, np.int64)
@@ -70,7 +71,7 @@ class ObjectSamples(torch.utils.data.Dataset):
         full = torch.zeros(k, H, W, dtype=torch.bool)
         full[:n, :h, :w] = masks
         annotated = torch.ones(H, W, dtype=torch.bool)
-        annotated[:h, :w] = torch.from_numpy(self.reader.annotated(index, self.layer))
+        annotated[:h, :w] = torch.from_numpy(label >= 0)  # a layer's -1: not annotated
         return {
             "annotated": annotated,
             "index": index, "n": n, "valid_size": torch.tensor([h, w]),

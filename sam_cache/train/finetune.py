@@ -28,9 +28,9 @@ from ..decode.pipeline import PromptBatch, decode_prompts
 from ..encode.encoder import default_device
 from ..errors import SamCacheError
 from ..eval.metrics import scores
-from ..models import load_decoder, load_sam, load_state_dict
+from ..models import load_decoder
 from ..progress import Progress
-from ..runs import CONFIG, CURVES, DECODER, FULL, LAST, METRIC_COLUMNS, RUN_FILES, Run, claim
+from ..runs import CONFIG, CURVES, DECODER, LAST, METRIC_COLUMNS, RUN_FILES, Run, claim
 from ..store import fingerprint
 from ..store import schema as S
 from ..store.reader import CacheReader
@@ -239,10 +239,9 @@ def train_step(decoder, batch, c: FinetuneConfig, device) -> tuple[torch.Tensor,
     if not sel.any():
         return logits.sum() * 0, 0
     lg, tg, ip = logits.reshape(B * K, M, L, L)[sel], target.reshape(B * K, L, L)[sel], iou_pred.reshape(B * K, M)[sel]
-    annotated = batch["annotated"].to(device)
     weight = None
-    if not annotated.all():  # a partly annotated label layer: unannotated pixels are left out of the loss
-        weight = low_res_weights(annotated, batch["valid_size"], L).expand(B, K, L, L).reshape(B * K, L, L)[sel]
+    if not batch["annotated"].all():  # a partly annotated layer (checked on the host: no device sync)
+        weight = low_res_weights(batch["annotated"].to(device), batch["valid_size"], L).expand(B, K, L, L).reshape(B * K, L, L)[sel]
         tg = tg * weight
     losses = mask_losses(lg, tg, weight)
     best = losses.argmin(1)
@@ -410,7 +409,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         if c.early_stopping and epoch - best["epoch"] >= c.early_stopping:
             break
     best_weights = run.decoder_weights()
-    _save_full_sam(reader.model, spec, run, best_weights)
+    run.save_full_sam(reader.model, spec.checkpoint, best_weights)
     from ..reports.figures import curves
 
     curves(history, run.path / CURVES, f"{Path(str(cache)).name}: prompt {c.prompt}, SAM {reader.model['type']}"
@@ -424,14 +423,3 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     return FinetuneResult(str(out), best["epoch"], selected_by, best_row.get("val_dice", math.nan),
                           best_row["train_loss"], history[0].get("val_dice", math.nan), seconds, waits,
                           table, decoder.eval().cpu())
-
-
-def _save_full_sam(model: dict, spec, run: Run, weights: dict) -> None:
-    """sam_finetuned.pth: the original checkpoint (encoder, prompt encoder) with the best decoder swapped in,
-    loadable by segment_anything's registry (or samcache's tiny builder)."""
-    if spec.checkpoint is not None:
-        state = load_state_dict(spec.checkpoint)
-    else:
-        state = load_sam(model["type"], random_init=True)[0].state_dict()
-    state.update(weights)
-    torch.save(state, run.path / FULL)
