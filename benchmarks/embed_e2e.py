@@ -48,7 +48,7 @@ def main():
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
     s = sam_cache.embed(data, out, model=args.model, random_init=True, batch_size=args.batch_size,
-                        device=args.device, workers=args.workers, shard_size=max(args.batch_size, 8), progress=False)
+                        device=args.device, read_workers=args.workers, shard_size=max(args.batch_size, 8), progress=False)
     total = time.perf_counter() - t
     sam, _ = load_sam(args.model, random_init=True)
     enc = Encoder(sam, args.device)

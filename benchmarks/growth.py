@@ -36,7 +36,7 @@ def stage(name: str, n: int) -> None:
             save_checkpoint(build_tiny(**MICRO), ckpt)
         data = rectangles(base / "data", n=n) if not (base / "data").exists() else base / "data"
         sam_cache.embed(data, base / "c.zarr", model="tiny", checkpoint=ckpt, overwrite=True, progress=False,
-                        batch_size=16, workers=1)
+                        batch_size=16, read_workers=1)
     elif name == "finetune":
         sam_cache.finetune(base / "c.zarr", base / "run", sam_cache.FinetuneConfig(epochs=1, lr=1e-3, batch_size=16),
                            progress=False)

@@ -28,7 +28,7 @@ def tiny_cache(n: int, size: int = 256) -> Path:
     path = OUT / f"reads_{n}.zarr"
     if not path.exists():
         data = rectangles(OUT / f"reads_data_{n}", n=n, size=size)
-        sam_cache.embed(data, path, model="tiny", workers=1, progress=True, batch_size=8)
+        sam_cache.embed(data, path, model="tiny", read_workers=1, progress=True, batch_size=8)
     return path
 
 

@@ -55,6 +55,7 @@ UNTRAINED = "note: this cache was made with an UNTRAINED model (tiny or --random
 DEVICE_HELP = "cuda, cuda:1 or cpu; default cuda when there is one."
 INPUT, TILES, INTENSITY, MODEL, OUTPUT, RECIPE, SCORING, RUN, GENERATOR = (
     "Input", "Tiles", "Intensity", "Model", "Output", "Recipe", "Scoring", "Execution", "Generator (SAM's defaults)")
+SCALE = "Scaling out"
 AMG = Settings()
 # options that several commands share, declared once
 DEVICE = typer.Option(None, help=DEVICE_HELP, rich_help_panel=RUN)
@@ -69,10 +70,25 @@ def _version(value: bool):
 
 
 @app.callback()
-def main_options(version: bool = typer.Option(False, "--version", metavar="", callback=_version, is_eager=True,
-                                              help="Print the version and exit.")):
+def main_options(
+    version: bool = typer.Option(False, "--version", metavar="", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    storage_option: list[str] = typer.Option(
+        [], "--storage-option", metavar="KEY=VALUE",
+        help="An fsspec/s3fs option for cache URLs (s3://…), before the command, repeatable: e.g. "
+        "`samcache --storage-option endpoint_url=http://127.0.0.1:9000 info s3://bucket/em.zarr`. Credentials "
+        "also come from the environment and AWS config files; none is ever printed."),
+):
     """Run SAM's frozen image encoder once, cache the embeddings in Zarr, then finetune and score mask
-    decoders from the cache without running the encoder again."""
+    decoders from the cache without running the encoder again. Any cache may be a folder or a URL
+    (s3://bucket/prefix/em.zarr)."""
+    from sam_cache.store.location import parse_storage_options, set_storage_options
+
+    try:
+        set_storage_options(parse_storage_options(storage_option))
+    except SamCacheError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
 
 
 def _say(msg: str) -> None:
@@ -108,6 +124,15 @@ def _pair(option: str, text: Optional[str]):
     return (parts[0], parts[0]) if len(parts) == 1 else tuple(parts)
 
 
+def _workers(text: Optional[str]):
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise OptionError(f"--workers takes `auto` or a number of worker processes, not {text!r}") from None
+
+
 def _list(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
@@ -116,7 +141,8 @@ def _list(text: str) -> list[str]:
 def embed(
     dataset: Path = typer.Argument(..., help="Dataset folder (images/ + labels/ or masks/, or one folder per image), "
                                    "manifest (CSV/JSON), or a single stack/volume/Zarr array."),
-    output: Path = typer.Option(..., "-o", "--output", help="Cache to create or finish (a .zarr folder).",
+    output: str = typer.Option(..., "-o", "--output", help="Cache to create or finish: a .zarr folder, or a URL "
+                               "such as s3://bucket/prefix/em.zarr.",
                                 rich_help_panel=OUTPUT),
     images: Optional[str] = typer.Option(None, help="Glob of image files inside DATASET, e.g. '**/img*.tif'.",
                                          rich_help_panel=INPUT),
@@ -162,14 +188,25 @@ def embed(
     batch_size: Optional[int] = typer.Option(None, help="Encoder batch; default from free device memory.",
                                              rich_help_panel=RUN),
     device: Optional[str] = DEVICE,
-    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes reading tiles (default: "
-                                          "0 on CPU, up to 4 with a GPU).", rich_help_panel=RUN),
+    read_workers: Optional[int] = typer.Option(None, help="DataLoader processes reading tiles (default: 0 on CPU, "
+                                               "up to 4 with a GPU).", rich_help_panel=RUN),
+    scheduler: Optional[str] = typer.Option(None, help="Encode on this dask.distributed scheduler's workers, shard by "
+                                            "shard (e.g. tcp://10.0.0.5:8786); every file must be readable from them.",
+                                            rich_help_panel=SCALE),
+    workers: Optional[str] = typer.Option(None, help="Start a local cluster and encode on it: `auto` (one worker per "
+                                          "visible GPU, through dask-cuda) or N worker processes.", rich_help_panel=SCALE),
+    rank: Optional[int] = typer.Option(None, help="With --world-size: take shards RANK, RANK+W, … of the plan, with no "
+                                       "coordinator (SLURM arrays, torchrun); default $RANK.", rich_help_panel=SCALE),
+    world_size: Optional[int] = typer.Option(None, help="How many ranks share the work; default $WORLD_SIZE.",
+                                             rich_help_panel=SCALE),
     quiet: bool = QUIET,
 ):
     """Embed every tile of DATASET once and store embeddings, images and labels in a Zarr cache.
 
     Re-running the same command finishes what is missing; a cache made with another model, checkpoint,
-    preprocessing or dataset is refused unless --overwrite.
+    preprocessing or dataset is refused unless --overwrite. Past one process (see README, "Scaling out"):
+    --scheduler/--workers hand shards to a Dask cluster, --rank/--world-size split them between launches;
+    any mix of reruns, worker counts and ranks ends in the same complete cache.
     """
     import sam_cache
 
@@ -179,14 +216,15 @@ def embed(
         stride=_pair("--stride", stride), axis=axis, skip_empty=skip_empty, label_kind=label_kind,
         intensity=sam_cache.Intensity.parse(intensity, window, percentiles), dtype=dtype,
         batch_size=batch_size, device=device, precision=precision, fast=fast, shard_size=shard_size,
-        workers=workers, overwrite=overwrite, skip_bad=skip_bad, progress=not quiet, log=_say,
+        read_workers=read_workers, overwrite=overwrite, skip_bad=skip_bad, scheduler=scheduler,
+        workers=_workers(workers), rank=rank, world_size=world_size, progress=not quiet, log=_say,
     )
     typer.echo(str(summary))
 
 
 @command("samcache finetune em.zarr --prompt box-jitter --out runs/em")
 def finetune(
-    cache: Path = typer.Argument(..., help="A cache with labels, made by `samcache embed`."),
+    cache: str = typer.Argument(..., help="A cache with labels, made by `samcache embed`."),
     out: Path = typer.Option(Path("runs/finetune"), "--out", "-o", help="Run folder for weights, metrics, curves.",
                              rich_help_panel=OUTPUT),
     overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace whatever --out holds, whole.",
@@ -251,7 +289,7 @@ def finetune(
 
 @command("samcache evaluate em.zarr --checkpoint runs/em --prompt box --split val --per class")
 def evaluate(
-    cache: Path = typer.Argument(..., help="A cache with labels."),
+    cache: str = typer.Argument(..., help="A cache with labels."),
     checkpoint: str = typer.Option("base", help="base (the cache's own SAM), a finetune run folder, or a SAM .pth.",
                                    rich_help_panel=MODEL),
     base_checkpoint: Optional[Path] = typer.Option(None, help="The cache's SAM checkpoint, if it moved.",
@@ -315,7 +353,7 @@ def evaluate(
 
 @command("samcache ablate em.zarr --prompts box,center-point --checkpoints base,runs/em --seeds 3 -o ablation/")
 def ablate(
-    cache: Path = typer.Argument(..., help="A cache with labels."),
+    cache: str = typer.Argument(..., help="A cache with labels."),
     prompts: str = typer.Option(",".join(C.DEFAULT_PROMPTS), help="Comma-separated strategies: " +
                                 ", ".join(C.PROMPTS) + " (none here: the no-prompt output scored against each "
                                 "object, a baseline; `evaluate --prompt none` scores it as a foreground map).",
@@ -332,8 +370,8 @@ def ablate(
     split: str = typer.Option("auto", help="Samples to score: auto (the runs' held-out samples when a run folder is "
                               "among --checkpoints, else all), all, train or val (the runs' own).",
                               rich_help_panel=INPUT),
-    out: Path = typer.Option(Path("ablation"), "--out", "-o", help="Folder for results.nc and the reports.",
-                             rich_help_panel=OUTPUT),
+    out: Path = typer.Option(Path("ablation"), "--out", "-o", help="Folder for results.nc and the reports. "
+                             "Rerunning the same command into it resumes an interrupted grid.", rich_help_panel=OUTPUT),
     overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace whatever --out holds, whole.",
                                    rich_help_panel=OUTPUT),
     examples: int = typer.Option(4, help="Samples drawn in examples.png (0: none).", rich_help_panel=OUTPUT),
@@ -344,7 +382,9 @@ def ablate(
     device: Optional[str] = DEVICE,
     quiet: bool = QUIET,
 ):
-    """Score prompt strategies × checkpoints × seeds on every object, in one pass over the cache."""
+    """Score prompt strategies × checkpoints × seeds on every object, in one pass over the cache.
+    Rerunning the same command after a crash resumes it (the partitions already done are kept); a
+    different command into the same --out is refused unless --overwrite."""
     if seeds < 1:
         raise OptionError(f"--seeds must be >= 1, not {seeds}")
     import sam_cache
@@ -362,9 +402,10 @@ def ablate(
 @command("samcache segment cells.zarr -o amg/ --sweep pred_iou_thresh=0.7,0.8,0.88 "
          "--sweep stability_score_thresh=0.85,0.95")
 def segment(
-    cache: Path = typer.Argument(..., help="A cache made by `samcache embed` (labels optional: they give scores)."),
+    cache: str = typer.Argument(..., help="A cache made by `samcache embed` (labels optional: they give scores)."),
     out: Path = typer.Option(Path("segment"), "--out", "-o", help="Folder for labels/, masks.json and the sweep "
-                             "tables.", rich_help_panel=OUTPUT),
+                             "tables. Rerunning the same command into it resumes an interrupted run.",
+                             rich_help_panel=OUTPUT),
     checkpoint: str = typer.Option("base", help="Decoder: base, a finetune run folder, or a SAM .pth file.",
                                    rich_help_panel=MODEL),
     base_checkpoint: Optional[Path] = typer.Option(None, help="The cache's SAM checkpoint, if it moved.",
@@ -407,7 +448,9 @@ def segment(
     quiet: bool = QUIET,
 ):
     """Automatic instance masks (SAM's generator) from the cached embeddings: label images per source, a
-    COCO JSON, and scores against the cache's labels; `--sweep` tries many settings for one decoding."""
+    COCO JSON, and scores against the cache's labels; `--sweep` tries many settings for one decoding.
+    Rerunning the same command after a crash resumes it (the sources already done are kept); a different
+    command into the same --out is refused unless --overwrite."""
     import sam_cache
     from sam_cache.amg.knobs import parse_sweep
 
@@ -428,7 +471,7 @@ def segment(
 
 @command("samcache predict nuclei.zarr --prompts boxes.csv -o pred/ --write-layer weak")
 def predict(
-    cache: Path = typer.Argument(..., help="A cache made by `samcache embed` (labels optional: they give a score)."),
+    cache: str = typer.Argument(..., help="A cache made by `samcache embed` (labels optional: they give a score)."),
     prompts: Optional[Path] = typer.Option(None, help="Prompts file in source pixels: CSV `image,x0,y0,x1,y1[,class]"
                                            "[,slice]` (boxes) or `image,x,y,label[,id][,class][,slice]` (points; rows "
                                            "sharing an id are one prompt), or COCO JSON (bbox, point_coords).",
@@ -484,7 +527,7 @@ def predict(
 
 @command("samcache classify ct.zarr --prompt center-point --train-transformer --class-names organs.json -o runs/cls")
 def classify(
-    cache: Path = typer.Argument(..., help="A cache with classes: class-id labels (e.g. CT organs) or one-object mask "
+    cache: str = typer.Argument(..., help="A cache with classes: class-id labels (e.g. CT organs) or one-object mask "
                                  "files named by class."),
     out: Path = typer.Option(Path("runs/classify"), "--out", "-o", help="Run folder: decoder.pth, class_head.pth, "
                              "config.json (class names), report.md, confusion matrices.", rich_help_panel=OUTPUT),
@@ -532,7 +575,7 @@ def classify(
 
 @command("samcache info em.zarr --verify")
 def info(
-    cache: Path = typer.Argument(..., help="A cache made by `samcache embed`."),
+    cache: str = typer.Argument(..., help="A cache made by `samcache embed`."),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print the attributes as JSON."),
     verify: bool = typer.Option(False, "--verify", metavar="", help="Read every chunk and report missing or damaged ones "
                                 "(exit code 2 if any)."),

@@ -76,7 +76,7 @@ def main() -> None:
         torch.manual_seed(7)
         extra = {"checkpoint": save_checkpoint(build_tiny(img_size=256), a.out / "tiny256.pth")}
     sam_cache.embed(a.data, cache, images="**/img2d.tif", labels="**/mask2d.tif", model=a.model, patch=a.patch,
-                    workers=0, **extra)
+                    read_workers=0, **extra)
     lr = a.lr if a.model != "tiny" or a.lr != 1e-5 else 1e-3  # an untrained decoder needs a larger step
     recipe = dict(epochs=a.epochs, lr=lr, val_fraction=0.5, seed=a.seed)
     teacher = a.teacher

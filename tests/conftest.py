@@ -87,5 +87,5 @@ def rect_cache(tmp_path_factory, micro_checkpoint) -> Path:
 
     root = tmp_path_factory.mktemp("rect")
     data = write_rectangles(root / "data")
-    sam_cache.embed(data, root / "rect.zarr", model="tiny", checkpoint=micro_checkpoint, workers=0, progress=False)
+    sam_cache.embed(data, root / "rect.zarr", model="tiny", checkpoint=micro_checkpoint, read_workers=0, progress=False)
     return root / "rect.zarr"

@@ -142,7 +142,7 @@ def test_same_masks_as_stock_generator_on_the_same_embedding(tmp_path, micro_che
     """The tiny model, fast: same count, IoU >= 0.99 per matched mask, same scores."""
     data = write_rectangles(tmp_path / "data", n=2)
     sam_cache.embed(data, tmp_path / "c.zarr", model="tiny", checkpoint=micro_checkpoint, dtype="float32",
-                    workers=0, progress=False)
+                    read_workers=0, progress=False)
     reader = CacheReader(tmp_path / "c.zarr")
     sam, _ = load_sam("tiny", micro_checkpoint)
     for s in (Settings(points_per_side=8, **RANDOM_INIT), Settings(points_per_side=6, min_mask_region_area=20,
@@ -171,7 +171,7 @@ def test_vit_b_equals_stock_on_a_real_em_tile(tmp_path, data_root):
     (tmp_path / "data" / "images").mkdir(parents=True)
     Image.fromarray(image).save(tmp_path / "data" / "images" / "em0.png")
     sam_cache.embed(tmp_path / "data", tmp_path / "em.zarr", model="vit_b", checkpoint=ckpt, dtype="float32",
-                    workers=0, progress=False)
+                    read_workers=0, progress=False)
     reader = CacheReader(tmp_path / "em.zarr")
     s = Settings(points_per_side=8, min_mask_region_area=50, **RANDOM_INIT)
     mine = ours(reader, 0, s)
@@ -191,7 +191,7 @@ def amg_cache(tmp_path_factory, micro_checkpoint):
     """Four 64² rectangle images embedded as 32² patches (each image is four tiles to stitch)."""
     root = tmp_path_factory.mktemp("amg")
     data = write_rectangles(root / "data", n=4)
-    sam_cache.embed(data, root / "amg.zarr", model="tiny", checkpoint=micro_checkpoint, patch=32, workers=0,
+    sam_cache.embed(data, root / "amg.zarr", model="tiny", checkpoint=micro_checkpoint, patch=32, read_workers=0,
                     progress=False)
     return root / "amg.zarr"
 
@@ -265,7 +265,7 @@ def test_volume_and_cache_without_labels(tmp_path, micro_checkpoint):
     stack[:, 10:30, 8:20] = 200
     stack[2] = 0  # blank
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
-    sam_cache.embed(tmp_path / "stack.tif", tmp_path / "s.zarr", model="tiny", checkpoint=micro_checkpoint, workers=0,
+    sam_cache.embed(tmp_path / "stack.tif", tmp_path / "s.zarr", model="tiny", checkpoint=micro_checkpoint, read_workers=0,
                     progress=False)
     said = []
     result = sam_cache.segment(tmp_path / "s.zarr", tmp_path / "out", settings=dict(points_per_side=4, **RANDOM_INIT),
@@ -310,7 +310,7 @@ def test_masks_written_back_as_a_label_layer_whole_or_not_at_all(tmp_path, micro
 
     data = write_rectangles(tmp_path / "data", n=2)
     cache = tmp_path / "c.zarr"
-    sam_cache.embed(data, cache, model="tiny", checkpoint=micro_checkpoint, patch=32, workers=0, progress=False)
+    sam_cache.embed(data, cache, model="tiny", checkpoint=micro_checkpoint, patch=32, read_workers=0, progress=False)
     truth = {p.relative_to(cache): p.read_bytes() for p in (cache / "label").rglob("*") if p.is_file()}
     knobs = dict(points_per_side=4, **RANDOM_INIT)
     # a write that fails half way leaves the cache as it was: no layer, nothing beside it
@@ -365,3 +365,60 @@ def test_sweep_on_a_dask_cluster_equals_local_threads(amg_cache, tmp_path):
         assert np.array_equal(tifffile.imread(f), tifffile.imread(tmp_path / "dist" / "labels" / f.name))
     assert (tmp_path / "local" / "masks.json").read_text().count('"id"') == \
         (tmp_path / "dist" / "masks.json").read_text().count('"id"')
+
+
+def test_an_interrupted_sweep_resumes_to_the_same_output(amg_cache, tmp_path, monkeypatch):
+    """One task (a source) fails after writing half its files; the others finish. The same call then
+    decodes only that source, and every output equals an uninterrupted run's; another call is refused."""
+    import time
+
+    import pandas as pd
+    import xarray as xr
+
+    from sam_cache.amg import segment as seg
+    from sam_cache.errors import SamCacheError
+
+    knobs = dict(settings=dict(points_per_side=4, **RANDOM_INIT), sweep={"stability_score_thresh": [0.6, 0.8]},
+                 partition_size=1, progress=False, figures=0)  # four sources: four tasks
+    whole = sam_cache.segment(amg_cache, tmp_path / "whole", log=lambda m: None, **knobs)
+    out, real = tmp_path / "out", seg._source_task
+    rows = lambda: sorted(p.name for p in (out / ".parts" / "rows").glob("*.json"))  # noqa: E731
+
+    def failing(*args):
+        t = args[-2]
+        real(*args)
+        if t == 1:  # written, but killed before its last file: not done
+            t0 = time.monotonic()
+            while len(rows()) < 4 and time.monotonic() - t0 < 30:
+                time.sleep(0.02)
+            (out / ".parts" / "rows" / "00001.json").unlink()
+            halves = list((out / ".parts").glob("*/labels/r01.tif"))
+            assert len(halves) == 2  # one per setting
+            for f in halves:
+                f.write_bytes(b"half a file")
+            raise OSError("disk gone")
+        return t
+
+    monkeypatch.setattr(seg, "_source_task", failing)
+    with pytest.raises(OSError, match="disk gone"):
+        sam_cache.segment(amg_cache, out, log=lambda m: None, **knobs)
+    monkeypatch.undo()
+    assert rows() == ["00000.json", "00002.json", "00003.json"] and not (out / "sweep.csv").exists()
+    with pytest.raises(SamCacheError, match=r"another grid \(sweep.stability_score_thresh: recorded \[0.6, 0.8\], "
+                                            r"now \[0.6, 0.7\]\)"):
+        sam_cache.segment(amg_cache, out, log=lambda m: None, **{**knobs, "sweep": {"stability_score_thresh": [0.6, 0.7]}})
+    decoded, said = [], []
+    real_decode = seg._decode
+    monkeypatch.setattr(seg, "_decode", lambda r, d, samples, *a: decoded.extend(samples) or real_decode(r, d, samples, *a))
+    resumed = sam_cache.segment(amg_cache, out, log=said.append, **knobs)
+    assert "resuming: 3 of 4 partitions already done" in said
+    reader = CacheReader(amg_cache)
+    assert {reader.source_name(int(reader.coord("source")[i])) for i in decoded} == {"r01.png"}
+    pd.testing.assert_frame_equal(resumed.per_image, whole.per_image)
+    pd.testing.assert_frame_equal(resumed.sweep, whole.sweep)
+    for f in (tmp_path / "whole" / "labels").iterdir():
+        assert np.array_equal(tifffile.imread(f), tifffile.imread(out / "labels" / f.name))
+    assert json.loads((out / "masks.json").read_text()) == json.loads((tmp_path / "whole" / "masks.json").read_text())
+    with xr.open_dataset(out / "results.nc") as a, xr.open_dataset(tmp_path / "whole" / "results.nc") as b:
+        assert a.load().identical(b.load())
+    assert not (out / ".parts").exists()

@@ -15,7 +15,7 @@ from .conftest import write_dataset
 
 
 def embed(data, out, **kw):
-    return sam_cache.embed(data, out, model="tiny", workers=0, progress=False, **kw)
+    return sam_cache.embed(data, out, model="tiny", read_workers=0, progress=False, **kw)
 
 
 def truncate(path):
@@ -74,7 +74,7 @@ def test_bad_file_is_named_and_the_cache_is_kept(case, tmp_path):
     np.testing.assert_array_equal(sam_cache.open_cache(out).embedding.values, before)
 
     r = CliRunner().invoke(app, ["embed", str(data), "-o", str(tmp_path / "new.zarr"), "--model", "tiny",
-                                 "--workers", "0", "-q"])
+                                 "--read-workers", "0", "-q"])
     assert r.exit_code == 2 and "im1" in r.output and words in r.output
     assert not (tmp_path / "new.zarr").exists()
 

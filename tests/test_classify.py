@@ -28,7 +28,7 @@ def embed_ct(data_root, root, checkpoint):
     """The TotalSegmentator CT volume: 30 axial slices, 40 organ ids among the objects of 10+ pixels."""
     ct = data_root / "ct-totalseg"
     sam_cache.embed(ct / "example_ct_sm.nii.gz", root / "ct.zarr", labels=str(ct / "example_seg.nii.gz"),
-                    model="tiny", checkpoint=checkpoint, workers=0, progress=False, skip_empty=True)
+                    model="tiny", checkpoint=checkpoint, read_workers=0, progress=False, skip_empty=True)
     return root / "ct.zarr"
 
 

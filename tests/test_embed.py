@@ -45,7 +45,7 @@ def test_preprocessing_matches_sam_predictor():
 
 def test_cached_embeddings_equal_direct_encoder_call(small_dataset, tmp_path):
     out = tmp_path / "c.zarr"
-    s = sam_cache.embed(small_dataset, out, model="tiny", workers=0, progress=False, shard_size=4)
+    s = sam_cache.embed(small_dataset, out, model="tiny", read_workers=0, progress=False, shard_size=4)
     assert s.samples == 6 and s.computed == 6 and s.objects == 18
     ds = sam_cache.open_cache(out)
     assert set(ds.data_vars) >= {"embedding", "image", "label"}
@@ -64,24 +64,24 @@ def test_cached_embeddings_equal_direct_encoder_call(small_dataset, tmp_path):
 
 def test_rerun_finishes_only_what_is_missing_and_refuses_mixing(small_dataset, tmp_path, tiny_checkpoint):
     out = tmp_path / "c.zarr"
-    sam_cache.embed(small_dataset, out, model="tiny", workers=0, progress=False)
-    again = sam_cache.embed(small_dataset, out, model="tiny", workers=0, progress=False)
+    sam_cache.embed(small_dataset, out, model="tiny", read_workers=0, progress=False)
+    again = sam_cache.embed(small_dataset, out, model="tiny", read_workers=0, progress=False)
     assert again.computed == 0
     before = sam_cache.open_cache(out).embedding.values
     with pytest.raises(CacheMismatchError, match="another model"):
-        sam_cache.embed(small_dataset, out, model="tiny", checkpoint=tiny_checkpoint, workers=0, progress=False)
+        sam_cache.embed(small_dataset, out, model="tiny", checkpoint=tiny_checkpoint, read_workers=0, progress=False)
     with pytest.raises(CacheMismatchError, match="another preprocessing"):
-        sam_cache.embed(small_dataset, out, model="tiny", patch=32, workers=0, progress=False)
+        sam_cache.embed(small_dataset, out, model="tiny", patch=32, read_workers=0, progress=False)
     np.testing.assert_array_equal(sam_cache.open_cache(out).embedding.values, before)  # untouched
     rebuilt = sam_cache.embed(small_dataset, out, model="tiny", checkpoint=tiny_checkpoint, overwrite=True,
-                              workers=0, progress=False)
+                              read_workers=0, progress=False)
     assert rebuilt.computed == 6
     assert sam_cache.describe(out)["model"]["checkpoint_sha256"] != "random-init"
 
 
 def _embed_cmd(data, out):
     return [sys.executable, "-m", "sam_cache.cli", "embed", str(data), "-o", str(out), "--model", "tiny",
-            "--shard-size", "2", "--batch-size", "2", "--workers", "0", "-q"]
+            "--shard-size", "2", "--batch-size", "2", "--read-workers", "0", "-q"]
 
 
 @pytest.mark.slow
@@ -134,7 +134,7 @@ def test_em_cli_makes_120_samples_that_xarray_opens_lazily(data_root, tmp_path):
 
     out = tmp_path / "em.zarr"
     r = CliRunner().invoke(app, ["embed", str(data_root / "em-isbi2012"), "-o", str(out), "--model", "tiny",
-                                 "--patch", "256", "--workers", "0", "-q", "--batch-size", "8"])
+                                 "--patch", "256", "--read-workers", "0", "-q", "--batch-size", "8"])
     assert r.exit_code == 0, r.output
     assert "120 samples" in r.output and "untrained" in r.output
     ds = xr.open_zarr(out)

@@ -177,7 +177,7 @@ def test_too_small_objects_are_counted_not_dropped(tmp_path, micro_checkpoint):
     lab[10:20, 10:20] = 2
     Image.fromarray((lab > 0).astype(np.uint8) * 200).save(root / "images" / "a.png")
     Image.fromarray(lab).save(root / "labels" / "a.png")
-    sam_cache.embed(root, tmp_path / "c.zarr", model="tiny", checkpoint=micro_checkpoint, workers=0, progress=False)
+    sam_cache.embed(root, tmp_path / "c.zarr", model="tiny", checkpoint=micro_checkpoint, read_workers=0, progress=False)
     r = sam_cache.evaluate(tmp_path / "c.zarr", "base", "random-3-points", min_area=1)
     assert r.sizes["object"] == 2 and r.prompt_valid.values[:, 0, 0].tolist() == [False, True]
     assert np.isnan(r.dice.values[0]).all() and np.isfinite(r.dice.values[1]).all()

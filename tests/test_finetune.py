@@ -54,7 +54,7 @@ def test_finetuning_beats_the_untrained_decoder_on_real_nuclei(data_root, tmp_pa
     ckpt = save_checkpoint(build_tiny(img_size=256), tmp_path / "tiny256.pth")
     cache = tmp_path / "nuclei.zarr"
     sam_cache.embed(data_root / "nuclei-stardist", cache, images="**/img2d.tif", labels="**/mask2d.tif",
-                    model="tiny", checkpoint=ckpt, patch=64, workers=0, progress=False)
+                    model="tiny", checkpoint=ckpt, patch=64, read_workers=0, progress=False)
     train, val = split_samples(CacheReader(cache), 0.5, seed=3)
     assert (len(train), len(val)) == (64, 16)
     r = sam_cache.finetune(cache, tmp_path / "run", FinetuneConfig(epochs=10, lr=1e-3, val_fraction=0.5, seed=3),
@@ -99,7 +99,7 @@ def test_sam_finetuned_loads_in_stock_segment_anything(tmp_path):
     """vit_b-shaped random-init weights, so segment_anything's own registry loads the finetuned checkpoint."""
     data = write_dataset(tmp_path / "data", [(64, 64), (64, 64)])
     cache = tmp_path / "b.zarr"
-    sam_cache.embed(data, cache, model="vit_b", random_init=True, workers=0, progress=False, batch_size=2)
+    sam_cache.embed(data, cache, model="vit_b", random_init=True, read_workers=0, progress=False, batch_size=2)
     run = tmp_path / "run"
     sam_cache.finetune(cache, run, FinetuneConfig(epochs=1, lr=1e-2, val_fraction=0.5, batch_size=1,
                                                   min_area=1), progress=False)
@@ -133,7 +133,7 @@ def test_bad_input(rect_cache, tmp_path, tiny_checkpoint):
 
     for p in sorted((rect_cache.parent / "data" / "images").iterdir())[:3]:
         shutil.copy(p, unlabeled / "images")
-    sam_cache.embed(unlabeled, tmp_path / "u.zarr", model="tiny", workers=0, progress=False)
+    sam_cache.embed(unlabeled, tmp_path / "u.zarr", model="tiny", read_workers=0, progress=False)
     with pytest.raises(SamCacheError, match="no labels"):
         sam_cache.finetune(tmp_path / "u.zarr", tmp_path / "r1", progress=False)
     with pytest.raises(SamCacheError, match="unknown prompt strategy 'boxx'.*box-jitter"):
@@ -147,7 +147,7 @@ def test_bad_input(rect_cache, tmp_path, tiny_checkpoint):
     (one / "labels").mkdir()
     for sub in ("images", "labels"):
         shutil.copy(rect_cache.parent / "data" / sub / "r00.png", one / sub)
-    sam_cache.embed(one, tmp_path / "one.zarr", model="tiny", workers=0, progress=False)
+    sam_cache.embed(one, tmp_path / "one.zarr", model="tiny", read_workers=0, progress=False)
     with pytest.raises(SamCacheError, match="1 source file.*cannot be split"):
         sam_cache.finetune(tmp_path / "one.zarr", tmp_path / "r6", progress=False)
     r = CliRunner().invoke(app, ["finetune", str(rect_cache), "--prompt", "nope", "-o", str(tmp_path / "r5")])

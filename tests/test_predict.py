@@ -37,7 +37,7 @@ def patched(tmp_path_factory, micro_checkpoint):
     root = tmp_path_factory.mktemp("patched")
     data = write_rectangles(root / "data", n=2)
     cache = root / "c.zarr"
-    sam_cache.embed(data, cache, model="tiny", checkpoint=micro_checkpoint, patch=32, workers=0, progress=False)
+    sam_cache.embed(data, cache, model="tiny", checkpoint=micro_checkpoint, patch=32, read_workers=0, progress=False)
     return cache
 
 
@@ -126,7 +126,7 @@ def test_bad_prompt_files_exit_2_and_write_nothing(patched, tmp_path, content, m
 def test_layer_names_refused_unless_overwritten_whole(tmp_path, micro_checkpoint):
     data = write_rectangles(tmp_path / "data", n=2)
     cache = tmp_path / "c.zarr"
-    sam_cache.embed(data, cache, model="tiny", checkpoint=micro_checkpoint, workers=0, progress=False)
+    sam_cache.embed(data, cache, model="tiny", checkpoint=micro_checkpoint, read_workers=0, progress=False)
     (tmp_path / "p.csv").write_text("image,x0,y0,x1,y1\nr00.png,1,1,30,30\n")
     args = ["predict", str(cache), "--prompts", str(tmp_path / "p.csv"), "-q", "--write-layer", "weak", "-o"]
     assert CliRunner().invoke(app, args + [str(tmp_path / "a")]).exit_code == 0
@@ -214,7 +214,7 @@ def nuclei(tmp_path_factory, data_root):
     ckpt = save_checkpoint(build_tiny(img_size=256), root / "tiny256.pth")
     cache = root / "nuclei.zarr"
     sam_cache.embed(data_root / "nuclei-stardist", cache, images="**/img2d.tif", labels="**/mask2d.tif",
-                    model="tiny", checkpoint=ckpt, patch=64, workers=0, progress=False)
+                    model="tiny", checkpoint=ckpt, patch=64, read_workers=0, progress=False)
     return cache
 
 
@@ -251,7 +251,7 @@ def test_a_volume_keeps_its_shape_and_prompts_name_their_slice(tmp_path, data_ro
     ckpt = save_checkpoint(build_tiny(img_size=128), tmp_path / "t.pth")
     cache = tmp_path / "ct.zarr"
     sam_cache.embed(ct / "example_ct_sm.nii.gz", cache, labels=str(ct / "example_seg.nii.gz"), model="tiny",
-                    checkpoint=ckpt, workers=0, progress=False, skip_empty=True)
+                    checkpoint=ckpt, read_workers=0, progress=False, skip_empty=True)
     (tmp_path / "p.csv").write_text("image,x,y,label,slice\nexample_ct_sm,50,40,1,12\n")
     r = sam_cache.predict(cache, tmp_path / "o", prompts=tmp_path / "p.csv", **QUIET)
     vol = tifffile.imread(tmp_path / "o" / "labels" / "example_ct_sm.tif")  # .nii.gz: the stem without .nii

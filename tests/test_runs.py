@@ -41,7 +41,7 @@ def run(rect_cache, tmp_path_factory):
 def test_a_run_is_refused_on_the_split_of_another_cache(run, tmp_path, micro_checkpoint):
     other = tmp_path / "other.zarr"
     sam_cache.embed(write_rectangles(tmp_path / "d", n=6, seed=1), other, model="tiny", checkpoint=micro_checkpoint,
-                    workers=0, progress=False)
+                    read_workers=0, progress=False)
     for split in ("train", "val"):
         with pytest.raises(SamCacheError, match=f"trained on another cache.*its {split} split.*--split all"):
             sam_cache.evaluate(other, str(run), split=split)
@@ -84,7 +84,7 @@ def test_resume_refuses_a_crafted_pickle(rect_cache, tmp_path):
 def test_validation_is_drawn_among_sources_with_objects(data_root, tmp_path):
     """SAM-Med2D's five slices: amos_0507_31 has no masks; the default seed used to put it alone in validation."""
     cache = tmp_path / "ct.zarr"
-    sam_cache.embed(data_root / "ct-sammed2d", cache, model="tiny", workers=0, progress=False)
+    sam_cache.embed(data_root / "ct-sammed2d", cache, model="tiny", read_workers=0, progress=False)
     said = []
     r = sam_cache.finetune(cache, tmp_path / "run", sam_cache.FinetuneConfig(epochs=1, min_area=1), progress=False,
                            log=said.append)
@@ -169,7 +169,7 @@ def test_library_calls_leave_the_callers_state_alone(rect_cache, tmp_path, micro
 
     monkeypatch.setattr(tiles, "read_array", tracked)
     sam_cache.embed(rect_cache.parent / "data", tmp_path / "e.zarr", model="tiny", checkpoint=micro_checkpoint,
-                    workers=0, progress=False)
+                    read_workers=0, progress=False)
     gc.collect()
     assert refs and all(r() is None for r in refs)
 
@@ -240,7 +240,7 @@ def test_split_by_slice_tile_and_file(data_root, tmp_path, micro_checkpoint):
     cache = tmp_path / "ct.zarr"
     ct = data_root / "ct-totalseg"
     sam_cache.embed(ct / "example_ct_sm.nii.gz", cache, labels=str(ct / "example_seg.nii.gz"), model="tiny",
-                    checkpoint=micro_checkpoint, workers=0, progress=False)
+                    checkpoint=micro_checkpoint, read_workers=0, progress=False)
     reader = sam_cache.CacheReader(cache)
     with pytest.raises(SamCacheError, match="1 source file.*cannot be split.*--split slice"):
         split_samples(reader, 0.2, 0)

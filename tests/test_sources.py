@@ -148,7 +148,7 @@ def test_one_folder_per_image_with_one_mask_per_object(tmp_path, micro_checkpoin
     assert sorted(len(s.labels) for s in sources) == sorted(counts) and all(set(s.names) == {"object"} for s in sources)
     globbed, problems = discover(root, images="*/images/*.png", labels="*/masks/*.png")
     assert not problems and {(s.image, s.labels) for s in globbed} == {(s.image, s.labels) for s in sources}
-    s = sam_cache.embed(root, tmp_path / "n.zarr", model="tiny", checkpoint=micro_checkpoint, workers=0, progress=False)
+    s = sam_cache.embed(root, tmp_path / "n.zarr", model="tiny", checkpoint=micro_checkpoint, read_workers=0, progress=False)
     assert s.samples == 4 and s.objects == sum(counts)
     reader = sam_cache.CacheReader(tmp_path / "n.zarr")
     assert reader.label_kind == "instance"

@@ -32,7 +32,7 @@ def cache(tmp_path_factory, micro_checkpoint):
     """Six images, shards of 2 samples: three shards."""
     root = tmp_path_factory.mktemp("store")
     data = write_dataset(root / "data", [(64, 64)] * 6)
-    sam_cache.embed(data, root / "c.zarr", model="tiny", checkpoint=micro_checkpoint, shard_size=2, workers=0,
+    sam_cache.embed(data, root / "c.zarr", model="tiny", checkpoint=micro_checkpoint, shard_size=2, read_workers=0,
                     progress=False)
     return root / "c.zarr"
 
@@ -133,7 +133,7 @@ def test_a_format_1_cache_still_opens_and_refuses_additions(cache, tmp_path):
     np.testing.assert_array_equal(results.dice.values, sam_cache.evaluate(cache, min_area=1).dice.values)
     data = cache.parent / "data"
     with pytest.raises(CacheMismatchError, match="format 1.*--overwrite"):
-        sam_cache.embed(data, old, model="tiny", checkpoint=attrs["checkpoint"], shard_size=2, workers=0,
+        sam_cache.embed(data, old, model="tiny", checkpoint=attrs["checkpoint"], shard_size=2, read_workers=0,
                         progress=False)
 
 
@@ -155,14 +155,14 @@ def test_a_second_writer_refuses_naming_the_holder(tmp_path, micro_checkpoint):
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(CacheLockedError, match=f"pid {holder.pid}"):
-            sam_cache.embed(data, out, model="tiny", checkpoint=micro_checkpoint, workers=0, progress=False)
+            sam_cache.embed(data, out, model="tiny", checkpoint=micro_checkpoint, read_workers=0, progress=False)
         r = run_cli("embed", data, "-o", out, "--model", "tiny", "--checkpoint", micro_checkpoint, "-q")
         assert r.exit_code == 2 and f"is being written by pid {holder.pid}" in r.output
         assert not out.exists()
     finally:
         holder.kill()
         holder.wait()
-    sam_cache.embed(data, out, model="tiny", checkpoint=micro_checkpoint, workers=0, progress=False)  # released
+    sam_cache.embed(data, out, model="tiny", checkpoint=micro_checkpoint, read_workers=0, progress=False)  # released
 
 
 def test_a_full_disk_keeps_what_is_done_and_the_same_command_resumes(cache, tmp_path, micro_checkpoint, monkeypatch):
@@ -182,7 +182,7 @@ def test_a_full_disk_keeps_what_is_done_and_the_same_command_resumes(cache, tmp_
 
     monkeypatch.setattr(LocalStore, "set", limited)
     out = tmp_path / "full.zarr"
-    args = dict(model="tiny", checkpoint=micro_checkpoint, shard_size=2, workers=0, progress=False)
+    args = dict(model="tiny", checkpoint=micro_checkpoint, shard_size=2, read_workers=0, progress=False)
     with pytest.raises(DiskFullError, match="no space left on device.*the 4 samples committed before are kept"):
         sam_cache.embed(data, out, **args)
     written.clear()
@@ -212,7 +212,7 @@ def test_mismatch_names_each_part_and_execution_details_are_not_identity(cache, 
     assert "precision" in attrs["preprocessing"]  # bf16 and fp32 embeddings never mix
     # resuming with another shard size is not another cache
     again = sam_cache.embed(cache.parent / "data", cache, model="tiny", checkpoint=micro_checkpoint, shard_size=4,
-                            workers=0, progress=False)
+                            read_workers=0, progress=False)
     assert again.computed == 0
     assert fingerprint.child(attrs["fingerprint"], {"lr": 1}) != fingerprint.child(attrs["fingerprint"], {"lr": 2})
 
@@ -237,7 +237,7 @@ def test_objects_of_every_label_kind():
 
 def test_class_names_of_mask_files_and_class_ids(data_root, tmp_path):
     out = tmp_path / "ct.zarr"
-    sam_cache.embed(data_root / "ct-sammed2d", out, model="tiny", workers=0, progress=False)
+    sam_cache.embed(data_root / "ct-sammed2d", out, model="tiny", read_workers=0, progress=False)
     reader = CacheReader(out)
     paths = list(reader.source_table(S.SOURCE_PATH))
     i = next(k for k, p in enumerate(paths) if p.endswith("amos_0006_90.png"))
@@ -249,7 +249,7 @@ def test_class_names_of_mask_files_and_class_ids(data_root, tmp_path):
 
     vol = tmp_path / "vol.zarr"
     sam_cache.embed(data_root / "ct-totalseg" / "example_ct_sm.nii.gz", vol, labels=str(
-        data_root / "ct-totalseg" / "example_seg.nii.gz"), model="tiny", workers=0, progress=False, skip_empty=True)
+        data_root / "ct-totalseg" / "example_seg.nii.gz"), model="tiny", read_workers=0, progress=False, skip_empty=True)
     reader = CacheReader(vol)
     assert reader.label_kind == "class"
     k = int(reader.samples[len(reader.samples) // 2])

@@ -2,7 +2,8 @@
 
 Tiles are read inline on a CPU (spawned DataLoader workers with a GPU); the device preprocesses and
 encodes batches; a background thread hands whole shards to the cache writer. Batches never straddle
-shards, so a resumed run computes exactly what an uninterrupted one would.
+shards, so a resumed run computes exactly what an uninterrupted one would. The same shards can be
+spread over a Dask cluster or over ranks (`cluster.py`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import queue
-import sys
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +31,10 @@ from ..models import load_sam, load_sam_or_tiny
 from ..progress import Progress
 from ..store import fingerprint
 from ..store import schema as S
+from ..store.location import command_line
 from ..store.reader import size_on_disk
 from ..store.writer import CacheWriter, Layout
+from . import cluster
 from .encoder import Encoder
 
 from ..choices import DTYPES, LABEL_KINDS, PRECISIONS  # noqa: E402
@@ -145,26 +148,40 @@ def embed(
     precision: str = "auto",
     fast: bool | None = None,
     shard_size: int = 32,
-    workers: int | None = None,
+    read_workers: int | None = None,
     overwrite: bool = False,
     skip_bad: bool = False,
+    scheduler: str | None = None,
+    workers: int | str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
     progress: bool = True,
     log=print,
 ) -> EmbedSummary:
-    """Embed every tile of `dataset` with SAM's frozen image encoder into the Zarr cache `output`.
+    """Embed every tile of `dataset` with SAM's frozen image encoder into the Zarr cache `output` (a
+    folder, or a URL such as s3://bucket/prefix/em.zarr).
 
     Re-running the same call finishes only what is missing; a different model, checkpoint, preprocessing
     or dataset is refused unless `overwrite`. Bad files raise InputError naming the file (with
-    `skip_bad` they are skipped with a warning). Returns a summary.
+    `skip_bad` they are skipped with a warning). Past one process: `scheduler` (a dask.distributed
+    address) or `workers` (a count, or "auto": start a local cluster) encode shard by shard on a cluster;
+    `rank`/`world_size` (or RANK/WORLD_SIZE) take shards rank::world_size of the same plan, with no
+    coordinator. Every file must be readable from every worker. Returns a summary.
     """
     t0 = time.perf_counter()
-    output = Path(output)
     options.choice("--dtype", dtype, DTYPES)
     options.choice("--label-kind", label_kind, LABEL_KINDS)
     options.choice("--precision", precision, PRECISIONS)
     options.at_least("--shard-size", shard_size, 1)
     if batch_size is not None:
         options.at_least("--batch-size", batch_size, 1)
+    rank, world_size = cluster.ranks(rank, world_size)
+    on_cluster = bool(scheduler) or workers not in (None, 0)
+    if on_cluster and rank is not None:
+        raise options.OptionError("--rank/--world-size split the work with no coordinator; --scheduler/--workers "
+                                  "hand it out from one: use one or the other")
+    if workers not in (None, 0, "auto"):
+        options.at_least("--workers", int(workers), 1)
     pair = lambda v: None if v is None else ((v, v) if isinstance(v, int) else tuple(v))  # noqa: E731
     spec = TileSpec(pair(patch), pair(stride), axis, skip_empty, label_kind, intensity or Intensity())
 
@@ -176,40 +193,82 @@ def embed(
     p = plan(sources, spec, skip_bad=skip_bad)
     sam, mspec = (load_sam_or_tiny(model, checkpoint, random_init, log) if fallback_tiny
                   else load_sam(model, checkpoint, random_init))
-    encoder = Encoder(sam, device, precision, fast=fast)
-    del sam  # only the image encoder is needed here
-    _warn(p, spec, encoder.img_size, log)
-    identity = fingerprint.build(
-        model=mspec.fingerprint(),
-        preprocessing={**spec.to_dict(), **encoder.identity, "canvas": list(p.canvas), "dtype": dtype},
-        data={"sources": fingerprint.digest([s.sha256 for s in p.sources]), "n_sources": len(p.sources),
-              "samples": len(p.tiles)},
+    with _cluster(scheduler, workers, device, on_cluster) as (client, threads):
+        if client is not None:  # the workers encode: here only the identity is needed
+            device = cluster.worker_device(client, device)
+        encoder = Encoder(sam, device, precision, fast=fast, place=client is None)
+        del sam  # only the image encoder is needed here
+        _warn(p, spec, encoder.img_size, log)
+        identity = fingerprint.build(
+            model=mspec.fingerprint(),
+            preprocessing={**spec.to_dict(), **encoder.identity, "canvas": list(p.canvas), "dtype": dtype},
+            data={"sources": fingerprint.digest([s.sha256 for s in p.sources]), "n_sources": len(p.sources),
+                  "samples": len(p.tiles)},
+        )
+        attrs = {"format": S.FORMAT, "version": __version__, **identity,
+                 "execution": {**encoder.execution, "shard_size": shard_size},
+                 "label_kind": p.label_kind, "class_names": p.class_names, "checkpoint": mspec.checkpoint,
+                 "command": command_line()[:2000],
+                 "embedding_shape": list(encoder.embedding_shape), "complete": False,
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        with CacheWriter(output, attrs, _layout(p, encoder, dtype, shard_size), overwrite, rank, log) as writer:
+            shards = cluster.mine(np.unique(writer.todo // writer.shard), rank, world_size)
+            todo = writer.todo[np.isin(writer.todo // writer.shard, shards)]
+            t_encode = time.perf_counter()
+            if client is not None:
+                job = cluster.Job(p, writer.target, mspec.type, mspec.checkpoint, random_init,
+                                  device, precision, fast, dtype, batch_size, threads)
+                bar = Progress(len(todo), "embed", "tiles", enabled=progress)
+                try:
+                    computed = cluster.run(job, shards, client, bar)
+                finally:
+                    bar.close()
+            else:
+                batch_size = batch_size or encoder.auto_batch_size()
+                computed = encode_samples(encoder, p, writer, todo, batch_size, dtype, read_workers, progress)
+            encode_s = time.perf_counter() - t_encode
+            elapsed = time.perf_counter() - t0
+            run = {"seconds": round(elapsed, 2), "encoded": int(computed), "batch_size": batch_size,
+                   "device": str(encoder.device)}
+            if rank is not None:
+                run.update(rank=rank, world_size=world_size)
+            if client is not None:
+                run.update(workers=len(client.scheduler_info()["workers"]))
+            writer.finish({"last_run": run})
+            written = int(writer.done.sum())
+    summary = EmbedSummary(
+        str(writer.location), mspec.type, mspec.trained, len(p.tiles), int(computed), int(p.column(S.OBJECTS).sum()),
+        size_on_disk(writer.location), elapsed, computed / encode_s if computed else 0.0, len(p.skipped),
     )
-    attrs = {"format": S.FORMAT, "version": __version__, **identity,
-             "execution": {**encoder.execution, "shard_size": shard_size},
-             "label_kind": p.label_kind, "class_names": p.class_names, "checkpoint": mspec.checkpoint,
-             "command": " ".join(["samcache" if Path(sys.argv[0]).name in ("samcache", "__main__.py") else sys.argv[0],
-                                  *sys.argv[1:]])[:2000],
-             "embedding_shape": list(encoder.embedding_shape), "complete": False,
-             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    with CacheWriter(output, attrs, _layout(p, encoder, dtype, shard_size), overwrite) as writer:
-        todo = writer.todo
-        batch_size = batch_size or encoder.auto_batch_size()
-        t_encode = time.perf_counter()
-        computed = _encode(encoder, p, writer, todo, batch_size, dtype, workers, progress)
-        encode_s = time.perf_counter() - t_encode
-        elapsed = time.perf_counter() - t0
-        writer.finish({"last_run": {"seconds": round(elapsed, 2), "encoded": int(computed),
-                                    "batch_size": batch_size, "device": str(encoder.device)}})
-    return EmbedSummary(
-        str(output), mspec.type, mspec.trained, len(p.tiles), int(computed), int(p.column(S.OBJECTS).sum()),
-        size_on_disk(output), elapsed, computed / encode_s if computed else 0.0, len(p.skipped),
-    )
+    if written < len(p.tiles):
+        log(f"{written} of {len(p.tiles)} samples are written"
+            + (f"; rank {rank} of {world_size} has done its shards" if rank is not None else ""))
+    return summary
 
 
-def _encode(encoder, p, writer: CacheWriter, todo, batch_size, dtype, workers, progress) -> int:
+@contextmanager
+def _cluster(scheduler, workers, device, on_cluster):
+    """(client, torch threads per worker) of the cluster to encode on, or (None, None) in this process."""
+    if not on_cluster:
+        yield None, None
+        return
+    from distributed import Client
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client, None
+        return
+    local, threads = cluster.local_cluster(workers, device)
+    with local, Client(local) as client:
+        yield client, threads
+
+
+def encode_samples(encoder, p, writer, todo, batch_size, dtype, read_workers, progress) -> int:
+    """Encode the samples `todo` (whole shards) of plan `p` and hand each finished shard to `writer`;
+    `read_workers`: DataLoader processes reading tiles (None: 0 on CPU, up to 4 with a GPU)."""
     if len(todo) == 0:
         return 0
+    workers = read_workers
     if workers is None:  # on a CPU the encoder is the bottleneck: reading inline beats a spawned reader
         workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if encoder.device.type == "cuda" else 0
     shard = writer.shard

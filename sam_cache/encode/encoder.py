@@ -25,9 +25,11 @@ class Encoder:
     """Runs `sam.image_encoder` frozen, in inference mode, on uint8 tiles [B, H, W, 3] with valid sizes [B, 2]."""
 
     def __init__(self, sam: Sam, device: str | torch.device | None = None, precision: str = "auto",
-                 fast: bool | None = None, compile: bool = False):
+                 fast: bool | None = None, compile: bool = False, place: bool = True):
         """`fast` (default: on CUDA) swaps in SDPA attention (fast_encoder.py) and, with bf16, keeps the
-        weights in bf16 instead of autocasting; `compile` adds torch.compile (static shapes)."""
+        weights in bf16 instead of autocasting; `compile` adds torch.compile (static shapes). With
+        `place=False` nothing is moved to the device: only the identity, input size and embedding shape
+        are known (what a cluster's client needs; its workers encode)."""
         self.device = torch.device(device) if device else default_device()
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
@@ -35,17 +37,18 @@ class Encoder:
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
         self.precision = precision
         self.fast = self.device.type == "cuda" if fast is None else fast
-        self.model = sam.image_encoder.to(self.device).eval().requires_grad_(False)
         self.dtype = torch.bfloat16 if self.fast and precision == "bf16" else torch.float32
-        if self.fast:
-            from .fast_encoder import optimize
+        if place:
+            self.model = sam.image_encoder.to(self.device).eval().requires_grad_(False)
+            if self.fast:
+                from .fast_encoder import optimize
 
-            self.model = optimize(self.model).to(self.dtype)
-        self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
+                self.model = optimize(self.model).to(self.dtype)
+            self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
+            self.pixel_mean = sam.pixel_mean.to(self.device)
+            self.pixel_std = sam.pixel_std.to(self.device)
         self.img_size = sam.image_encoder.img_size
         self.resize = ResizeLongestSide(self.img_size)
-        self.pixel_mean = sam.pixel_mean.to(self.device)
-        self.pixel_std = sam.pixel_std.to(self.device)
         self.embedding_shape = (sam.prompt_encoder.embed_dim, *sam.prompt_encoder.image_embedding_size)
         # what changes the stored values (part of the cache's identity) ...
         self.identity = {

@@ -24,21 +24,39 @@ from zarr.core.sync import sync
 from ..errors import CacheCorruptError, CacheIncompleteError, SamCacheError
 from ..ingest.labels import objects
 from . import schema as S
+from .location import Location
 
 
-def read_attrs(path: str | Path) -> dict:
-    """The `samcache` attributes of a cache, or a clear error if `path` is no samcache cache."""
+def read_attrs(path) -> dict:
+    """The `samcache` attributes of a cache (a local path, a URL or a Location), or a clear error if
+    there is no samcache cache there."""
+    location = Location(path)
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(location.store(read_only=True), mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as e:
-        raise SamCacheError(f"{path}: not a samcache cache (no Zarr group): {e}") from e
+        raise SamCacheError(f"{location}: not a samcache cache (no Zarr group): {e}{_interrupted_swap(location)}") from e
     attrs = group.attrs.get(S.ATTRS)
     if not attrs:
-        raise SamCacheError(f"{path}: a Zarr group, but not a samcache cache (no `{S.ATTRS}` attributes)")
+        raise SamCacheError(f"{location}: a Zarr group, but not a samcache cache (no `{S.ATTRS}` attributes)"
+                            + _interrupted_swap(location))
     if attrs.get("format") not in S.READABLE_FORMATS:
         raise SamCacheError(f"{path}: cache format {attrs.get('format')} is not one this samcache reads "
                             f"({', '.join(map(str, S.READABLE_FORMATS))}); upgrade samcache")
     return dict(attrs)
+
+
+def _interrupted_swap(location: Location) -> str:
+    """What to do when an --overwrite rebuild on object storage was interrupted while copied into place."""
+    if location.local:
+        return ""
+    staged = location.sibling(f".{location.name}.rebuild")
+    try:
+        complete = staged.exists() and bool(zarr.open_group(staged.store(read_only=True), mode="r")
+                                            .attrs.get(S.ATTRS, {}).get("complete"))
+    except Exception:  # noqa: BLE001 - only a hint
+        complete = False
+    return (f". An --overwrite rebuild was interrupted while being copied into place; the complete rebuild is "
+            f"at {staged}: rerun the same `samcache embed --overwrite` command to finish it") if complete else ""
 
 
 async def _collect(store, prefix: str) -> set[str]:
@@ -53,9 +71,10 @@ def shard_key(a: zarr.Array, k: int) -> str:
 class CacheReader:
     """Read access to one cache: attributes, done samples, coordinates, embeddings, labels, classes."""
 
-    def __init__(self, path: str | Path, allow_partial: bool = False, check_shards: bool = True):
-        self.path = str(path)
-        self.attrs = read_attrs(path)
+    def __init__(self, path, allow_partial: bool = False, check_shards: bool = True):
+        self.location = Location(path)
+        self.path = str(self.location)  # for messages: a URL without credentials
+        self.attrs = read_attrs(self.location)
         self._group, self._arrays, self._mask_class, self._names, self._axes = None, {}, None, None, None
         self._shapes = None
         done = np.asarray(self.group[S.DONE][:], dtype=bool)
@@ -78,7 +97,7 @@ class CacheReader:
     @property
     def group(self) -> zarr.Group:
         if self._group is None:
-            self._group = zarr.open_group(self.path, mode="r")
+            self._group = zarr.open_group(self.location.store(read_only=True), mode="r")
         return self._group
 
     def __getstate__(self):  # never pickle an open store into a worker
@@ -155,10 +174,17 @@ class CacheReader:
     def layer_variable(self, layer: str | None) -> str:
         """The variable of the ground truth (None) or of the label layer `layer`, or a clear refusal."""
         var = S.label_layer(layer)
-        if var != S.LABEL and var not in self._arrays and var not in self.group:  # checked once per reader
-            have = [n[len(S.LABEL) + 1:] for n in self.group.array_keys() if n.startswith(S.LABEL + "_")]
+        if var == S.LABEL or var in self._arrays:  # checked once per reader
+            return var
+        live = zarr.open_group(self.location.store(read_only=True), mode="r", use_consolidated=False)
+        if var not in live:  # layers are added after the cache: their live metadata, not the consolidated copy
+            have = [n[len(S.LABEL) + 1:] for n in live.array_keys() if n.startswith(S.LABEL + "_")]
             raise SamCacheError(f"{self.path}: no label layer `{layer}`; it holds "
                                 f"{', '.join(have) if have else 'none'} (write one with `samcache predict --write-layer`)")
+        if live[var].attrs.get("complete") is False:
+            raise SamCacheError(f"{self.path}: the label layer `{layer}` was interrupted while being written; write it "
+                                f"again with `samcache predict --write-layer {layer} --overwrite-layer`")
+        self._arrays[var] = live[var]
         return var
 
     def kind_of(self, layer: str | None) -> str:
@@ -239,7 +265,7 @@ class CacheReader:
     # ---- xarray -----------------------------------------------------------------------------------
     def dataset(self) -> xr.Dataset:
         """The cache as a lazy xarray.Dataset of its usable samples (dask arrays)."""
-        ds = xr.open_zarr(self.path, consolidated=False)  # the live metadata, never a stale consolidated copy
+        ds = xr.open_zarr(self.location.store(read_only=True), consolidated=False)  # the live metadata, never a stale consolidated copy
         if not self.done.all():
             ds = ds.isel({S.SAMPLE: self.samples})
         ds.attrs[S.ATTRS] = self.attrs
@@ -313,6 +339,7 @@ def open_cache(path: str | Path, allow_partial: bool = False) -> xr.Dataset:
     return CacheReader(path, allow_partial).dataset()
 
 
-def size_on_disk(path: str | Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+def size_on_disk(path) -> int:
+    """Bytes the cache takes, on disk or in the object store."""
+    return Location(path).size()
 

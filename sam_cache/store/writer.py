@@ -1,11 +1,19 @@
-"""The one writer of a cache: locked, created beside its path and renamed in, written a whole shard at a time.
+"""The one writer of a cache: created whole, written a whole shard at a time, with one commit rule.
 
-- A lock (`filelock`) beside the cache makes a second writer refuse at once, naming the holder; the
-  operating system drops it when the holder exits or is killed, so a crash never leaves a stale lock.
-- A new cache is laid out in a temporary folder and renamed into place; an `--overwrite` rebuild is
-  written to a staging folder and swapped in only once complete, so a failed rebuild keeps the old cache.
-- Each shard is written whole by one writer, then its `done` flags: the commit point. A sample whose
-  flag is not set is not valid, whatever its chunk holds.
+- Each shard is written whole by one writer (on object storage: one PUT per shard object), then its
+  `done` flags: the commit point. A sample whose flag is not set is not valid, whatever its chunk holds.
+  Writers never share a shard, so any number of processes (cluster workers, `--rank` launches) may write
+  disjoint shards of one cache at once.
+- A local cache is laid out in a temporary folder and renamed into place; an `--overwrite` rebuild is
+  written to a staging folder beside it and swapped in only once complete, so a failed rebuild keeps the
+  old cache. A lock (`filelock`) beside a local cache makes a second writer refuse at once, naming the
+  holder (with `--rank`, one lock per rank); the OS drops it when the holder dies.
+- Object stores have no rename and no lock. A new cache is created in place with a `creating` marker as
+  its only attribute, replaced by the real attributes last, so a half-created cache is recognised and
+  recreated. An `--overwrite` rebuild is written complete to the staging prefix beside the cache, then
+  the old cache is deleted and the rebuild copied over it, root metadata last. From the moment the old
+  one is deleted the staged rebuild is complete and valid; if the copy is interrupted, rerunning the same
+  command finishes it (readers say so meanwhile). So a user is never left without a valid cache.
 - A full disk raises `DiskFullError`: the shards already committed stay, and rerunning the same command
   resumes once space is freed.
 """
@@ -15,9 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import socket
-import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -28,12 +34,14 @@ import filelock
 import numpy as np
 import zarr
 
-from ..errors import CacheLockedError, CacheMismatchError, DiskFullError, OptionError
+from ..errors import CacheLockedError, CacheMismatchError, DiskFullError, OptionError, SamCacheError
 from . import fingerprint
 from . import schema as S
+from .location import Location, command_line
 from .reader import read_attrs
 
 WRITE = {"write_empty_chunks": True}  # an all-background shard must exist on disk like any other
+CREATING = "samcache_creating"  # the only attribute of a remote cache whose creation has not finished
 
 
 @dataclass
@@ -58,7 +66,7 @@ def _disk_full(e: BaseException) -> bool:
 
 
 @contextmanager
-def _space(path: Path, what: str, kept: str):
+def _space(path, what: str, kept: str):
     """Turn a full disk into one clear error."""
     try:
         yield
@@ -69,15 +77,16 @@ def _space(path: Path, what: str, kept: str):
                             "same command to resume.") from e
 
 
-def lock_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.lock")
+def lock_path(path: Path, rank: int | None = None) -> Path:
+    return path.with_name(f".{path.name}.lock" + ("" if rank is None else f".rank-{rank}"))
 
 
 class Lock:
-    """An exclusive lock on writing `path`, with who holds it recorded beside it."""
+    """An exclusive lock on writing `path` (with `rank`: on writing that rank's shards), with who holds it
+    recorded beside it."""
 
-    def __init__(self, path: Path):
-        self.path, self.file = path, lock_path(path)
+    def __init__(self, path: Path, rank: int | None = None):
+        self.path, self.file = path, lock_path(path, rank)
         self.holder = self.file.with_name(self.file.name + ".holder")
         self.lock = filelock.FileLock(self.file, timeout=0)
 
@@ -95,7 +104,7 @@ class Lock:
                                    "then rerun; a writer that exits or is killed releases the lock.") from None
         self.holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                           "command": " ".join(sys.argv)[:300]}))
+                                           "command": command_line()[:300]}))
         return self
 
     def release(self) -> None:
@@ -110,6 +119,26 @@ class Lock:
         self.release()
 
 
+class _NoLock:
+    """Object stores offer no lock: writers of one remote cache are not refused (see the module's note)."""
+
+    def acquire(self):
+        return self
+
+    def release(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def lock_for(location: Location, rank: int | None = None):
+    return Lock(location.path, rank) if location.local else _NoLock()
+
+
 def _array(group, name, values_shape, chunks, shards, dtype, dims, codecs):
     return group.create_array(
         name, shape=values_shape, chunks=chunks, shards=shards, dtype=dtype, dimension_names=dims,
@@ -117,75 +146,162 @@ def _array(group, name, values_shape, chunks, shards, dtype, dims, codecs):
     )
 
 
-def create(path: Path, attrs: dict, layout: Layout) -> None:
-    """Lay out an empty cache at `path`: built in a temporary folder beside it, then renamed into place."""
+def _lay_out(group: zarr.Group, layout: Layout) -> None:
     n, (H, W), shard = layout.samples, layout.canvas, layout.shard
+    shapes = {S.EMBEDDING: (tuple(layout.embedding_shape), layout.dtype), S.IMAGE: ((H, W, 3), "uint8")}
+    if layout.labelled:
+        shapes[S.LABEL] = ((H, W), "int32")
+    for name, (shape, dtype) in shapes.items():
+        a = _array(group, name, (n, *shape), (1, *shape), (shard, *shape), dtype, S.DIMS[name],
+                   S.EMBEDDING_CODECS if name == S.EMBEDDING else S.PIXEL_CODECS)
+        a.attrs["coordinates"] = " ".join((*S.SAMPLE_COORDS, S.DONE))
+    for name in S.SAMPLE_COORDS:
+        _array(group, name, (n,), (n,), None, "int32", (S.SAMPLE,), S.SMALL_CODECS)[:] = \
+            np.asarray(layout.coords[name], dtype=np.int32)
+    _array(group, S.DONE, (n,), (shard,), None, "bool", (S.SAMPLE,), S.SMALL_CODECS)
+    for name, values in layout.sources.items():
+        values = np.asarray(values)
+        dims = (S.SOURCE_DIM,) if values.ndim == 1 else (S.SOURCE_DIM, S.MASK_DIM)
+        dtype = str if values.dtype.kind in "UO" else values.dtype
+        _array(group, name, values.shape, values.shape, None, dtype, dims, S.SMALL_CODECS)[...] = values
+
+
+def create(location: Location, attrs: dict, layout: Layout) -> None:
+    """Lay out an empty cache. Local: built in a temporary folder beside it, then renamed into place (if
+    another process renamed its own in first, that one is kept). Remote: in place, the attributes last."""
+    if not location.local:
+        group = zarr.open_group(location.store(), mode="w", zarr_format=3,
+                                attributes={CREATING: f"pid {os.getpid()} on {socket.gethostname()}"})
+        _lay_out(group, layout)
+        group.attrs.put({S.ATTRS: attrs})
+        return
+    path = location.path
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    Location(tmp).remove()
     try:
         with _space(path, "creating the cache", "nothing was written"):
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-            shapes = {S.EMBEDDING: (tuple(layout.embedding_shape), layout.dtype), S.IMAGE: ((H, W, 3), "uint8")}
-            if layout.labelled:
-                shapes[S.LABEL] = ((H, W), "int32")
-            for name, (shape, dtype) in shapes.items():
-                a = _array(group, name, (n, *shape), (1, *shape), (shard, *shape), dtype, S.DIMS[name],
-                           S.EMBEDDING_CODECS if name == S.EMBEDDING else S.PIXEL_CODECS)
-                a.attrs["coordinates"] = " ".join((*S.SAMPLE_COORDS, S.DONE))
-            for name in S.SAMPLE_COORDS:
-                _array(group, name, (n,), (n,), None, "int32", (S.SAMPLE,), S.SMALL_CODECS)[:] = \
-                    np.asarray(layout.coords[name], dtype=np.int32)
-            _array(group, S.DONE, (n,), (shard,), None, "bool", (S.SAMPLE,), S.SMALL_CODECS)
-            for name, values in layout.sources.items():
-                values = np.asarray(values)
-                dims = (S.SOURCE_DIM,) if values.ndim == 1 else (S.SOURCE_DIM, S.MASK_DIM)
-                dtype = str if values.dtype.kind in "UO" else values.dtype
-                _array(group, name, values.shape, values.shape, None, dtype, dims, S.SMALL_CODECS)[...] = values
+            _lay_out(group, layout)
             group.attrs[S.ATTRS] = attrs
-        tmp.rename(path)
+        try:
+            tmp.rename(path)
+        except OSError:
+            if not path.exists():
+                raise  # otherwise another writer (a rank) created it first: the caller checks it is the same
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        Location(tmp).remove()
 
 
-def staging(path: Path) -> Path:
+def staging(location: Location) -> Location:
     """Where an --overwrite rebuild is written, beside the old cache, until it replaces it."""
-    return path.with_name(f".{path.name}.rebuild")
+    return location.sibling(f".{location.name}.rebuild")
 
 
-def _replace(staged: Path, path: Path) -> None:
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    path.rename(old)
-    staged.rename(path)
-    shutil.rmtree(old)
+def _replace(staged: Location, location: Location) -> None:
+    if location.local:
+        old = location.sibling(f".{location.name}.old")
+        old.remove()
+        location.path.rename(old.path)
+        staged.path.rename(location.path)
+        old.remove()
+        return
+    # no rename on object stores: the staged rebuild is complete, so the old cache may go; then copy, root last
+    location.remove()
+    files = staged.files()
+    rest = [f for f in files if f != "zarr.json"]
+    fs = staged.fs
+    if rest:
+        fs.copy([f"{staged.url}/{f}" for f in rest], [f"{location.url}/{f}" for f in rest])
+    fs.copy(f"{staged.url}/zarr.json", f"{location.url}/zarr.json")
+    staged.remove()
+
+
+def _existing(location: Location) -> dict | None:
+    """The attributes of the cache at `location`; None if nothing is there, or a remote cache whose creation
+    was interrupted (it is recreated); an error if something else is there."""
+    if not location.exists():
+        return None
+    if not location.local:
+        try:
+            group = zarr.open_group(location.store(read_only=True), mode="r", use_consolidated=False)
+            if CREATING in group.attrs and S.ATTRS not in group.attrs:
+                return None
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            pass  # read_attrs says what is there
+    return read_attrs(location)
+
+
+class ShardWriter:
+    """Writes whole shards into an existing cache: every array of the shard, then its `done` flags (the
+    commit point). The cache writer uses one; so does each cluster worker and `--rank` process."""
+
+    def __init__(self, location):
+        self.location = Location(location)
+        self.group = zarr.open_group(self.location.store(), mode="r+", use_consolidated=False)
+        self.arrays = {n: self.group[n].with_config(WRITE) for n in S.SHARDED if n in self.group}
+        self.flags = self.group[S.DONE].with_config(WRITE)
+        self.done = np.asarray(self.flags[:], dtype=bool)
+        self.shard = int(self.arrays[S.EMBEDDING].shards[0])
+
+    def write_shard(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write whole shards of every array, then mark them done: the commit point."""
+        stop = start + len(next(iter(arrays.values())))
+        if start % self.shard or (stop % self.shard and stop != len(self.done)):
+            raise ValueError(f"samples {start}-{stop - 1} are not whole shards of {self.shard}")
+        kept = f"the {int(self.done.sum())} samples committed before are kept"
+        with _space(self.location, f"writing samples {start}-{stop - 1}", kept):
+            for name, values in arrays.items():
+                self.arrays[name][start:stop] = values
+            self.flags[start:stop] = True
+        self.done[start:stop] = True
 
 
 class CacheWriter:
-    """Open `path` for writing under its lock: new, resumed (same identity), rebuilt (overwrite) or refused.
+    """Open a cache for writing under its lock: new, resumed (same identity), rebuilt (overwrite) or refused.
 
     Use as a context manager; `todo` holds the samples still to write, `write_shard` commits one shard,
-    `finish` records the run and swaps a rebuild in."""
+    `finish` records the run and swaps a rebuild in. With `rank`, several processes write one cache at
+    once (disjoint shards), each under its own rank's lock; a remote rank other than 0 waits for rank 0 to
+    create the cache."""
 
-    def __init__(self, path: str | Path, attrs: dict, layout: Layout, overwrite: bool = False):
-        self.path = Path(path)
-        self.lock = Lock(self.path).acquire()
+    def __init__(self, path, attrs: dict, layout: Layout, overwrite: bool = False, rank: int | None = None,
+                 log=print):
+        self.location = Location(path)
+        self.path = str(self.location)
+        if overwrite and rank is not None:
+            raise OptionError("--overwrite cannot be combined with --rank: rebuild with one process (or a cluster), "
+                              "or remove the cache first")
+        self.lock = lock_for(self.location, rank).acquire()
         try:
-            self.rebuild = overwrite and self.path.exists()
-            self.target = staging(self.path) if self.rebuild else self.path
-            if self.rebuild:
-                shutil.rmtree(self.target, ignore_errors=True)
-            elif self.target.exists():
-                self._check_resumable(read_attrs(self.target), attrs)
-            if not self.target.exists():
+            self.rebuild = overwrite and self.location.exists()
+            self.target = staging(self.location) if self.rebuild else self.location
+            old = _existing(self.target)
+            if old is None and rank and not self.location.local:
+                old = self._wait_for_rank_0(log)
+            if old is not None and self.rebuild and fingerprint.mismatch(old, attrs):
+                self.target.remove()  # a staged rebuild of another identity: start it again
+                old = None
+            if old is not None:
+                self._check_resumable(old, attrs)
+            else:
                 create(self.target, attrs, layout)
-            self.group = zarr.open_group(str(self.target), mode="r+")
-            self.arrays = {n: self.group[n].with_config(WRITE) for n in S.SHARDED if n in self.group}
-            self.flags = self.group[S.DONE].with_config(WRITE)
-            self.done = np.asarray(self.flags[:], dtype=bool)
-            self.shard = int(self.arrays[S.EMBEDDING].shards[0])
+                self._check_resumable(read_attrs(self.target), attrs)  # a rank may have created it first
+            self.shards = ShardWriter(self.target)
+            self.group, self.shard = self.shards.group, self.shards.shard
         except BaseException:
             self.lock.release()
             raise
+
+    def _wait_for_rank_0(self, log, timeout: float = 600.0) -> dict:
+        log(f"waiting for rank 0 to create {self.path}")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            time.sleep(1.0)
+            self.target.fs.invalidate_cache()
+            if (old := _existing(self.target)) is not None:
+                return old
+        raise SamCacheError(f"{self.path}: rank 0 did not create the cache within {timeout:.0f} s; start rank 0 "
+                            "(it creates remote caches), then rerun this rank")
 
     def _check_resumable(self, old: dict, new: dict) -> None:
         if old.get("format") != S.FORMAT:
@@ -196,32 +312,35 @@ class CacheWriter:
         if why:
             raise CacheMismatchError(f"{self.target} was made with {why}. Refusing to mix them: write to another "
                                      "path, or pass --overwrite to rebuild it.")
-        for orphan in self.target.rglob("*.partial"):  # temp files of writes a crash interrupted
-            orphan.unlink(missing_ok=True)
+        if self.target.local:
+            for orphan in self.target.path.rglob("*.partial"):  # temp files of writes a crash interrupted
+                orphan.unlink(missing_ok=True)
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.shards.done
 
     @property
     def todo(self) -> np.ndarray:
         return np.flatnonzero(~self.done)
 
     def write_shard(self, start: int, arrays: dict[str, np.ndarray]) -> None:
-        """Write whole shards of every array, then mark them done: the commit point."""
-        stop = start + len(next(iter(arrays.values())))
-        kept = f"the {int(self.done.sum())} samples committed before are kept"
-        with _space(self.path, f"writing samples {start}-{stop - 1}", kept):
-            for name, values in arrays.items():
-                self.arrays[name][start:stop] = values
-            self.flags[start:stop] = True
-        self.done[start:stop] = True
+        self.shards.write_shard(start, arrays)
+
+    def refresh(self) -> np.ndarray:
+        """The done flags as stored: every writer's commits (workers, other ranks), not only this one's."""
+        self.shards.done = np.asarray(self.shards.flags[:], dtype=bool)
+        return self.shards.done
 
     def finish(self, stats: dict) -> None:
-        """Record the run, consolidate the metadata, swap a rebuild in, release the lock."""
+        """Record the run, consolidate the metadata, swap a rebuild in."""
         attrs = dict(self.group.attrs[S.ATTRS])
-        attrs.update(complete=bool(self.done.all()), finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **stats)
+        attrs.update(complete=bool(self.refresh().all()), finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **stats)
         with _space(self.path, "finishing", "every sample is written; rerun to finish"):
             self.group.attrs[S.ATTRS] = attrs
-            _consolidate(self.target)
+            consolidate(self.target)
         if self.rebuild:
-            _replace(self.target, self.path)
+            _replace(self.target, self.location)
 
     def close(self) -> None:
         self.lock.release()
@@ -233,10 +352,10 @@ class CacheWriter:
         self.close()
 
 
-def _consolidate(path: Path) -> None:
+def consolidate(location: Location) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata")
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(location.store())
 
 
 def check_label_layer(group: zarr.Group, path, name: str, overwrite: bool = False) -> str:
@@ -251,41 +370,62 @@ def check_label_layer(group: zarr.Group, path, name: str, overwrite: bool = Fals
     return S.label_layer(name)
 
 
-def write_label_layer(path: str | Path, name: str, tiles: dict[int, np.ndarray], provenance: dict,
+def _layer_blocks(n: int, shard: int, shape, tiles: dict[int, np.ndarray]):
+    """(start, block) of a label layer, a whole shard at a time; samples not in `tiles` stay 0."""
+    for start in range(0, n, shard):
+        block = np.zeros((min(shard, n - start), *shape), np.int32)
+        for i in range(start, start + len(block)):
+            if i in tiles:
+                block[i - start, :tiles[i].shape[0], :tiles[i].shape[1]] = tiles[i]
+        yield start, block
+
+
+def write_label_layer(path, name: str, tiles: dict[int, np.ndarray], provenance: dict,
                       overwrite: bool = False) -> str:
     """Write a named label layer (`label_<name>`: int32 ids per sample, shaped and sharded like `label`)
-    into the cache at `path`, whole or not at all: under the cache's lock it is written in a folder beside
-    the cache, then renamed into it and the metadata consolidated, so a crash leaves the cache as it was. The
-    ground truth `label` is never written here. `tiles`: sample -> ids at the tile's valid size (samples
-    not given stay 0). Returns the variable's name."""
-    path = Path(path)
-    with Lock(path):
-        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-        var = check_label_layer(group, path, name, overwrite)
+    into the cache at `path`, whole or not at all. Local: under the cache's lock it is written in a folder
+    beside the cache, then renamed into it and the metadata consolidated, so a crash leaves the cache as it
+    was. Remote (no rename): written in place with `complete: false` in its attributes, set true last;
+    readers refuse an incomplete layer. The ground truth `label` is never written here. `tiles`: sample ->
+    ids at the tile's valid size (samples not given stay 0). Returns the variable's name."""
+    location = Location(path)
+    with lock_for(location):
+        group = zarr.open_group(location.store(), mode="r+", use_consolidated=False)
+        var = check_label_layer(group, location, name, overwrite)
         image = group[S.IMAGE]
         n, (H, W), shard = image.shape[0], image.shape[1:3], int(image.shards[0])
-        staging_root, old = path.with_name(f".{path.name}.{var}.writing"), path.with_name(f".{path.name}.{var}.old")
-        for stale in (staging_root, old):
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            with _space(path, f"writing the label layer {name}", "the cache is as it was"):
-                staged = zarr.open_group(str(staging_root), mode="w", zarr_format=3)
-                a = _array(staged, var, (n, H, W), (1, H, W), (shard, H, W), "int32", S.DIMS[S.LABEL], S.PIXEL_CODECS)
-                a.attrs.update({"coordinates": " ".join((*S.SAMPLE_COORDS, S.DONE)), "layer": name, **provenance})
-                for start in range(0, n, shard):
-                    block = np.zeros((min(shard, n - start), H, W), np.int32)
-                    for i in range(start, start + len(block)):
-                        if i in tiles:
-                            t = tiles[i]
-                            block[i - start, :t.shape[0], :t.shape[1]] = t
-                    a[start:start + len(block)] = block
-        except BaseException:  # a killed process leaves it beside the cache, removed by the next write
-            shutil.rmtree(staging_root, ignore_errors=True)
-            raise
-        if (path / var).exists():
-            (path / var).rename(old)
-        (staging_root / var).rename(path / var)
-        _consolidate(path)
-        for done in (staging_root, old):
-            shutil.rmtree(done, ignore_errors=True)
+        attrs = {"coordinates": " ".join((*S.SAMPLE_COORDS, S.DONE)), "layer": name, **provenance}
+        if location.local:
+            _write_layer_beside(location.path, var, name, (n, H, W), shard, tiles, attrs)
+        else:
+            if var in group:
+                del group[var]
+            a = _array(group, var, (n, H, W), (1, H, W), (shard, H, W), "int32", S.DIMS[S.LABEL], S.PIXEL_CODECS)
+            a.attrs.update({**attrs, "complete": False})
+            for start, block in _layer_blocks(n, shard, (H, W), tiles):
+                a[start:start + len(block)] = block
+            a.attrs["complete"] = True
+        consolidate(location)
     return var
+
+
+def _write_layer_beside(path: Path, var: str, name: str, shape, shard: int, tiles, attrs: dict) -> None:
+    n, H, W = shape
+    staging_root, old = Location(path.with_name(f".{path.name}.{var}.writing")), Location(path.with_name(f".{path.name}.{var}.old"))
+    for stale in (staging_root, old):
+        stale.remove()
+    try:
+        with _space(path, f"writing the label layer {name}", "the cache is as it was"):
+            staged = zarr.open_group(staging_root.url, mode="w", zarr_format=3)
+            a = _array(staged, var, (n, H, W), (1, H, W), (shard, H, W), "int32", S.DIMS[S.LABEL], S.PIXEL_CODECS)
+            a.attrs.update(attrs)
+            for start, block in _layer_blocks(n, shard, (H, W), tiles):
+                a[start:start + len(block)] = block
+    except BaseException:  # a killed process leaves it beside the cache, removed by the next write
+        staging_root.remove()
+        raise
+    if (path / var).exists():
+        (path / var).rename(old.path)
+    (staging_root.path / var).rename(path / var)
+    for done in (staging_root, old):
+        done.remove()

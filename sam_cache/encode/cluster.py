@@ -1,0 +1,145 @@
+"""The encoder stage past one process: shards of one plan on a Dask cluster, or split by rank.
+
+- On a cluster (`--scheduler ADDRESS`, or `--workers N` for a local one) the client has already written
+  the plan (the cache's layout, coordinates and fingerprint). It hands out one task per shard still to
+  do, so a fast GPU takes more shards than a slow one. Each task encodes its shard and writes it whole,
+  then its done flags: writers never share a shard. Each worker process loads the model once.
+- Without a coordinator (`--rank R --world-size W`, or RANK/WORLD_SIZE from the environment, as SLURM
+  arrays and torchrun set them) a process takes shards R, R+W, R+2W… of the same plan.
+
+A task first checks its shard's flags, so a shard recomputed after its worker died (dask reruns the
+lost work of a killed worker elsewhere) is never written twice. A worker killed mid-shard loses only
+that shard: its flags were never set, and the rerun writes it whole.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import OptionError
+from ..ingest.tiles import Plan
+
+_ENCODERS: dict = {}  # per worker process: the model, loaded once and reused by every task
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every shard task needs; sent to each worker once."""
+
+    plan: Plan
+    location: object  # store.location.Location of the cache (the staging one during a rebuild)
+    model: str
+    checkpoint: str | None
+    random_init: bool
+    device: str | None
+    precision: str
+    fast: bool | None
+    dtype: str
+    batch_size: int | None
+    threads: int | None  # torch threads per worker (local CPU clusters share the cores)
+
+    @property
+    def model_key(self) -> tuple:
+        return self.model, self.checkpoint, self.random_init, self.device, self.precision, self.fast
+
+
+def ranks(rank: int | None, world_size: int | None) -> tuple[int | None, int | None]:
+    """(rank, world size) from the options, else from RANK/WORLD_SIZE in the environment, else (None, None)."""
+    if rank is None and world_size is None and "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if (rank is None) != (world_size is None):
+        raise OptionError("--rank and --world-size go together (or set both RANK and WORLD_SIZE)")
+    if rank is not None and not 0 <= rank < world_size:
+        raise OptionError(f"--rank must be in 0..{world_size - 1} for --world-size {world_size}, not {rank}")
+    return rank, world_size
+
+
+def mine(shards: np.ndarray, rank: int | None, world_size: int | None) -> np.ndarray:
+    """The shards (numbers in the plan) a rank takes: R, R+W, R+2W…; all of them without ranks."""
+    return shards if rank is None else shards[shards % world_size == rank]
+
+
+def local_cluster(workers, device: str | None):
+    """A local Dask cluster: with GPUs, one worker per visible GPU (dask-cuda); else `workers` processes
+    sharing the cores. `workers`: a count, or "auto"."""
+    import torch
+    from distributed import LocalCluster
+
+    gpu = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+    n = None if workers == "auto" else int(workers)
+    if gpu:
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            if torch.cuda.device_count() > 1:
+                raise OptionError("--workers on several GPUs needs dask-cuda (pip install dask-cuda), which gives "
+                                  "each worker its own GPU") from None
+            return LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"), None
+        return LocalCUDACluster(n_workers=n, threads_per_worker=1, dashboard_address=":0"), None
+    n = n or 2
+    threads = max(1, (os.cpu_count() or 1) // n)
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"), threads
+
+
+def worker_device(client, device: str | None) -> str:
+    """The device type the cluster's workers encode on; they must agree (it is part of the cache's identity)."""
+    if device:
+        return device
+
+    def probe():
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    found = set(client.run(probe).values())
+    if len(found) != 1:
+        raise OptionError(f"the cluster's workers have different devices ({', '.join(sorted(found))}); pass --device")
+    return found.pop()
+
+
+def encoder_for(job: Job):
+    """The worker's encoder for `job`'s model, built on first use."""
+    if job.model_key not in _ENCODERS:
+        import torch
+
+        from ..models import load_sam
+        from .encoder import Encoder
+
+        if job.threads:
+            torch.set_num_threads(job.threads)
+        sam, _ = load_sam(job.model, job.checkpoint, job.random_init, download=False)
+        _ENCODERS.clear()  # one model per worker
+        _ENCODERS[job.model_key] = Encoder(sam, job.device, job.precision, fast=job.fast)
+    return _ENCODERS[job.model_key]
+
+
+def shard_task(job: Job, k: int) -> int:
+    """Encode and write shard k of the plan, unless it is already committed. Returns the samples encoded."""
+    from ..store.writer import ShardWriter
+    from .embed import encode_samples
+
+    writer = ShardWriter(job.location)
+    start, stop = k * writer.shard, min(len(writer.done), (k + 1) * writer.shard)
+    if writer.done[start:stop].all():
+        return 0
+    encoder = encoder_for(job)
+    return encode_samples(encoder, job.plan, writer, np.arange(start, stop),
+                          job.batch_size or encoder.auto_batch_size(), job.dtype, read_workers=0, progress=False)
+
+
+def run(job: Job, shards: np.ndarray, client, bar) -> int:
+    """Every shard as one task on the cluster of `client`; returns the samples encoded."""
+    from distributed import as_completed
+
+    plan_on_workers = client.scatter(job, broadcast=True)
+    futures = [client.submit(shard_task, plan_on_workers, int(k), pure=False) for k in shards]
+    computed = 0
+    for future in as_completed(futures):
+        n = future.result()  # re-raises a task's error (a bad file names itself)
+        computed += n
+        bar.update(n)
+        future.release()
+    return computed

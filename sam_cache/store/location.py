@@ -1,0 +1,145 @@
+"""Where a cache lives: a local folder, or any fsspec URL (`s3://bucket/prefix/em.zarr`, `gs://…`, `memory://…`).
+
+Every module that opens, sizes, copies or removes a cache goes through `Location`, so a URL is a cache
+path like any other. Remote stores go through zarr's `FsspecStore` (s3fs for `s3://`). Credentials and
+the endpoint come from the usual places (environment, AWS config files) and from storage options set
+once per process with `set_storage_options` (the CLI's `--storage-option key=value`). Options are never
+printed: `str(location)` is the URL with any `user:password@` removed.
+
+Object stores have no rename and no lock, so the writer's commit rule differs there (see `writer.py`).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import zarr
+
+_OPTIONS: dict = {}  # storage options for every URL of this process (the CLI's --storage-option)
+
+
+def set_storage_options(options: dict | None) -> None:
+    """Storage options (e.g. `endpoint_url`, `key`, `secret`, `anon`) that every remote cache path uses."""
+    _OPTIONS.clear()
+    _OPTIONS.update(options or {})
+
+
+def parse_storage_options(pairs) -> dict:
+    """`key=value` strings as storage options; `true`/`false` and numbers become booleans and numbers."""
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            from ..errors import OptionError
+
+            raise OptionError(f"--storage-option takes key=value (e.g. endpoint_url=http://127.0.0.1:9000), not {pair!r}")
+        low = value.strip().lower()
+        out[key.strip()] = {"true": True, "false": False}.get(low, int(value) if re.fullmatch(r"-?\d+", value) else value)
+    return out
+
+
+def command_line(argv=None) -> str:
+    """The command that is running, as recorded in a cache or a lock: `samcache …`, with every
+    --storage-option value (it may hold a secret) replaced by ***."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and Path(argv[0]).name in ("samcache", "__main__.py"):
+        argv[0] = "samcache"
+    out, hide = [], False
+    for arg in argv:
+        if hide or arg.startswith("--storage-option="):
+            key = arg.removeprefix("--storage-option=").partition("=")[0]
+            arg = ("--storage-option=" if not hide else "") + f"{key}=***"
+        hide = arg == "--storage-option"
+        out.append(arg)
+    return " ".join(out)
+
+
+def is_url(path) -> bool:
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"(://)[^/@]*@", r"\1", url)
+
+
+class Location:
+    """A cache path: `local` (a folder) or remote (an fsspec URL). Pickles without any open connection."""
+
+    def __init__(self, path, storage_options: dict | None = None):
+        if isinstance(path, Location):
+            path, storage_options = path.url, {**path.options, **(storage_options or {})}
+        text = str(path)
+        self.local = not is_url(text)
+        self.url = str(Path(text.removeprefix("file://"))) if self.local else text.rstrip("/")
+        self.options = {} if self.local else {**_OPTIONS, **(storage_options or {})}
+        self._fs = None
+
+    def __str__(self) -> str:
+        return _redact(self.url)
+
+    def __repr__(self) -> str:
+        return f"Location({str(self)!r})"
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fs": None}
+
+    @property
+    def path(self) -> Path:
+        """The local folder (local caches only)."""
+        assert self.local, f"{self} is not a local path"
+        return Path(self.url)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.url) if not self.local else self.path.name
+
+    @property
+    def fs(self):
+        """The fsspec filesystem of a remote location."""
+        if self._fs is None:
+            import fsspec
+
+            self._fs, _ = fsspec.core.url_to_fs(self.url, **self.options)
+        return self._fs
+
+    def store(self, read_only: bool = False):
+        """A zarr store rooted here."""
+        if self.local:
+            return zarr.storage.LocalStore(self.url, read_only=read_only)
+        return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.options or None, read_only=read_only)
+
+    def sibling(self, name: str) -> "Location":
+        """A location beside this one, in the same folder or prefix."""
+        if self.local:
+            return Location(self.path.with_name(name))
+        return Location(posixpath.join(posixpath.dirname(self.url), name), self.options)
+
+    def child(self, name: str) -> "Location":
+        return Location(self.path / name) if self.local else Location(f"{self.url}/{name}", self.options)
+
+    def exists(self) -> bool:
+        return self.path.exists() if self.local else self.fs.exists(self.url)
+
+    def size(self) -> int:
+        """Bytes stored under this location."""
+        if self.local:
+            return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return int(self.fs.du(self.url)) if self.exists() else 0
+
+    def remove(self) -> None:
+        """Remove everything stored here (nothing if there is nothing)."""
+        if self.local:
+            shutil.rmtree(self.path, ignore_errors=True)
+        elif self.exists():
+            self.fs.rm(self.url, recursive=True)
+            self.fs.invalidate_cache()
+
+    def files(self) -> list[str]:
+        """Every object (key) under a remote location, relative to it."""
+        root = self.fs._strip_protocol(self.url)
+        return sorted(posixpath.relpath(f, root) for f in self.fs.find(root))
