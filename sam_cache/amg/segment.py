@@ -3,15 +3,18 @@
 A Dask task takes whole sources (a source's tiles must meet to be stitched). For each `points_per_side`
 it decodes the point grid of every tile once (`amg.candidates`); every setting of the sweep then only
 filters those candidates (`amg.select`), paints and stitches them into the source's label image
-(`stitch`), scores it against the cache's labels (`eval.instances`) and writes it under OUT/.parts.
-At the end the scores of all settings become sweep.csv, per_image.csv, sweep.md, results.nc and the
-plots; the masks of one setting (the only one, or the best by mSA in a sweep, or `keep`) become
-OUT/labels/*.tif and OUT/masks.json, and the other settings' masks are dropped.
+(`stitch`), scores it against the cache's labels (`eval.instances`) and writes it under OUT/.parts;
+its score rows, written last, mark the task done, so the same call resumes an interrupted run with the
+tasks not yet done (`eval.grid`; another call is refused). At the end the scores of all settings become
+sweep.csv, per_image.csv, sweep.md, results.nc and the plots; the masks of one setting (the only one,
+or the best by mSA in a sweep, or `keep`) become OUT/labels/*.tif and OUT/masks.json, and the other
+settings' masks are dropped.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from functools import partial
@@ -26,10 +29,11 @@ import torch
 from .. import options as O
 from ..encode.encoder import default_device
 from ..errors import SamCacheError
+from ..eval import grid
 from ..eval.instances import SCORES, scores
 from ..ingest.labels import instance_map
 from ..progress import Progress
-from ..runs import checkpoint_name, claim, load_decoder
+from ..runs import checkpoint_name, load_decoder
 from ..store import schema as S
 from ..store.reader import CacheReader
 from ..store.writer import check_label_layer, write_label_layer
@@ -81,11 +85,15 @@ def _decode(reader, decoder, samples, sizes, blank, n: int, sweep: Sweep, points
     return found
 
 
+def _rows_file(parts: Path, t: int) -> Path:
+    return parts / "rows" / f"{t:05d}.json"
+
+
 def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, points_per_batch, parts: Path,
-                 decoder, on_tile, sources_samples) -> list[dict]:
+                 decoder, on_tile, t, sources_samples) -> int:
     """One Dask task: segment whole sources under every setting; write each setting's label images and
-    the scores, points and crop of each object into parts/<k>/; return one score row per setting × image
-    plane."""
+    the scores, points and crop of each object into parts/<k>/; then, last and whole, one score row per
+    setting × image plane into parts/rows/<t>.json (the mark of a finished task)."""
     decoder = decoder or load_decoder(reader, decoder_spec, base_checkpoint).to(device).eval()
     rows, files = [], outputs.label_names(reader)
     for source, samples in sources_samples:
@@ -118,7 +126,10 @@ def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, po
                 else:
                     row["n_pred"] = int(len(np.unique(label[z])) - (label[z] == 0).any())
                 rows.append(row)
-    return rows
+    _rows_file(parts, t).parent.mkdir(exist_ok=True)
+    with grid.atomic(_rows_file(parts, t)) as tmp:
+        tmp.write_text(json.dumps(rows, default=lambda v: v.item()))  # numpy scalars as Python numbers
+    return t
 
 
 def _assemble(reader, samples, sizes, plane_of, cands, s: Settings, n_planes, plane_shape):
@@ -213,7 +224,8 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
             figures: int = 4, overwrite: bool = False, write_layer: str | None = None, overwrite_layer: bool = False,
             progress: bool = True, log=print) -> SegmentResult:
     """Automatic masks of every source of `cache` (or of `sources`), written into OUT (a new or empty
-    folder, or any with `overwrite`). `settings`: knob values other than SAM's defaults; `sweep`:
+    folder, or any with `overwrite`; the same call into the same OUT resumes an interrupted run, keeping
+    the tasks already done). `settings`: knob values other than SAM's defaults; `sweep`:
     {knob: [values]} to try every combination of. `checkpoint`: base, a finetune run folder or a SAM .pth.
     `keep`: the setting (its row in sweep.csv) whose masks are written; default the best by mSA.
     `write_layer`: also write those masks into the cache as the label layer `label_<name>` (never over
@@ -233,11 +245,18 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
     samples = select_samples(reader, sources)
     device = device or default_device()
     decoder = load_decoder(reader, checkpoint, base_checkpoint).to(device).eval()  # a bad checkpoint fails here
-    out = claim(out, "segment", OUTPUTS, overwrite=overwrite)
-    parts = out / PARTS
     tasks = _group(reader, samples, partition_size)
+    record = {"command": "segment", "settings": plan.base.knobs(), "sweep": plan.grid, "checkpoint": checkpoint,
+              "weights": grid.weights(checkpoint, reader), "cache_fingerprint": reader.fingerprint,
+              "samples": samples.tolist(), "partition_size": partition_size, "points_per_batch": points_per_batch}
+    parts, resumed = grid.start(out, "segment", OUTPUTS, PARTS, record, overwrite)
+    out = parts.parent
+    todo = [(t, task) for t, task in enumerate(tasks) if not _rows_file(parts, t).is_file()]
+    if resumed:
+        log(f"resuming: {len(tasks) - len(todo)} of {len(tasks)} partitions already done")
     n_passes = len(plan.values("points_per_side"))
-    bar = Progress(len(samples) * n_passes, "segment", "tiles", enabled=progress)
+    bar = Progress(sum(len(m) for _, task in todo for _, m in task) * n_passes, "segment", "tiles",
+                   enabled=progress)
     log(f"segmenting {len(samples)} tiles of {sum(len(t) for t in tasks)} sources with {checkpoint_name(checkpoint)}: "
         f"{n_settings} setting{'s' if n_settings > 1 else ''}, {n_passes} decoder pass{'es' if n_passes > 1 else ''} "
         "per tile")
@@ -248,16 +267,16 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
             fn = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, parts,
                          None, None)
             with Client(scheduler) as client:
-                futures = [client.submit(fn, t, pure=False) for t in tasks]
-                results = client.gather(futures)
-            bar.update(len(samples) * n_passes)
+                client.gather([client.submit(fn, t, task, pure=False) for t, task in todo])
+            bar.update(bar.total)
         else:
             fn = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, parts,
                          decoder, bar.update)
-            results = dask.compute(*[dask.delayed(fn, pure=False)(t) for t in tasks], scheduler="threads")
+            dask.compute(*[dask.delayed(fn, pure=False)(t, task) for t, task in todo], scheduler="threads")
     finally:
         bar.close()
-    per_image = pd.DataFrame([r for rows in results for r in rows])
+    # from the files, whether or not an earlier, interrupted run wrote some of them
+    per_image = pd.DataFrame([r for t in range(len(tasks)) for r in json.loads(_rows_file(parts, t).read_text())])
     result = _finish(reader, out, plan, per_image, keep, output_mode, samples, figures, checkpoint, log)
     if write_layer is not None:
         tiles = outputs.TileLabels(out, reader)
@@ -265,6 +284,7 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
             "made_by": "samcache segment", "decoder": str(checkpoint), "setting": json.dumps(
                 plan.settings()[result.chosen].knobs()), "cache_fingerprint": reader.fingerprint}, overwrite_layer)
         log(f"wrote the masks into {cache} as the label layer `{var}`")
+    shutil.rmtree(parts)  # last: an output with its parts folder is unfinished, and resumes
     return result
 
 
@@ -294,12 +314,12 @@ def _finish(reader, out: Path, plan: Sweep, per_image: pd.DataFrame, keep, outpu
     note = f"masks written for setting {keep} ({why}): " + ", ".join(f"{k}={v}" for k, v in swept.items())
     # the kept setting's masks into place, the others dropped
     part = out / PARTS / f"{keep:03d}"
-    (part / outputs.LABELS).rename(out / outputs.LABELS)
+    shutil.rmtree(out / outputs.LABELS, ignore_errors=True)  # of a finish that was interrupted
+    shutil.copytree(part / outputs.LABELS, out / outputs.LABELS, copy_function=os.link)  # links: nothing copied
     images, annotations = _coco(reader, out, part, output_mode)
     outputs.write_coco(out / "masks.json", images, annotations, {
         "description": f"samcache segment of {reader.path}", "checkpoint": str(checkpoint),
         "output_mode": output_mode, "setting": s.knobs(), "untrained": not reader.model["trained"]})
-    shutil.rmtree(out / PARTS)
     table.to_csv(out / "sweep.csv", index=False)
     per_image.to_csv(out / "per_image.csv", index=False)
     report.write(out, reader, plan, table, per_image, keep, note, samples, figures)

@@ -2,12 +2,14 @@
 
 The runner splits the samples into partitions; each Dask task scores its samples and writes a part
 file, so memory stays flat however many objects there are. The parts are joined into OUT/results.nc,
-the example masks into OUT/examples.nc, and the reports are drawn from those files alone.
+the example masks into OUT/examples.nc, and the reports are drawn from those files alone. OUT/parts
+(with grid.json, the grid's record) is removed last; until then the same call resumes the grid.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import xarray as xr
@@ -17,13 +19,14 @@ from ..encode.encoder import default_device
 from ..errors import SamCacheError
 
 from ..reports.write import write_reports
-from ..runs import Run, claim, is_run, min_area_of
+from ..runs import Run, is_run, min_area_of
 from ..store.reader import CacheReader
-from . import runner
+from . import grid, runner
 from .aggregate import name_classes, read_class_names
 from .runner import ENGINE
 
-OUTPUTS = ("results.nc", "examples.nc", "summary.csv", "summary.md", "ablation.png", "examples.png", "parts")
+PARTS = "parts"
+OUTPUTS = ("results.nc", "examples.nc", "summary.csv", "summary.md", "ablation.png", "examples.png", PARTS)
 from ..choices import ABLATE_SPLITS as SPLITS, DEFAULT_PROMPTS, MIN_AREA  # noqa: E402,F401
 
 
@@ -62,6 +65,8 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
            log=print, overwrite: bool = False, split: str = "auto", class_names=None) -> xr.Dataset:
     """Run the grid and write OUT/results.nc, examples.nc, summary.csv, summary.md, ablation.png and
     examples.png into OUT, a new or empty folder (or any folder with `overwrite`, which replaces it whole).
+    The same call into the same OUT resumes an interrupted grid: the partitions already in OUT/parts are
+    kept (see `grid`); a different call is refused.
     `scheduler`: None for dask's local threads, or the address of a dask.distributed
     scheduler. `split` (auto, all, train, val): which samples; auto scores the runs' held-out samples when
     a run folder is among the checkpoints, every sample otherwise (see `scored_samples`). Objects smaller than the runs' own min_area (default 10 px) are left out unless
@@ -76,23 +81,31 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
     device = device or default_device()
     indices, scored = scored_samples(reader, checkpoints, split, log)
     log(f"scoring {scored}")
-    out = claim(out, "ablate", OUTPUTS, overwrite=overwrite)
-    parts_dir = out / "parts"
-    parts_dir.mkdir()
+    n_parts = len(runner.partitions(indices, partition_size))
+    decoders = runner.load_decoders(reader, request, device, base_checkpoint)  # a bad checkpoint fails before OUT
+    record = {"command": "ablate", "request": asdict(request), "cache_fingerprint": reader.fingerprint,
+              "weights": {c: grid.weights(c, reader) for c in checkpoints}, "split": split,
+              "samples": indices.tolist(), "partition_size": partition_size, "partitions": n_parts,
+              "examples": examples}
+    parts_dir, resumed = grid.start(out, "ablate", OUTPUTS, PARTS, record, overwrite)
+    out = parts_dir.parent
+    if resumed:
+        log(f"resuming: {len(runner.finished(parts_dir, n_parts))} of {n_parts} partitions already done")
     paths, shown = runner.run(reader, indices, request, device, scheduler, partition_size, parts_dir,
-                              examples, base_checkpoint, progress)
+                              examples, base_checkpoint, progress, decoders)
     results = xr.open_mfdataset(paths, combine="nested", concat_dim="object", engine=ENGINE,
                                 data_vars="minimal", coords="minimal", compat="override")
     results.attrs.update(cache=str(cache), prompts=list(prompts), checkpoints=checkpoints, scored=scored,
                          trained=int(reader.model["trained"]))
     if names:
         results = name_classes(results, names)
-    results.to_netcdf(out / "results.nc", engine=ENGINE)
+    with grid.atomic(out / "results.nc") as tmp:
+        results.to_netcdf(tmp, engine=ENGINE)
     results.close()
-    shutil.rmtree(parts_dir)
     if shown is not None:
-        shown.to_netcdf(out / "examples.nc", engine=ENGINE,
-                        encoding={v: {"zlib": True} for v in shown.data_vars})
+        with grid.atomic(out / "examples.nc") as tmp:
+            shown.to_netcdf(tmp, engine=ENGINE, encoding={v: {"zlib": True} for v in shown.data_vars})
     final = xr.open_dataset(out / "results.nc", engine=ENGINE)
     write_reports(out)
+    shutil.rmtree(parts_dir)  # last: a grid with its parts folder is unfinished, and resumes
     return final

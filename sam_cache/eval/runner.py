@@ -32,6 +32,7 @@ from ..runs import checkpoint_name, load_decoder
 from ..store import schema as S
 from ..store.reader import CacheReader
 from ..train.data import sample_generator
+from . import grid
 from .metrics import COUNTS, METRICS, counts, from_counts
 
 ENGINE = "h5netcdf"
@@ -194,52 +195,104 @@ def examples_dataset(reader, request: Request, kept: list) -> xr.Dataset | None:
     )
 
 
+def partitions(indices, size: int) -> list[np.ndarray]:
+    """The samples of each task, in order: partition k is always the same samples for the same grid."""
+    O.at_least("--partition-size", size, 1)
+    indices = np.asarray(indices, dtype=int)
+    return [indices[i:i + size] for i in range(0, len(indices), size)] or [indices]
+
+
+# ---- part files: partition k is part-k.nc (its results) and part-k.npz (its examples' masks) --------------
+def part_paths(parts_dir, k: int) -> tuple[Path, Path]:
+    return Path(parts_dir) / f"part-{k:05d}.nc", Path(parts_dir) / f"part-{k:05d}.npz"
+
+
+def finished(parts_dir, n: int) -> list[int]:
+    """The partitions whose part files are written (each file is written whole or not at all)."""
+    return [k for k in range(n) if all(p.is_file() for p in part_paths(parts_dir, k))]
+
+
+def write_part(parts_dir, k: int, results: xr.Dataset, kept: list, names: list[str]) -> None:
+    """The examples first, then the results: a partition whose .nc is there has its examples too."""
+    nc, npz = part_paths(parts_dir, k)
+    arrays = {"n": np.int64(len(kept))}
+    for e, (index, masks, ids, shown) in enumerate(kept):
+        arrays.update({f"{e}.index": np.int64(index), f"{e}.masks": masks, f"{e}.ids": ids,
+                       f"{e}.pred": np.stack([shown[n] for n in names])})
+        arrays.update({f"{e}.prompt.{key}": v for key, v in shown["prompts"].items()})
+    with grid.atomic(npz) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    with grid.atomic(nc) as tmp:
+        results.to_netcdf(tmp, engine=ENGINE)
+
+
+def read_examples(parts_dir, k: int, names: list[str]) -> list:
+    """The kept samples of partition k, as `score_samples` returned them."""
+    with np.load(part_paths(parts_dir, k)[1], allow_pickle=False) as z:
+        kept = []
+        for e in range(int(z["n"])):
+            prompts = {key.split(".", 2)[2]: z[key] for key in z.files if key.startswith(f"{e}.prompt.")}
+            pred = z[f"{e}.pred"]
+            kept.append((int(z[f"{e}.index"]), z[f"{e}.masks"], z[f"{e}.ids"],
+                         {"prompts": prompts, **{n: pred[c] for c, n in enumerate(names)}}))
+    return kept
+
+
 def _partition(reader, request, device, base_checkpoint, keep, parts_dir, decoders, on_sample, k, indices):
-    """One Dask task: score a partition of samples; write it to a part file when `parts_dir` is given."""
+    """One Dask task: score a partition of samples; write it to its part files when `parts_dir` is given
+    (a retried task replaces them, whole)."""
     decoders = decoders or load_decoders(reader, request, device, base_checkpoint)  # distributed: per task
     results, examples = score_samples(reader, indices, request, decoders, device, on_sample, keep)
     if parts_dir is None:
         return results, examples
-    path = Path(parts_dir) / f"part-{k:05d}.nc"
-    results.to_netcdf(path, engine=ENGINE)
-    return str(path), examples
+    write_part(parts_dir, k, results, examples, request.names)
+    return k
 
 
 def run(reader: CacheReader, indices, request: Request, device="cpu", scheduler: str | None = None,
         partition_size: int = 64, parts_dir=None, examples: int = 0, base_checkpoint=None,
-        progress: bool = False) -> tuple[list, xr.Dataset | None]:
+        progress: bool = False, decoders: dict | None = None) -> tuple[list, xr.Dataset | None]:
     """Score `indices` in partitions on Dask: local threads (decoders loaded once and shared), or the
     dask.distributed scheduler at `scheduler` (each task loads them). Every checkpoint is loaded here
-    first, so a bad one fails before any task starts. Returns the partitions' results (datasets, or part
-    files under `parts_dir`) in sample order, and the examples."""
-    indices = np.asarray(indices, dtype=int)
-    O.at_least("--partition-size", partition_size, 1)
+    first (unless `decoders` are given), so a bad one fails before any task starts. With `parts_dir`,
+    each partition is written to its part files, and the partitions already there are kept, not run
+    again. Returns the partitions' results (datasets, or part files under `parts_dir`) in sample order,
+    and the examples."""
+    chunks = partitions(indices, partition_size)
+    indices = np.concatenate(chunks)
     has_objects = indices[reader.coord(S.OBJECTS)[indices] > 0]
     keep = frozenset(has_objects[:examples].tolist())
-    chunks = [indices[i:i + partition_size] for i in range(0, len(indices), partition_size)] or [indices]
-    decoders = load_decoders(reader, request, device, base_checkpoint)
-    bar = Progress(len(indices), "score", "samples", enabled=progress)
+    done = set(finished(parts_dir, len(chunks))) if parts_dir is not None else set()
+    todo = [(k, idx) for k, idx in enumerate(chunks) if k not in done]
+    decoders = decoders or load_decoders(reader, request, device, base_checkpoint)
+    bar = Progress(sum(len(idx) for _, idx in todo), "score", "samples", enabled=progress)
     try:
         if scheduler:
             fn = partial(_partition, reader, request, device, base_checkpoint, keep, parts_dir, None, None)
-            parts = _distributed(fn, chunks, scheduler, bar)
+            parts = _distributed(fn, todo, scheduler, bar)
         else:
             fn = partial(_partition, reader, request, device, base_checkpoint, keep, parts_dir, decoders,
                          lambda: bar.update(1))
-            tasks = [dask.delayed(fn, pure=False)(k, idx) for k, idx in enumerate(chunks)]
-            parts = dask.compute(*tasks, scheduler="threads")
+            parts = dask.compute(*[dask.delayed(fn, pure=False)(k, idx) for k, idx in todo], scheduler="threads")
     finally:
         bar.close()
-    kept = sorted((k for _, part in parts for k in part), key=lambda k: k[0])
-    return [r for r, _ in parts], examples_dataset(reader, request, kept)
+    if parts_dir is None:
+        kept = sorted((k for _, part in parts for k in part), key=lambda k: k[0])
+        return [r for r, _ in parts], examples_dataset(reader, request, kept)
+    # the same files whether or not some partitions were written by an earlier, interrupted run
+    kept = sorted((e for k in range(len(chunks)) for e in read_examples(parts_dir, k, request.names)),
+                  key=lambda e: e[0])
+    return [part_paths(parts_dir, k)[0] for k in range(len(chunks))], examples_dataset(reader, request, kept)
 
 
-def _distributed(fn, chunks, scheduler, bar):
+def _distributed(fn, todo, scheduler, bar):
+    """The tasks on a dask.distributed cluster. A worker that dies mid-task has its tasks run again
+    elsewhere; part files are named by partition and replaced whole, so a retry never duplicates one."""
     from distributed import Client, as_completed
 
     with Client(scheduler) as client:
-        futures = [client.submit(fn, k, idx, pure=False) for k, idx in enumerate(chunks)]
-        size = {f.key: len(idx) for f, idx in zip(futures, chunks)}
+        futures = [client.submit(fn, k, idx, pure=False) for k, idx in todo]
+        size = {f.key: len(idx) for f, (_, idx) in zip(futures, todo)}
         for future in as_completed(futures):
             bar.update(size[future.key])
         return client.gather(futures)
