@@ -15,6 +15,7 @@ that shard: its flags were never set, and the rerun writes it whole.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +83,24 @@ def local_cluster(workers, device: str | None):
     n = n or 2
     threads = max(1, (os.cpu_count() or 1) // n)
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0"), threads
+
+
+@contextmanager
+def connect(scheduler: str | None, workers, device: str | None, on_cluster: bool = True):
+    """(client, torch threads per worker) of the cluster to encode on: the scheduler at `scheduler`, or a
+    local cluster of `workers`; (None, None) to encode in this process."""
+    if not on_cluster:
+        yield None, None
+        return
+    from distributed import Client
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client, None
+        return
+    local, threads = local_cluster(workers, device)
+    with local, Client(local) as client:
+        yield client, threads
 
 
 def worker_device(client, device: str | None) -> str:

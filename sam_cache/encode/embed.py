@@ -14,7 +14,6 @@ import queue
 import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,7 +192,7 @@ def embed(
     p = plan(sources, spec, skip_bad=skip_bad)
     sam, mspec = (load_sam_or_tiny(model, checkpoint, random_init, log) if fallback_tiny
                   else load_sam(model, checkpoint, random_init))
-    with _cluster(scheduler, workers, device, on_cluster) as (client, threads):
+    with cluster.connect(scheduler, workers, device, on_cluster) as (client, threads):
         if client is not None:  # the workers encode: here only the identity is needed
             device = cluster.worker_device(client, device)
         encoder = Encoder(sam, device, precision, fast=fast, place=client is None)
@@ -244,23 +243,6 @@ def embed(
         log(f"{written} of {len(p.tiles)} samples are written"
             + (f"; rank {rank} of {world_size} has done its shards" if rank is not None else ""))
     return summary
-
-
-@contextmanager
-def _cluster(scheduler, workers, device, on_cluster):
-    """(client, torch threads per worker) of the cluster to encode on, or (None, None) in this process."""
-    if not on_cluster:
-        yield None, None
-        return
-    from distributed import Client
-
-    if scheduler:
-        with Client(scheduler) as client:
-            yield client, None
-        return
-    local, threads = cluster.local_cluster(workers, device)
-    with local, Client(local) as client:
-        yield client, threads
 
 
 def encode_samples(encoder, p, writer, todo, batch_size, dtype, read_workers, progress) -> int:
