@@ -143,3 +143,26 @@ def test_em_cli_makes_120_samples_that_xarray_opens_lazily(data_root, tmp_path):
     assert ds.embedding.shape == (120, 256, 64, 64) and int(ds.done.sum()) == 120
     r = CliRunner().invoke(app, ["info", str(out)])
     assert r.exit_code == 0 and "120/120 written" in r.output and "tiny" in r.output
+
+
+def test_halo_overlaps_patches_by_twice_the_halo(tmp_path, micro_checkpoint):
+    from sam_cache.errors import OptionError
+
+    from .conftest import write_dataset
+
+    data = write_dataset(tmp_path / "data", [(64, 80)])
+    kw = dict(model="tiny", checkpoint=micro_checkpoint, patch=32, read_workers=0, progress=False)
+    s = sam_cache.embed(data, tmp_path / "halo.zarr", halo=4, **kw)
+    ds = sam_cache.open_cache(tmp_path / "halo.zarr")
+    # stride 32 - 2*4 = 24: rows start at 0, 24, 32 (the last flush with the edge), columns at 0, 24, 48
+    assert s.samples == 9 and sorted(set(ds.y0.values)) == [0, 24, 32] and sorted(set(ds.x0.values)) == [0, 24, 48]
+    same = sam_cache.embed(data, tmp_path / "stride.zarr", stride=24, **kw)  # --halo is the same tiling, named
+    assert sam_cache.describe(tmp_path / "stride.zarr")["fingerprint"] == ds.attrs["samcache"]["fingerprint"]
+    assert same.samples == 9
+    for bad, match in (({"halo": 16}, "leaves no core"), ({"halo": 4, "stride": 8}, "give one of them"),
+                       ({"halo": -1}, "--halo")):
+        with pytest.raises(OptionError, match=match):
+            sam_cache.embed(data, tmp_path / "bad.zarr", **{**kw, **bad})
+    with pytest.raises(OptionError, match="needs --patch"):
+        sam_cache.embed(data, tmp_path / "bad.zarr", **{**kw, "patch": None, "halo": 2})
+    assert not (tmp_path / "bad.zarr").exists()

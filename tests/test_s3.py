@@ -193,3 +193,11 @@ def test_label_layer_on_s3_is_written_whole_and_an_incomplete_one_refused(s3, da
         CacheReader(url).label(0, "pseudo")
     write_label_layer(url, "pseudo", tiles, {"made_by": "test"}, overwrite=True)
     assert int(CacheReader(url).label(5, "pseudo").max()) == 6
+
+
+def test_an_unreachable_endpoint_is_one_clear_error(s3):
+    r = CliRunner().invoke(app, ["--storage-option", "endpoint_url=http://127.0.0.1:9", "--storage-option",
+                                 f"secret={SECRET}", "--storage-option", "key=k", "info", "s3://caches/x.zarr"])
+    assert r.exit_code == 2 and "cannot be opened" in r.output and "--storage-option" in r.output, r.output
+    assert SECRET not in r.output
+    set_storage_options(s3)  # the CLI set its own options for this process: give the module's back

@@ -78,6 +78,20 @@ def _layout(p: Plan, encoder: Encoder, dtype: str, shard: int) -> Layout:
     return Layout(p.canvas, encoder.embedding_shape, dtype, shard, p.label_kind is not None, coords, table)
 
 
+def halo_stride(patch: tuple[int, int] | None, halo: int, stride=None) -> tuple[int, int]:
+    """`--halo H`: patches that overlap by 2H, so each patch's core (the patch less H on every side) tiles
+    the image and every object within H px of a core's border is still whole in its patch."""
+    options.at_least("--halo", halo, 0)
+    if stride is not None:
+        raise options.OptionError("--halo and --stride both set how patches overlap: give one of them")
+    if patch is None:
+        raise options.OptionError("--halo needs --patch: overlapping patches of a given size")
+    if 2 * halo >= min(patch):
+        raise options.OptionError(f"--halo {halo} leaves no core in a {patch[0]}×{patch[1]} patch: use a halo below "
+                                  f"{(min(patch) + 1) // 2}")
+    return patch[0] - 2 * halo, patch[1] - 2 * halo
+
+
 def _warn(p: Plan, spec: TileSpec, img_size: int, log) -> None:
     """Say what a user would not guess: heavy shrinking of whole images, CT without a window."""
     if spec.patch is None and max(p.canvas) > 2 * img_size:
@@ -137,6 +151,7 @@ def embed(
     labels: str | None = None,
     patch: int | tuple[int, int] | None = None,
     stride: int | tuple[int, int] | None = None,
+    halo: int | None = None,
     axis: int | None = None,
     skip_empty: bool = False,
     label_kind: str = "auto",
@@ -161,7 +176,8 @@ def embed(
     folder, or a URL such as s3://bucket/prefix/em.zarr).
 
     Re-running the same call finishes only what is missing; a different model, checkpoint, preprocessing
-    or dataset is refused unless `overwrite`. Bad files raise InputError naming the file (with
+    or dataset is refused unless `overwrite`. `halo` H (with `patch`) overlaps patches by 2H (stride
+    patch - 2H), so objects crossing a core's border stay whole in a neighbouring patch. Bad files raise InputError naming the file (with
     `skip_bad` they are skipped with a warning). Past one process: `scheduler` (a dask.distributed
     address) or `workers` (a count, or "auto": start a local cluster) encode shard by shard on a cluster;
     `rank`/`world_size` (or RANK/WORLD_SIZE) take shards rank::world_size of the same plan, with no
@@ -182,6 +198,7 @@ def embed(
     if workers not in (None, 0, "auto"):
         options.at_least("--workers", int(workers), 1)
     pair = lambda v: None if v is None else ((v, v) if isinstance(v, int) else tuple(v))  # noqa: E731
+    stride = halo_stride(pair(patch), halo, stride) if halo is not None else stride
     spec = TileSpec(pair(patch), pair(stride), axis, skip_empty, label_kind, intensity or Intensity())
 
     sources, problems = discover(dataset, images, labels)

@@ -1,7 +1,8 @@
 """Prompts in source pixels -> the cached tile that decodes each, in that tile's pixel frame.
 
 The cache's provenance says where every tile lies: its source, slice, origin (y0, x0) and valid size. A
-box goes to the tile holding most of its area (the first such tile on a tie) and is clipped to it; a
+box goes to the tile holding most of its area (the first such tile on a tie) and is clipped to it
+(scoring objects whole uses `best_tile`: the tile holding the object with the most margin); a
 point prompt goes to the tile holding most of its points, the positive ones first, and points outside
 that tile are dropped. Every check names the prompts file and the line.
 """
@@ -41,6 +42,24 @@ class Tiles:
         """A tile's inclusive extent x0, y0, x1, y1 in source pixels."""
         (h, w), y0, x0 = self.reader.valid_size(i), int(self.reader.coord(S.Y0)[i]), int(self.reader.coord(S.X0)[i])
         return np.array([x0, y0, x0 + w - 1, y0 + h - 1], np.float64)
+
+    def best_tile(self, tiles: list[int], box: np.ndarray, shape: tuple[int, int]) -> tuple[int, bool]:
+        """The tile (of `tiles`, one plane of size `shape`) for a box x0, y0, x1, y1 in source pixels, and
+        whether it holds the box whole: of the tiles that hold it whole, the one with the most margin
+        between the box and the tile's edges inside the image (an image border is no tile border); if none
+        does, the one holding most of its area."""
+        rects = np.stack([self.rect(i) for i in tiles])
+        lo, hi = np.maximum(rects[:, :2], box[:2]), np.minimum(rects[:, 2:], box[2:])
+        overlap = np.prod(np.clip(hi - lo + 1, 0, None), axis=1)
+        whole = (rects[:, :2] <= box[:2]).all(1) & (rects[:, 2:] >= box[2:]).all(1)
+        if not whole.any():
+            return tiles[int(np.argmax(overlap))], False
+        H, W = shape
+        edge = np.array([0, 0, W - 1, H - 1], np.float64)
+        gaps = np.concatenate([box[:2] - rects[:, :2], rects[:, 2:] - box[2:]], axis=1)
+        gaps = np.where(rects == edge, np.inf, gaps)  # a side on the image's border never cuts an object
+        margin = np.where(whole, gaps.min(1), -np.inf)
+        return tiles[int(np.argmax(margin))], True
 
     def plane(self, p: Prompt, path) -> tuple[int, int]:
         """The (source, plane) a prompt names, or an error saying what the cache holds."""

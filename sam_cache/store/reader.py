@@ -35,6 +35,11 @@ def read_attrs(path) -> dict:
         group = zarr.open_group(location.store(read_only=True), mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as e:
         raise SamCacheError(f"{location}: not a samcache cache (no Zarr group): {e}{_interrupted_swap(location)}") from e
+    except Exception as e:  # object stores: no endpoint, no credentials, access denied
+        if location.local:
+            raise
+        raise SamCacheError(f"{location}: cannot be opened ({type(e).__name__}: {e}); check the endpoint and the "
+                            "credentials (environment, AWS config files, --storage-option)") from e
     attrs = group.attrs.get(S.ATTRS)
     if not attrs:
         raise SamCacheError(f"{location}: a Zarr group, but not a samcache cache (no `{S.ATTRS}` attributes)"
