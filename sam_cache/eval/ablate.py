@@ -26,7 +26,8 @@ from .aggregate import name_classes, read_class_names
 from .runner import ENGINE
 
 PARTS = "parts"
-OUTPUTS = ("results.nc", "examples.nc", "summary.csv", "summary.md", "ablation.png", "examples.png", PARTS)
+OUTPUTS = ("results.nc", "examples.nc", "summary.csv", "summary.md", "ablation.png", "examples.png", "clicks.csv",
+           "clicks.png", PARTS)
 from ..choices import ABLATE_SPLITS as SPLITS, DEFAULT_PROMPTS, MIN_AREA  # noqa: E402,F401
 
 
@@ -62,7 +63,7 @@ def scored_samples(reader: CacheReader, checkpoints, split: str = "auto", log=pr
 def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,), mask_mode: str = "best-iou",
            min_area: int | None = None, prompt_options=None, partition_size: int = 64, scheduler: str | None = None,
            device: str | None = None, base_checkpoint=None, progress: bool = True, examples: int = 4,
-           log=print, overwrite: bool = False, split: str = "auto", class_names=None) -> xr.Dataset:
+           log=print, overwrite: bool = False, split: str = "auto", class_names=None, iterations: int = 1) -> xr.Dataset:
     """Run the grid and write OUT/results.nc, examples.nc, summary.csv, summary.md, ablation.png and
     examples.png into OUT, a new or empty folder (or any folder with `overwrite`, which replaces it whole).
     The same call into the same OUT resumes an interrupted grid: the partitions already in OUT/parts are
@@ -70,11 +71,13 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
     `scheduler`: None for dask's local threads, or the address of a dask.distributed
     scheduler. `split` (auto, all, train, val): which samples; auto scores the runs' held-out samples when
     a run folder is among the checkpoints, every sample otherwise (see `scored_samples`). Objects smaller than the runs' own min_area (default 10 px) are left out unless
-    `min_area` says otherwise. Returns the results (lazily opened from results.nc)."""
+    `min_area` says otherwise. `iterations` > 1: each object gets iterations - 1 corrective clicks after its
+    prompt (`runner.corrective_rounds`); the results gain an `iteration` dimension, the tables report the last
+    round, and clicks.csv / clicks.png give Dice per round. Returns the results (lazily opened from results.nc)."""
     checkpoints = [str(c) for c in checkpoints]
     request = runner.Request(tuple(prompts), tuple(checkpoints), tuple(seeds), mask_mode,
                              min_area_of(checkpoints, MIN_AREA) if min_area is None else min_area,
-                             prompt_options or {}).check()
+                             prompt_options or {}, iterations=iterations).check()
     names = read_class_names(class_names) if class_names else None
     reader = CacheReader(cache)
     reader.require_labels("to score against")

@@ -14,10 +14,36 @@ from ..choices import GROUPINGS  # noqa: E402  class, source (image file), sampl
 
 assert GROUPINGS[1:] == (S.SOURCE, S.SAMPLE)
 
+ITERATION = "iteration"  # the rounds of corrective clicks (runner.ITERATION), present when there are > 1
+
+
+def final(results: xr.Dataset) -> xr.Dataset:
+    """The results of the last round of corrective clicks (the results themselves when there is one round)."""
+    return results.isel({ITERATION: -1}, drop=True) if ITERATION in results.dims else results
+
+
+def click_curve(results: xr.Dataset) -> pd.DataFrame:
+    """Per prompt × checkpoint × iteration (1: the prompt alone; iteration i follows i - 1 corrective clicks):
+    the mean Dice over valid objects and seeds, mDice (mean over classes of the per-class mean Dice, averaged
+    over seeds), and the number of scores behind them (valid objects × seeds). One iteration when the results have no iteration dimension."""
+    if ITERATION not in results.dims:
+        results = results.expand_dims({ITERATION: [1]})
+    df = results[["dice"]].to_dataframe().reset_index().dropna(subset=["dice"])
+    keys = ["prompt", "checkpoint", ITERATION]
+    mdice = (df.groupby(keys + ["seed", "class"])["dice"].mean().groupby(keys + ["seed"]).mean()
+             .groupby(keys).mean().rename("mdice"))
+    g = df.groupby(keys)
+    out = g["dice"].mean().to_frame().join(mdice).join(g.size().rename("scores"))  # valid objects × seeds
+    out = out.reset_index()
+    out.insert(3, "clicks", out[ITERATION] - 1)
+    order = {p: i for i, p in enumerate(results.prompt.values)}
+    return out.sort_values(keys, key=lambda c: c.map(order) if c.name == "prompt" else c).reset_index(drop=True)
+
 
 def summarize(results: xr.Dataset) -> pd.DataFrame:
     """Tidy rows per prompt × checkpoint × seed: mean scores over valid objects, mDice (mean over classes
-    of per-class mean Dice), and the object counts behind them."""
+    of per-class mean Dice), and the object counts behind them. With corrective clicks: the last round."""
+    results = final(results)
     df = results[list(METRICS)].to_dataframe().reset_index()
     df = df.dropna(subset=["dice"])
     skipped = (~results.prompt_valid).sum("object").to_dataframe(name="skipped").reset_index()
@@ -32,8 +58,9 @@ def summarize(results: xr.Dataset) -> pd.DataFrame:
 
 def per_group(results: xr.Dataset, by: str) -> pd.DataFrame:
     """Mean scores and object counts per `class` (numeric ids in numeric order), `source` (by file name) or
-    `sample` (tile), for each prompt × checkpoint."""
+    `sample` (tile), for each prompt × checkpoint. With corrective clicks: the last round."""
     O.choice("--per", by, GROUPINGS)
+    results = final(results)
     df = results[list(METRICS)].to_dataframe().reset_index().dropna(subset=["dice"])
     if by == S.SOURCE and "file" in df:
         df[S.SOURCE] = df["file"]

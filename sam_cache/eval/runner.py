@@ -1,7 +1,8 @@
 """The evaluation runner: every (sample × task × decoder) of a cache, on Dask.
 
-A task is what is decoded on a sample: today a prompt strategy with a seed; a threshold sweep, a click
-round or a semantic map later. Each sample's embedding and label are read once, through the cache
+A task is what is decoded on a sample: today a prompt strategy with a seed, decoded in one round or in
+`iterations` rounds of corrective clicks (`corrective_rounds`, `eval.clicks`); a threshold sweep or a
+semantic map later. Each sample's embedding and label are read once, through the cache
 reader; its objects are found once; every task and decoder then runs on them through the one decode
 path (`decode.pipeline.decode_prompts`). Prompts come from a generator seeded by (seed, sample), so a
 result never depends on which samples share a partition.
@@ -32,11 +33,13 @@ from ..runs import checkpoint_name, load_decoder
 from ..store import schema as S
 from ..store.reader import CacheReader
 from ..train.data import sample_generator
+from . import clicks
 from . import grid
 from .metrics import COUNTS, METRICS, counts, from_counts
 
 ENGINE = "h5netcdf"
 DIMS = ("object", "prompt", "checkpoint", "seed")
+ITERATION = "iteration"  # a dimension of the results only when iterations > 1 (1: the prompt alone)
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,15 @@ class Request:
     min_area: int = MIN_AREA
     prompt_options: dict = field(default_factory=dict)
     labels: str | None = None  # a label layer to score against; None: the ground truth
+    iterations: int = 1  # rounds per object: the prompt, then iterations - 1 corrective clicks
 
     def check(self) -> "Request":
         P.check(self.prompts, self.prompt_options)
         O.choice("--mask", self.mask_mode, MASK_MODES)
         O.at_least("--min-area", self.min_area, 1)
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, (int, np.integer)):
+            raise O.OptionError(f"--iterations must be a whole number >= 1, not {self.iterations!r}")
+        O.at_least("--iterations", self.iterations, 1)
         if not self.checkpoints:
             raise O.OptionError("give at least one checkpoint (base, a run folder or a .pth file)")
         names = [checkpoint_name(c) for c in self.checkpoints]
@@ -72,14 +79,48 @@ def load_decoders(reader: CacheReader, request: Request, device, base_checkpoint
             for c in request.checkpoints}
 
 
+def corrective_rounds(predict, prompts: P.Prompts, true: torch.Tensor, iterations: int, img_size: int) -> list:
+    """The masks of each round of interactive segmentation of one tile's K objects.
+
+    `predict(prompts, mask_input) -> (masks bool [K, h, w] at the tile's valid size, low-res logits [K, L, L])`
+    is one decoder pass (`mask_input` None, or the previous round's logits). Round 1 is the prompt alone;
+    each later round adds one point per object at its largest error region (`clicks.next_clicks`; the points
+    accumulate on top of the prompt) and feeds the previous round's chosen logits back as the mask prompt.
+    An object whose mask is already perfect (or whose prompt is not valid) gets no point, and the round
+    repeats its previous result (mask and logits), so it stays as it was in every later round.
+    Returns the masks of every round: a list of `iterations` bool [K, h, w]."""
+    size = tuple(true.shape[-2:])
+    pred, logits = predict(prompts, None)
+    rounds = [pred]
+    for _ in range(1, iterations):
+        points, labels = clicks.next_clicks(pred, true, prompts.valid)
+        prompts = clicks.add_clicks(prompts, points, labels, size, img_size)
+        new, new_logits = predict(prompts, logits)
+        keep = (labels == clicks.NO_CLICK).to(new.device)
+        pred = torch.where(keep[:, None, None], pred.to(new.device), new)
+        logits = torch.where(keep.to(new_logits.device)[:, None, None], logits.to(new_logits.device), new_logits)
+        rounds.append(pred)
+    return rounds
+
+
+def _predictor(decoder, emb, size, mask_mode):
+    """`corrective_rounds`' predict for one decoder on one cached embedding: one `decode_prompts` pass."""
+    def predict(prompts: P.Prompts, mask_input):
+        out = decode_prompts(decoder, emb, PromptBatch.of(prompts), size, mask_mode,
+                             mask_input=None if mask_input is None else mask_input[None, :, None])
+        return out.masks[0].cpu(), out.chosen[0]
+    return predict
+
+
 @torch.no_grad()
 def score_samples(reader: CacheReader, indices, request: Request, decoders: dict, device="cpu",
                   on_sample=None, keep=()) -> tuple[xr.Dataset, list]:
-    """Counts of every object of `indices` for every prompt × decoder × seed; and, for the samples in
-    `keep`, the masks behind them (first prompt, first seed): (sample, true masks, ids, {name: masks})."""
+    """Counts of every object of `indices` for every prompt × decoder × seed (and round of corrective clicks:
+    `request.iterations`); and, for the samples in `keep`, the masks behind them (first prompt, first seed,
+    last round): (sample, true masks, ids, {name: masks})."""
     names = list(decoders)
     img_size = decoders[names[0]].img_size[0]
-    Pn, Cn, Sn = len(request.prompts), len(names), len(request.seeds)
+    Pn, Cn, Sn, In = len(request.prompts), len(names), len(request.seeds), request.iterations
     rows, values, valid, kept = [], [], [], []
     for index in np.asarray(indices, dtype=int):
         masks, ids = reader.objects(index, request.min_area, request.labels)
@@ -88,7 +129,7 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
             emb = torch.from_numpy(reader.embedding(index))[None].to(device).float()  # one read and copy per sample
             size = torch.tensor([[h, w]])
             true = torch.from_numpy(masks)
-            out = np.full((len(ids), Pn, Cn, Sn, len(COUNTS)), np.nan)
+            out = np.full((len(ids), Pn, Cn, Sn, In, len(COUNTS)), np.nan)
             ok = np.zeros((len(ids), Pn, Sn), bool)
             shown = {}
             for p, prompt in enumerate(request.prompts):
@@ -98,14 +139,14 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
                     ok[:, p, s] = pr.valid.numpy()
                     if index in keep and p == 0 and s == 0:
                         shown["prompts"] = _tile_frame(pr, h, w, img_size)
-                    batch = PromptBatch.of(pr)
                     for c, name in enumerate(names):
-                        pred = decode_prompts(decoders[name], emb, batch, size,
-                                              request.mask_mode).masks[0].cpu()
-                        cnt = counts(pred, true)
-                        out[:, p, c, s] = torch.stack([cnt[k] for k in COUNTS], -1).numpy()
+                        predict = _predictor(decoders[name], emb, size, request.mask_mode)
+                        rounds = corrective_rounds(predict, pr, true, In, img_size)
+                        for i, pred in enumerate(rounds):
+                            cnt = counts(pred, true)
+                            out[:, p, c, s, i] = torch.stack([cnt[k] for k in COUNTS], -1).numpy()
                         if index in keep and p == 0 and s == 0:
-                            shown[name] = pred.numpy()
+                            shown[name] = rounds[-1].numpy()
                     out[~ok[:, p, s], p, :, s] = np.nan
             classes = reader.classes(index, ids)
             source = int(reader.coord(S.SOURCE)[index])
@@ -121,8 +162,13 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
 
 
 def _results(request, names, rows, values, valid, cache) -> xr.Dataset:
-    Pn, Sn = len(request.prompts), len(request.seeds)
-    out = np.concatenate(values) if values else np.zeros((0, Pn, len(names), Sn, len(COUNTS)))
+    """The results dataset: dims object × prompt × checkpoint × seed, and × iteration (1..N) when
+    `request.iterations` > 1 (a single round has no iteration dimension, as before clicks existed)."""
+    Pn, Sn, In = len(request.prompts), len(request.seeds), request.iterations
+    out = np.concatenate(values) if values else np.zeros((0, Pn, len(names), Sn, In, len(COUNTS)))
+    dims = DIMS + ((ITERATION,) if In > 1 else ())
+    if In == 1:
+        out = out[..., 0, :]
     ok = np.concatenate(valid) if valid else np.zeros((0, Pn, Sn), bool)
     meta = np.array(rows, dtype=object).reshape(-1, 6)
     coords = {
@@ -132,12 +178,14 @@ def _results(request, names, rows, values, valid, cache) -> xr.Dataset:
         "file": ("object", meta[:, 5].astype(str)),
         "area": ("object", meta[:, 4].astype(np.int64)),
     }
-    data = {k: (DIMS, out[..., i]) for i, k in enumerate(COUNTS)}
+    if In > 1:
+        coords[ITERATION] = np.arange(1, In + 1)
+    data = {k: (dims, out[..., i]) for i, k in enumerate(COUNTS)}
     derived = from_counts(*(out[..., i] for i in range(len(COUNTS))))
-    data.update({m: (DIMS, derived[m].astype(np.float32)) for m in METRICS})
+    data.update({m: (dims, derived[m].astype(np.float32)) for m in METRICS})
     data["prompt_valid"] = (("object", "prompt", "seed"), ok)
     return xr.Dataset(data, coords=coords, attrs={"cache": str(cache), "mask_mode": request.mask_mode,
-                                                  "min_area": request.min_area})
+                                                  "min_area": request.min_area, "iterations": In})
 
 
 def _tile_frame(pr, h: int, w: int, img_size: int) -> dict:
@@ -152,7 +200,8 @@ def _tile_frame(pr, h: int, w: int, img_size: int) -> dict:
 
 
 def examples_dataset(reader, request: Request, kept: list) -> xr.Dataset | None:
-    """Image, true masks and each checkpoint's predicted masks of the kept samples, on the canvas."""
+    """Image, true masks and each checkpoint's predicted masks of the kept samples, on the canvas (with
+    corrective clicks: the masks of the last round; the prompts drawn are the first round's)."""
     if not kept:
         return None
     names = request.names
@@ -191,7 +240,7 @@ def examples_dataset(reader, request: Request, kept: list) -> xr.Dataset | None:
                 S.VALID_W: ("example", sizes[:, 1]), "example_of": ("object", example),
                 "object_id": ("object", object_id), "checkpoint": names},
         attrs={"prompt": request.prompts[0], "seed": request.seeds[0], "mask_mode": request.mask_mode,
-               "cache": reader.path, "trained": int(reader.model["trained"])},
+               "cache": reader.path, "trained": int(reader.model["trained"]), "iterations": request.iterations},
     )
 
 

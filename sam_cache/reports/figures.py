@@ -48,6 +48,28 @@ def bar_chart(summary: pd.DataFrame, path: Path, cache: str = "", scored: str = 
     return _save(fig, path)
 
 
+def clicks_figure(curve: pd.DataFrame, path: Path, cache: str = "", scored: str = "", trained: bool = True) -> Figure:
+    """Mean Dice against the number of corrective clicks (0: the prompt alone), one line per prompt strategy
+    (colour) and checkpoint (line style), from `aggregate.click_curve`."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    prompts, names = list(dict.fromkeys(curve["prompt"])), list(dict.fromkeys(curve["checkpoint"]))
+    styles = ["-", "--", ":", "-."]
+    for i, prompt in enumerate(prompts):
+        for j, name in enumerate(names):
+            rows = curve[(curve["prompt"] == prompt) & (curve["checkpoint"] == name)]
+            ax.plot(rows["clicks"], rows["dice"], marker="o", ms=4, color=f"C{i % 10}", ls=styles[j % len(styles)],
+                    label=f"{prompt}, {name}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    top = float(np.nanmax(curve["dice"])) if len(curve) else 1.0
+    ax.set_ylim(0, 1.05 if top > 0.9 or not np.isfinite(top) else max(1.2 * top, 0.02))
+    ax.set(xlabel="corrective clicks (0: the prompt alone)", ylabel="mean Dice (over objects)")
+    ax.set_title(f"{Path(cache).name}: {scored or 'all samples'}\nDice per round of corrective clicks"
+                 + ("" if trained else UNTRAINED), fontsize=9)
+    ax.legend(title="prompt, checkpoint", fontsize=8)
+    return _save(fig, path)
+
+
 def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     if not len(truth):
         return math.nan
@@ -105,9 +127,11 @@ def examples_figure(examples: xr.Dataset, path: Path) -> Figure:
             _outlines(row[2 + c], pred)
             _prompts(row[2 + c], box, points, labels)
             row[2 + c].set_title(f"{name}, {prompt}: Dice {_dice(pred, truth):.3f}", fontsize=8)
+    rounds = int(examples.attrs.get("iterations", 1))
+    clicks = f", after {rounds - 1} corrective click(s) (not drawn)" if rounds > 1 else ""
     fig.suptitle(f"{Path(examples.attrs['cache']).name}: masks as scored ({examples.attrs['mask_mode']}), "
-                 f"prompt {prompt}, seed {examples.attrs['seed']}" + ("" if examples.attrs["trained"] else UNTRAINED),
-                 fontsize=9)
+                 f"prompt {prompt}, seed {examples.attrs['seed']}{clicks}"
+                 + ("" if examples.attrs["trained"] else UNTRAINED), fontsize=9)
     return _save(fig, path)
 
 
