@@ -32,6 +32,7 @@ STEPS = [
     ("ablation", "ablate_speed.py", "--model vit_h --n 1980 --samples 256", "--model tiny --n 8 --samples 2 --prompts box", "ablate_{m}_{d}"),
     ("AMG", "amg.py", "--model vit_h --n 16 --points-per-side 32", "--model tiny --n 2 --points-per-side 4 --random-init-thresholds", "amg_{m}_{d}"),
     ("predict", "predict_speed.py", "--model vit_h --n 64", "--model tiny --n 2", "predict_{m}_{d}"),
+    ("corrective clicks", "clicks.py", "--model vit_h --n 1980 --samples 64 --iterations 8", "--model tiny --n 2 --iterations 2", "clicks_{m}_{d}"),
     ("embed on a cluster", "scaling.py", "--model vit_h --n 64 --workers 1 --batch-size 16", "--model tiny --n 4 --workers 1", "scaling"),
 ]
 
@@ -69,6 +70,9 @@ def headline(step: str, rows: list[dict]) -> list[tuple[str, str]]:
         runs, ratios = [r for r in rows if "run" in r], rows[-1]
         return [(r["run"], f"{r['prompts_per_s']:.0f} prompts/s") for r in runs] + [
             ("whole-call speed-up over stock", f"{ratios['whole_speedup']:.1f}x")]
+    if step == "corrective clicks":
+        return [(f"{r['rounds']} round(s), {r['objects']} objects", f"{r['passes_per_s']:.0f} decoder passes/s, "
+                 f"{r['objects_per_s']:.0f} objects/s") for r in rows]
     if step == "embed on a cluster":
         return [(r["setting"], f"{r['encode_images_per_s']:.1f} images/s") for r in rows]
     return []

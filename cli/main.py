@@ -155,6 +155,8 @@ def embed(
                                   rich_help_panel=INPUT),
     patch: Optional[str] = typer.Option(None, help="Patch size, e.g. 256 or 256,512; default whole images.",
                                         rich_help_panel=TILES),
+    halo: Optional[int] = typer.Option(None, help="Overlap patches by 2×HALO px (stride = patch - 2×HALO), so an "
+                                       "object near a patch border is whole in a neighbour.", rich_help_panel=TILES),
     stride: Optional[str] = typer.Option(None, help="Patch stride; default = patch (no overlap).",
                                          rich_help_panel=TILES),
     axis: Optional[int] = typer.Option(None, help="Slicing axis of volumes; default last for NIfTI, first otherwise.",
@@ -213,7 +215,7 @@ def embed(
     summary = sam_cache.embed(
         dataset, output, model=model, checkpoint=checkpoint, random_init=random_init,
         fallback_tiny=fallback_tiny, images=images, labels=labels, patch=_pair("--patch", patch),
-        stride=_pair("--stride", stride), axis=axis, skip_empty=skip_empty, label_kind=label_kind,
+        stride=_pair("--stride", stride), halo=halo, axis=axis, skip_empty=skip_empty, label_kind=label_kind,
         intensity=sam_cache.Intensity.parse(intensity, window, percentiles), dtype=dtype,
         batch_size=batch_size, device=device, precision=precision, fast=fast, shard_size=shard_size,
         read_workers=read_workers, overwrite=overwrite, skip_bad=skip_bad, scheduler=scheduler,
@@ -296,7 +298,8 @@ def evaluate(
                                                    rich_help_panel=MODEL),
     prompt: str = typer.Option("box", help="Prompt strategy: " + ", ".join(C.PROMPTS) + " (none: the prompt-free "
                                "output scored per tile: Dice, IoU, precision, recall, AUC, best F1, adjusted Rand "
-                               "index, mSA of its connected components).", rich_help_panel=SCORING),
+                               "index, mSA of its connected components); with --per volume also propagate (each object's middle slice "
+                               "prompted, the box of each predicted mask prompting the next slice).", rich_help_panel=SCORING),
     labels: Optional[str] = typer.Option(None, help="Score against this label layer of the cache, not the ground "
                                          "truth.", rich_help_panel=SCORING),
     threshold: float = typer.Option(0.5, help="--prompt none: foreground where the probability is above this.",
@@ -306,14 +309,24 @@ def evaluate(
     mask: str = typer.Option("best-iou", help="single (SAM's single-mask output) or best-iou (best of 3).",
                              rich_help_panel=SCORING),
     seed: int = typer.Option(0, help="Prompt seed.", rich_help_panel=SCORING),
+    iterations: int = typer.Option(1, help="Rounds per object: the prompt, then N-1 corrective clicks at the "
+                                   "largest error region (interactive evaluation).", rich_help_panel=SCORING),
     min_area: Optional[int] = typer.Option(None, help=f"Ignore objects smaller than this many pixels; default the "
                                            f"run's own, else {C.MIN_AREA}.", rich_help_panel=SCORING),
     split: str = typer.Option("all", help="all, train or val: for a run folder, the run's own split; for other "
                               "checkpoints, a seeded split by source file.", rich_help_panel=INPUT),
     val_fraction: float = typer.Option(0.2, help="Validation share of source files (checkpoints other than runs).",
                                        rich_help_panel=INPUT),
-    per: Optional[str] = typer.Option(None, help="Also print means per " + ", ".join(C.GROUPINGS) + ".",
+    per: Optional[str] = typer.Option(None, help="Also print means per " + ", ".join(C.GROUPINGS) + "; or image: "
+                                      "score each object of an image whole across overlapping tiles (embed --halo), "
+                                      "decoded in the tile holding it with the most margin; or volume: "
+                                      "stack each volume's per-slice predictions and score every object in 3D (Dice, "
+                                      "IoU, surface Dice), with tables per volume and per object (organ).",
                                       rich_help_panel=OUTPUT),
+    tolerance: float = typer.Option(C.TOLERANCE_MM, help="--per volume: the surface Dice's tolerance in mm (NIfTI "
+                                    "spacing; other volumes in voxels).", rich_help_panel=SCORING),
+    propagate_from: str = typer.Option("box", help="--prompt propagate: how each object's middle slice is prompted "
+                                       "from its label: " + ", ".join(C.PROPAGATE_FROM) + ".", rich_help_panel=SCORING),
     class_names: Optional[Path] = typer.Option(None, help="Names of class ids: JSON {id: name} or CSV id,name.",
                                                rich_help_panel=OUTPUT),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write per-object results (.nc) here.",
@@ -326,15 +339,38 @@ def evaluate(
     from sam_cache import options as O
 
     if per:
-        O.choice("--per", per, C.GROUPINGS)
+        O.choice("--per", per, (*C.GROUPINGS, "image", "volume"))
     import sam_cache
 
     fmt = lambda v: f"{v:.4f}"  # noqa: E731
     results = sam_cache.evaluate(cache, checkpoint, prompt, split, seed, mask, min_area, val_fraction,
                                  device=device, base_checkpoint=base_checkpoint, log=_say, progress=not quiet,
-                                 class_names=class_names, labels=labels, threshold=threshold, watershed=watershed)
+                                 class_names=class_names, labels=labels, threshold=threshold, watershed=watershed,
+                                 iterations=iterations, per=per if per in ("image", "volume") else "object",
+                                 tolerance=tolerance, propagate_from=propagate_from)
     if not results.attrs["trained"]:
         _say(UNTRAINED)
+    if results.attrs.get("scoring") == "volume":
+        from sam_cache.eval import volume
+
+        typer.echo(f"scored in 3D, prompt {results.attrs['prompt']}, surface Dice at {results.attrs['tolerance_mm']:g} mm; "
+                   f"spacing {results.attrs['spacing']} from {results.attrs['spacing_from']}")
+        typer.echo(volume.summary(results).to_string(index=False, float_format=fmt))
+        typer.echo(volume.per_class(results).to_string(index=False, float_format=fmt))
+        if out:
+            results.to_netcdf(out, engine="h5netcdf")
+            typer.echo(f"per-object results: {out}")
+        return
+    if results.attrs.get("scoring") == "image":
+        whole = results.whole_in_tile.values
+        typer.echo(f"{results.sizes['object']} objects scored whole in their images' frames; {int(whole.sum())} held "
+                   "whole by a tile (the rest lose what lies outside the tile that decoded them)")
+        typer.echo(results[["dice", "iou", "precision", "recall"]].mean("object").to_dataframe().reset_index()
+                   .to_string(index=False, float_format=fmt))
+        if out:
+            results.to_netcdf(out, engine="h5netcdf")
+            typer.echo(f"per-object results: {out}")
+        return
     if results.attrs.get("scoring") == "tile":
         from sam_cache.eval.semantic import summary
 
@@ -344,6 +380,11 @@ def evaluate(
             typer.echo(f"per-tile results: {out}")
         return
     typer.echo(sam_cache.summarize(results).drop(columns=["seed"]).to_string(index=False, float_format=fmt))
+    if iterations > 1:
+        from sam_cache.eval.aggregate import click_curve
+
+        typer.echo(f"the last of {iterations} rounds above; Dice per round of corrective clicks:")
+        typer.echo(click_curve(results).to_string(index=False, float_format=fmt))
     if per:
         typer.echo(sam_cache.per_group(results, per).to_string(index=False, float_format=fmt))
     if out:
@@ -363,6 +404,8 @@ def ablate(
     base_checkpoint: Optional[Path] = typer.Option(None, help="The cache's SAM checkpoint, if it moved.",
                                                    rich_help_panel=MODEL),
     seeds: int = typer.Option(1, help="Number of prompt seeds (0..N-1).", rich_help_panel=SCORING),
+    iterations: int = typer.Option(1, help="Rounds per object: the prompt, then N-1 corrective clicks at the "
+                                   "largest error region; writes clicks.csv and clicks.png.", rich_help_panel=SCORING),
     mask: str = typer.Option("best-iou", help=" or ".join(C.MASK_MODES) + " (best of 3 by predicted IoU).",
                              rich_help_panel=SCORING),
     min_area: Optional[int] = typer.Option(None, help=f"Ignore objects smaller than this many pixels; default the "
@@ -393,10 +436,11 @@ def ablate(
         cache, out, prompts=_list(prompts), checkpoints=_list(checkpoints), seeds=list(range(seeds)),
         mask_mode=mask, min_area=min_area, partition_size=partition_size, scheduler=scheduler, device=device,
         base_checkpoint=base_checkpoint, progress=not quiet, examples=examples, log=_say, overwrite=overwrite,
-        split=split, class_names=class_names)
+        split=split, class_names=class_names, iterations=iterations)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"{results.sizes['object']} objects; results in {out}/results.nc, summary.csv, summary.md, "
-               "ablation.png" + (", examples.nc, examples.png" if (out / "examples.nc").exists() else ""))
+               "ablation.png" + (", examples.nc, examples.png" if (out / "examples.nc").exists() else "")
+               + (", clicks.csv, clicks.png" if (out / "clicks.png").exists() else ""))
 
 
 @command("samcache segment cells.zarr -o amg/ --sweep pred_iou_thresh=0.7,0.8,0.88 "

@@ -18,5 +18,11 @@ PRELOADS = ("auto", "device", "host", "off")  # finetune: where the samples live
 EVAL_SPLITS = ("all", "train", "val")
 ABLATE_SPLITS = ("auto", "all", "train", "val")
 GROUPINGS = ("class", "source", "sample")  # evaluate --per
+# evaluate: each object of each tile; each object of an image whole across its tiles (eval.stitched); each
+# object of a volume in 3D (eval.volume)
+SCORINGS = ("object", "image", "volume")
+PROPAGATE = "propagate"  # evaluate --per volume --prompt propagate: the middle slice's prompt carried through
+PROPAGATE_FROM = ("box", "center-point")  # how propagation prompts the middle slice
+TOLERANCE_MM = 2.0  # evaluate --per volume: the surface Dice's tolerance
 MIN_AREA = 10  # objects smaller than this (pixels) are neither trained on nor scored, unless told otherwise
 AMG_OUTPUT_MODES = ("coco_rle", "uncompressed_rle", "binary_mask")  # segment: the JSON's `segmentation`

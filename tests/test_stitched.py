@@ -89,3 +89,18 @@ def test_per_image_scores_with_the_tiny_decoder_are_counts_of_whole_objects(cros
     torch.testing.assert_close(torch.tensor(ds.dice.values.ravel()),
                                torch.tensor(2 * ds.tp.values.ravel() / (2 * ds.tp + ds.fp + ds.fn).values.ravel(),
                                             dtype=torch.float32))
+
+
+def test_cli_evaluate_per_image(crossing, tmp_path, micro_checkpoint):
+    from typer.testing import CliRunner
+
+    from sam_cache.cli.main import app
+
+    reader = _cache(crossing, tmp_path, micro_checkpoint, halo=8)
+    r = CliRunner().invoke(app, ["evaluate", reader.path, "--per", "image", "--min-area", "1", "-q",
+                                 "-o", str(tmp_path / "image.nc")])
+    assert r.exit_code == 0, r.output
+    assert "2 objects scored whole" in r.output and "2 held whole by a tile" in r.output
+    assert (tmp_path / "image.nc").is_file()
+    r = CliRunner().invoke(app, ["evaluate", reader.path, "--per", "image", "--iterations", "2"])
+    assert r.exit_code == 2 and "one round" in r.output

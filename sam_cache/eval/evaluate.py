@@ -6,7 +6,7 @@ from __future__ import annotations
 import xarray as xr
 
 from .. import options as O
-from ..choices import MIN_AREA
+from ..choices import MIN_AREA, PROPAGATE, PROPAGATE_FROM, SCORINGS, TOLERANCE_MM
 from ..encode.encoder import default_device
 from ..runs import Run, is_run, min_area_of
 from ..store.reader import CacheReader
@@ -22,7 +22,8 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
              mask_mode: str = "best-iou", min_area: int | None = None, val_fraction: float = 0.2,
              split_seed: int = 0, prompt_options=None, device: str | None = None, base_checkpoint=None,
              log=print, progress: bool = False, class_names=None, labels: str | None = None,
-             threshold: float = 0.5, watershed: bool = False) -> xr.Dataset:
+             threshold: float = 0.5, watershed: bool = False, iterations: int = 1, per: str = "object",
+             tolerance: float = TOLERANCE_MM, propagate_from: str = "box") -> xr.Dataset:
     """Score one decoder with one prompt strategy on every object of a split (all, train or val).
 
     For a finetune run folder, train/val are the run's own samples, and objects smaller than the run's
@@ -31,12 +32,32 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
 
     The prompt `none` scores the prompt-free output per tile instead (dims sample × checkpoint): pixel
     Dice, IoU, precision and recall at `threshold`, AUC, best F1, adjusted Rand index, and the instance
-    scores of its connected components (split by a distance-transform watershed with `watershed`)."""
+    scores of its connected components (split by a distance-transform watershed with `watershed`).
+
+    `iterations` > 1: interactive evaluation, the prompt then iterations - 1 corrective clicks per object
+    (`runner.corrective_rounds`); the results gain an `iteration` dimension (1..N).
+
+    `per="image"`: each object of each image (or slice) scored whole across overlapping tiles (`embed
+    --halo`), decoded in the tile that holds it with the most margin (`eval.stitched`; dims object).
+    `per="volume"` (caches of volumes): each volume's per-slice predictions stacked back into the volume
+    and scored in 3D (`eval.volume`: Dice, IoU, surface Dice at `tolerance` mm; dims object); the prompt
+    `propagate` prompts only each object's middle slice (with `propagate_from`) and carries it through the
+    volume (`eval.propagate`)."""
     O.choice("--split", split, SPLITS)
+    O.choice("--per", per, SCORINGS)
+    if per != "object" and (prompt == SEMANTIC or iterations > 1):
+        raise O.OptionError(f"--per {per} scores prompted objects in one round (not --prompt none or --iterations)")
+    if per == "volume":
+        O.choice("--propagate-from", propagate_from, PROPAGATE_FROM)
+        O.at_least("--tolerance", tolerance, 0)
+    elif prompt == PROPAGATE:
+        raise O.OptionError("--prompt propagate is scored in 3D: add --per volume")
     names = read_class_names(class_names) if class_names else None
-    request = runner.Request((prompt,), (str(checkpoint),), (seed,), mask_mode,
+    request = runner.Request((propagate_from if prompt == PROPAGATE else prompt,), (str(checkpoint),), (seed,), mask_mode,
                              min_area_of([str(checkpoint)], MIN_AREA) if min_area is None else min_area,
-                             prompt_options or {}, labels).check()
+                             prompt_options or {}, labels, iterations).check()
+    if prompt == SEMANTIC and iterations > 1:
+        raise O.OptionError("--iterations scores objects by corrective clicks; --prompt none scores tiles")
     reader = CacheReader(cache)
     if labels is None:
         reader.require_labels("to score against")
@@ -53,6 +74,23 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
         indices = reader.samples
     else:
         indices = dict(zip(("train", "val"), split_samples(reader, val_fraction, split_seed)))[split]
+    if per == "volume":
+        from . import volume
+
+        vols = volume.volumes(reader, indices, log)  # a cache of 2D images is refused before any work
+        results = volume.score(reader, vols, request, runner.load_decoders(reader, request, device, base_checkpoint),
+                               device, prompt, tolerance, propagate_from, labels, progress)
+        results.attrs.update(cache=str(cache), trained=int(reader.model["trained"]))
+        return name_classes(results, names) if names else results
+    if per == "image":
+        from ..runs import checkpoint_name
+        from .stitched import score_images
+
+        decoder = runner.load_decoders(reader, request, device, base_checkpoint)[checkpoint_name(str(checkpoint))]
+        results = score_images(reader, decoder, prompt, seed, mask_mode, request.min_area, device, prompt_options,
+                               labels, checkpoint_name(str(checkpoint)), samples=indices)
+        results.attrs.update(trained=int(reader.model["trained"]))
+        return name_classes(results, names) if names else results
     if prompt == SEMANTIC:
         from ..progress import Progress
         from . import semantic

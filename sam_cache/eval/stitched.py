@@ -36,17 +36,21 @@ def plane_label(reader, tiles: list[int], shape: tuple[int, int], layer=None) ->
 @torch.no_grad()
 def score_images(reader, decoder, prompt: str, seed: int = 0, mask_mode: str = "best-iou", min_area: int = 10,
                  device="cpu", prompt_options=None, layer=None, name: str = "base", progress=None,
-                 decode=None) -> xr.Dataset:
+                 decode=None, samples=None) -> xr.Dataset:
     """Counts and scores of every object of every plane, each decoded in its best tile and scored whole
     in the plane's frame. Dims: object (with its source, slice, id, area, the tile that decoded it, and
-    whether a tile held it whole) × checkpoint. `decode(embedding, PromptBatch, valid_size)` -> bool masks
-    [K, h, w] replaces the decoder (tests use an oracle)."""
+    whether a tile held it whole) × checkpoint. `samples`: only the planes of these samples (a split).
+    `decode(embedding, PromptBatch, valid_size)` -> bool masks [K, h, w] replaces the decoder (tests use
+    an oracle)."""
     if decode is None:
         def decode(emb, batch, size):
             return decode_prompts(decoder, emb.to(device), batch, size, mask_mode).masks[0].cpu()
     tiles, img_size = Tiles(reader), reader.attrs["preprocessing"]["img_size"]
+    wanted = None if samples is None else set(np.asarray(samples).tolist())
     rows, values = [], []
     for (source, plane), members in sorted(tiles.by_plane.items()):
+        if wanted is not None and not wanted.intersection(members):
+            continue
         _, shape, _ = reader.planes(source)
         masks, ids = objects(plane_label(reader, members, shape, layer), reader.kind_of(layer), min_area)
         chosen = [tiles.best_tile(members, _bbox(m), shape) for m in masks]
