@@ -22,7 +22,7 @@ import torch
 
 from ..decode.prompts import Prompts, make_prompts
 from ..infer.place import Tiles
-from ..infer.predict import _decode as decode_placed  # the decode of placed prompts that `predict` uses
+from ..infer.predict import decode_placed  # the decode of placed prompts that `predict` uses
 from ..infer.prompts_file import Prompt
 from .volume import Piece, Volume, piece, where
 

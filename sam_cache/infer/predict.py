@@ -97,7 +97,7 @@ def _groups(placed: list[Placed]) -> dict:
 
 
 @torch.no_grad()
-def _decode(reader, decoder, placed: list[Placed], mask_mode: str, on_prompt) -> tuple[dict, dict]:
+def decode_placed(reader, decoder, placed: list[Placed], mask_mode: str, on_prompt) -> tuple[dict, dict]:
     """Every prompt's mask at its tile's size, and its predicted IoU."""
     img = decoder.img_size[0]
     resize, masks, scores = ResizeLongestSide(img), {}, {}
@@ -205,7 +205,7 @@ def predict(cache, out, prompts=None, prompts_from_labels: str | None = None, ch
     out = claim(out, "predict", OUTPUTS, overwrite=overwrite)
     bar = Progress(len(keep), "predict", "prompts", enabled=progress)
     try:
-        masks, scores = _decode(reader, decoder, [placed[n] for n in keep], mask_mode, bar.update)
+        masks, scores = decode_placed(reader, decoder, [placed[n] for n in keep], mask_mode, bar.update)
     finally:
         bar.close()
     masks, scores = {keep[k]: v for k, v in masks.items()}, {keep[k]: v for k, v in scores.items()}
