@@ -306,7 +306,7 @@ def test_masks_written_back_as_a_label_layer_whole_or_not_at_all(tmp_path, micro
     import xarray as xr
 
     from sam_cache.amg.outputs import TileLabels
-    from sam_cache.store import writer
+    from sam_cache.store import layers
 
     data = write_rectangles(tmp_path / "data", n=2)
     cache = tmp_path / "c.zarr"
@@ -315,14 +315,14 @@ def test_masks_written_back_as_a_label_layer_whole_or_not_at_all(tmp_path, micro
     knobs = dict(points_per_side=4, **RANDOM_INIT)
     # a write that fails half way leaves the cache as it was: no layer, nothing beside it
     shutil.copytree(cache, tmp_path / "before.zarr")
-    real = writer._array
+    real = layers.new_array
 
     def failing(group, name, *a, **k):
         arr = real(group, name, *a, **k)
         monkeypatch.setattr(type(arr), "__setitem__", lambda *x: (_ for _ in ()).throw(OSError("disk gone")))
         return arr
 
-    monkeypatch.setattr(writer, "_array", failing)
+    monkeypatch.setattr(layers, "new_array", failing)
     with pytest.raises(OSError, match="disk gone"):
         sam_cache.segment(cache, tmp_path / "fail", settings=knobs, write_layer="amg", progress=False,
                           log=lambda m: None, figures=0)

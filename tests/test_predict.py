@@ -148,8 +148,8 @@ def test_killed_layer_write_leaves_no_half_layer_and_the_truth_bit_identical(pat
     script = textwrap.dedent(f"""
         import os, signal
         import sam_cache
-        from sam_cache.store import writer
-        real = writer._array
+        from sam_cache.store import layers
+        real = layers.new_array
         def killing(*a, **k):
             arr = real(*a, **k)
             setitem = type(arr).__setitem__
@@ -158,7 +158,7 @@ def test_killed_layer_write_leaves_no_half_layer_and_the_truth_bit_identical(pat
                 os.kill(os.getpid(), signal.SIGKILL)
             type(arr).__setitem__ = write_then_die
             return arr
-        writer._array = killing
+        layers.new_array = killing
         sam_cache.predict({str(patched)!r}, {str(tmp_path / 'out')!r}, prompts_from_labels="box",
                           write_layer="weak", progress=False)
     """)

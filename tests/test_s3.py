@@ -180,7 +180,7 @@ def test_overwrite_on_s3_never_leaves_the_user_without_a_valid_cache(s3, data, m
 
 def test_label_layer_on_s3_is_written_whole_and_an_incomplete_one_refused(s3, data, micro_checkpoint):
     from sam_cache.store.reader import CacheReader
-    from sam_cache.store.writer import write_label_layer
+    from sam_cache.store.layers import write_label_layer
 
     url = "s3://caches/layers.zarr"
     _embed(data, url, micro_checkpoint)

@@ -36,7 +36,7 @@ from ..progress import Progress
 from ..runs import checkpoint_name, load_decoder
 from ..store import schema as S
 from ..store.reader import CacheReader
-from ..store.writer import check_label_layer, write_label_layer
+from ..store.layers import check_label_layer, write_label_layer
 from . import generator as amg, outputs, stitch
 from .knobs import KNOBS, Settings, Sweep
 

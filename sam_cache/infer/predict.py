@@ -29,7 +29,7 @@ from ..progress import Progress
 from ..runs import checkpoint_name, claim, load_decoder
 from ..store import schema as S
 from ..store.reader import CacheReader
-from ..store.writer import check_label_layer, write_label_layer
+from ..store.layers import check_label_layer, write_label_layer
 from ..train.data import sample_generator
 from .place import Placed, Tiles
 from .prompts_file import Prompt, read_prompts, sha256

@@ -66,7 +66,7 @@ def _disk_full(e: BaseException) -> bool:
 
 
 @contextmanager
-def _space(path, what: str, kept: str):
+def space_checked(path, what: str, kept: str):
     """Turn a full disk into one clear error."""
     try:
         yield
@@ -139,7 +139,7 @@ def lock_for(location: Location, rank: int | None = None):
     return Lock(location.path, rank) if location.local else _NoLock()
 
 
-def _array(group, name, values_shape, chunks, shards, dtype, dims, codecs):
+def new_array(group, name, values_shape, chunks, shards, dtype, dims, codecs):
     return group.create_array(
         name, shape=values_shape, chunks=chunks, shards=shards, dtype=dtype, dimension_names=dims,
         compressors=codecs, fill_value="" if dtype is str else 0, config=WRITE,
@@ -152,18 +152,18 @@ def _lay_out(group: zarr.Group, layout: Layout) -> None:
     if layout.labelled:
         shapes[S.LABEL] = ((H, W), "int32")
     for name, (shape, dtype) in shapes.items():
-        a = _array(group, name, (n, *shape), (1, *shape), (shard, *shape), dtype, S.DIMS[name],
+        a = new_array(group, name, (n, *shape), (1, *shape), (shard, *shape), dtype, S.DIMS[name],
                    S.EMBEDDING_CODECS if name == S.EMBEDDING else S.PIXEL_CODECS)
         a.attrs["coordinates"] = " ".join((*S.SAMPLE_COORDS, S.DONE))
     for name in S.SAMPLE_COORDS:
-        _array(group, name, (n,), (n,), None, "int32", (S.SAMPLE,), S.SMALL_CODECS)[:] = \
+        new_array(group, name, (n,), (n,), None, "int32", (S.SAMPLE,), S.SMALL_CODECS)[:] = \
             np.asarray(layout.coords[name], dtype=np.int32)
-    _array(group, S.DONE, (n,), (shard,), None, "bool", (S.SAMPLE,), S.SMALL_CODECS)
+    new_array(group, S.DONE, (n,), (shard,), None, "bool", (S.SAMPLE,), S.SMALL_CODECS)
     for name, values in layout.sources.items():
         values = np.asarray(values)
         dims = (S.SOURCE_DIM,) if values.ndim == 1 else (S.SOURCE_DIM, S.MASK_DIM)
         dtype = str if values.dtype.kind in "UO" else values.dtype
-        _array(group, name, values.shape, values.shape, None, dtype, dims, S.SMALL_CODECS)[...] = values
+        new_array(group, name, values.shape, values.shape, None, dtype, dims, S.SMALL_CODECS)[...] = values
 
 
 def create(location: Location, attrs: dict, layout: Layout) -> None:
@@ -179,7 +179,7 @@ def create(location: Location, attrs: dict, layout: Layout) -> None:
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
     Location(tmp).remove()
     try:
-        with _space(path, "creating the cache", "nothing was written"):
+        with space_checked(path, "creating the cache", "nothing was written"):
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
             _lay_out(group, layout)
             group.attrs[S.ATTRS] = attrs
@@ -249,7 +249,7 @@ class ShardWriter:
         if start % self.shard or (stop % self.shard and stop != len(self.done)):
             raise ValueError(f"samples {start}-{stop - 1} are not whole shards of {self.shard}")
         kept = f"the {int(self.done.sum())} samples committed before are kept"
-        with _space(self.location, f"writing samples {start}-{stop - 1}", kept):
+        with space_checked(self.location, f"writing samples {start}-{stop - 1}", kept):
             for name, values in arrays.items():
                 self.arrays[name][start:stop] = values
             self.flags[start:stop] = True
@@ -336,7 +336,7 @@ class CacheWriter:
         """Record the run, consolidate the metadata, swap a rebuild in."""
         attrs = dict(self.group.attrs[S.ATTRS])
         attrs.update(complete=bool(self.refresh().all()), finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **stats)
-        with _space(self.path, "finishing", "every sample is written; rerun to finish"):
+        with space_checked(self.path, "finishing", "every sample is written; rerun to finish"):
             self.group.attrs[S.ATTRS] = attrs
             consolidate(self.target)
         if self.rebuild:
@@ -356,76 +356,3 @@ def consolidate(location: Location) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata")
         zarr.consolidate_metadata(location.store())
-
-
-def check_label_layer(group: zarr.Group, path, name: str, overwrite: bool = False) -> str:
-    """The variable of a label layer `name`, or a refusal: a name other than letters, digits, - and _,
-    the ground truth's, or one the cache already holds (unless `overwrite`)."""
-    if not S.layer_name_ok(name):
-        raise OptionError(f"{path}: a label layer's name is letters, digits, - and _, other than `{S.LABEL}` "
-                          f"(the ground truth is never written over), not {name!r}")
-    if S.label_layer(name) in group and not overwrite:
-        raise CacheMismatchError(f"{path} already holds the label layer `{name}`; pass --overwrite-layer to replace "
-                                 "it, or choose another name")
-    return S.label_layer(name)
-
-
-def _layer_blocks(n: int, shard: int, shape, tiles: dict[int, np.ndarray]):
-    """(start, block) of a label layer, a whole shard at a time; samples not in `tiles` stay 0."""
-    for start in range(0, n, shard):
-        block = np.zeros((min(shard, n - start), *shape), np.int32)
-        for i in range(start, start + len(block)):
-            if i in tiles:
-                block[i - start, :tiles[i].shape[0], :tiles[i].shape[1]] = tiles[i]
-        yield start, block
-
-
-def write_label_layer(path, name: str, tiles: dict[int, np.ndarray], provenance: dict,
-                      overwrite: bool = False) -> str:
-    """Write a named label layer (`label_<name>`: int32 ids per sample, shaped and sharded like `label`)
-    into the cache at `path`, whole or not at all. Local: under the cache's lock it is written in a folder
-    beside the cache, then renamed into it and the metadata consolidated, so a crash leaves the cache as it
-    was. Remote (no rename): written in place with `complete: false` in its attributes, set true last;
-    readers refuse an incomplete layer. The ground truth `label` is never written here. `tiles`: sample ->
-    ids at the tile's valid size (samples not given stay 0). Returns the variable's name."""
-    location = Location(path)
-    with lock_for(location):
-        group = zarr.open_group(location.store(), mode="r+", use_consolidated=False)
-        var = check_label_layer(group, location, name, overwrite)
-        image = group[S.IMAGE]
-        n, (H, W), shard = image.shape[0], image.shape[1:3], int(image.shards[0])
-        attrs = {"coordinates": " ".join((*S.SAMPLE_COORDS, S.DONE)), "layer": name, **provenance}
-        if location.local:
-            _write_layer_beside(location.path, var, name, (n, H, W), shard, tiles, attrs)
-        else:
-            if var in group:
-                del group[var]
-            a = _array(group, var, (n, H, W), (1, H, W), (shard, H, W), "int32", S.DIMS[S.LABEL], S.PIXEL_CODECS)
-            a.attrs.update({**attrs, "complete": False})
-            for start, block in _layer_blocks(n, shard, (H, W), tiles):
-                a[start:start + len(block)] = block
-            a.attrs["complete"] = True
-        consolidate(location)
-    return var
-
-
-def _write_layer_beside(path: Path, var: str, name: str, shape, shard: int, tiles, attrs: dict) -> None:
-    n, H, W = shape
-    staging_root, old = Location(path.with_name(f".{path.name}.{var}.writing")), Location(path.with_name(f".{path.name}.{var}.old"))
-    for stale in (staging_root, old):
-        stale.remove()
-    try:
-        with _space(path, f"writing the label layer {name}", "the cache is as it was"):
-            staged = zarr.open_group(staging_root.url, mode="w", zarr_format=3)
-            a = _array(staged, var, (n, H, W), (1, H, W), (shard, H, W), "int32", S.DIMS[S.LABEL], S.PIXEL_CODECS)
-            a.attrs.update(attrs)
-            for start, block in _layer_blocks(n, shard, (H, W), tiles):
-                a[start:start + len(block)] = block
-    except BaseException:  # a killed process leaves it beside the cache, removed by the next write
-        staging_root.remove()
-        raise
-    if (path / var).exists():
-        (path / var).rename(old.path)
-    (staging_root.path / var).rename(path / var)
-    for done in (staging_root, old):
-        done.remove()
