@@ -82,6 +82,8 @@ def main_options(
     """Run SAM's frozen image encoder once, cache the embeddings in Zarr, then finetune and score mask
     decoders from the cache without running the encoder again. Any cache may be a folder or a URL
     (s3://bucket/prefix/em.zarr)."""
+    if not storage_option:  # nothing to set: keep `--help` from importing the engine
+        return
     from sam_cache.store.location import parse_storage_options, set_storage_options
 
     try:
