@@ -72,7 +72,7 @@ def headline(step: str, rows: list[dict]) -> list[tuple[str, str]]:
             ("whole-call speed-up over stock", f"{ratios['whole_speedup']:.1f}x")]
     if step == "corrective clicks":
         return [(f"{r['rounds']} round(s), {r['objects']} objects", f"{r['passes_per_s']:.0f} decoder passes/s, "
-                 f"{r['objects_per_s']:.0f} objects/s") for r in rows]
+                 f"{r['objects_per_s']:.0f} objects/s") for r in rows if "rounds" in r]
     if step == "embed on a cluster":
         return [(r["setting"], f"{r['encode_images_per_s']:.1f} images/s") for r in rows]
     return []
