@@ -59,13 +59,9 @@ def _blank(image: np.ndarray) -> bool:
     return image.size == 0 or bool((image == image.flat[0]).all())
 
 
-def _truth(reader, samples, plane_of, n_planes, plane_shape) -> np.ndarray:
+def _truth(reader, samples, n_planes, plane_shape) -> np.ndarray:
     """The source's true objects per plane, assembled from its tiles (binary labels: connected components)."""
-    out = np.zeros((n_planes, *plane_shape), np.int64)
-    for i, z in zip(samples, plane_of):
-        lab = reader.label(i)
-        y0, x0 = int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
-        out[z, y0:y0 + lab.shape[0], x0:x0 + lab.shape[1]] = lab
+    out = reader.paste_labels(samples, np.zeros((n_planes, *plane_shape), np.int64))
     return np.stack([instance_map(p, reader.label_kind) for p in out])
 
 
@@ -106,7 +102,7 @@ def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, po
             if on_tile is not None:
                 on_tile(len(samples))
         n_planes, plane_shape, axis = reader.planes(source)
-        truth = _truth(reader, samples, plane_of, n_planes, plane_shape) if reader.label_kind else None
+        truth = _truth(reader, samples, n_planes, plane_shape) if reader.label_kind else None
         name = reader.source_name(source)
         segmented = sorted(set(plane_of.tolist()))  # slices skipped at embed time (--skip-empty) were not
         blanks = {z: sum(b for b, p in zip(blank, plane_of) if p == z) for z in segmented}

@@ -8,13 +8,11 @@ import xarray as xr
 
 from .. import options as O
 from ..store import schema as S
-from .metrics import METRICS
+from .metrics import ITERATION, METRICS
 
 from ..choices import GROUPINGS  # noqa: E402  class, source (image file), sample (tile)
 
 assert GROUPINGS[1:] == (S.SOURCE, S.SAMPLE)
-
-ITERATION = "iteration"  # the rounds of corrective clicks (runner.ITERATION), present when there are > 1
 
 
 def final(results: xr.Dataset) -> xr.Dataset:

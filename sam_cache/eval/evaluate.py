@@ -8,7 +8,7 @@ import xarray as xr
 from .. import options as O
 from ..choices import MIN_AREA, PROPAGATE, PROPAGATE_FROM, SCORINGS, TOLERANCE_MM
 from ..encode.encoder import default_device
-from ..runs import Run, is_run, min_area_of
+from ..runs import Run, checkpoint_name, is_run, min_area_of
 from ..store.reader import CacheReader
 from ..train.finetune import split_samples
 from . import runner
@@ -83,7 +83,6 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
         results.attrs.update(cache=str(cache), trained=int(reader.model["trained"]))
         return name_classes(results, names) if names else results
     if per == "image":
-        from ..runs import checkpoint_name
         from .stitched import score_images
 
         decoder = runner.load_decoders(reader, request, device, base_checkpoint)[checkpoint_name(str(checkpoint))]

@@ -16,6 +16,7 @@ import torch
 
 METRICS = ("dice", "iou", "precision", "recall")
 COUNTS = ("tp", "fp", "fn")
+ITERATION = "iteration"  # the rounds of corrective clicks: a dimension of the results only when there are > 1
 
 
 def counts(pred: torch.Tensor, true: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from ..decode.prompts import Prompts, make_prompts
 from ..infer.place import Tiles
 from ..infer.predict import decode_placed  # the decode of placed prompts that `predict` uses
 from ..infer.prompts_file import Prompt
-from .volume import Piece, Volume, piece, where
+from .volume import Piece, Volume, piece
 
 Step = Callable[[int, Prompts], np.ndarray]  # (plane, K prompts in the plane's pixels) -> masks [K, H, W] bool
 
@@ -95,7 +95,7 @@ class PlaneDecoder:
                 placed[k] = p
         masks, _ = decode_placed(self.reader, self.decoder, list(placed.values()), self.mask_mode, lambda n: None)
         for n, (k, p) in enumerate(placed.items()):  # prompts on one tile are decoded together
-            _, y0, x0, th, tw = where(self.reader, p.sample)
+            _, y0, x0, th, tw = self.reader.origin(p.sample)
             out[k, y0:y0 + th, x0:x0 + tw] = masks[n]
         return out
 

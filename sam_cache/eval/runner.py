@@ -35,11 +35,10 @@ from ..store.reader import CacheReader
 from ..train.data import sample_generator
 from . import clicks
 from . import grid
-from .metrics import COUNTS, METRICS, counts, from_counts
+from .metrics import COUNTS, ITERATION, METRICS, counts, from_counts
 
 ENGINE = "h5netcdf"
 DIMS = ("object", "prompt", "checkpoint", "seed")
-ITERATION = "iteration"  # a dimension of the results only when iterations > 1 (1: the prompt alone)
 
 
 @dataclass(frozen=True)

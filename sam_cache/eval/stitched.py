@@ -24,15 +24,6 @@ from ..train.data import sample_generator
 from .metrics import COUNTS, METRICS, counts, from_counts
 
 
-def plane_label(reader, tiles: list[int], shape: tuple[int, int], layer=None) -> np.ndarray:
-    """A plane's label map, put together from its tiles (they agree where they overlap)."""
-    out = np.zeros(shape, np.int32)
-    for i in tiles:
-        (h, w), y0, x0 = reader.valid_size(i), int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
-        out[y0:y0 + h, x0:x0 + w] = np.maximum(reader.label(i, layer), 0)
-    return out
-
-
 @torch.no_grad()
 def score_images(reader, decoder, prompt: str, seed: int = 0, mask_mode: str = "best-iou", min_area: int = 10,
                  device="cpu", prompt_options=None, layer=None, name: str = "base", progress=None,
@@ -52,12 +43,13 @@ def score_images(reader, decoder, prompt: str, seed: int = 0, mask_mode: str = "
         if wanted is not None and not wanted.intersection(members):
             continue
         _, shape, _ = reader.planes(source)
-        masks, ids = objects(plane_label(reader, members, shape, layer), reader.kind_of(layer), min_area)
+        label = reader.paste_labels(members, np.zeros(shape, np.int32), layer)  # the plane, from its tiles
+        masks, ids = objects(label, reader.kind_of(layer), min_area)
         chosen = [tiles.best_tile(members, _bbox(m), shape) for m in masks]
         pred = np.zeros_like(masks)
         for i in sorted(set(t for t, _ in chosen)):
             k = [j for j, (t, _) in enumerate(chosen) if t == i]
-            (h, w), y0, x0 = reader.valid_size(i), int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
+            _, y0, x0, h, w = reader.origin(i)
             crop = torch.from_numpy(masks[k, y0:y0 + h, x0:x0 + w])
             pr = P.make_prompts(prompt, crop, sample_generator(seed, 0, i), img_size, **(prompt_options or {}))
             emb = torch.from_numpy(reader.embedding(i))[None].float()

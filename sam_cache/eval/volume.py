@@ -86,20 +86,9 @@ def voxel_spacing(reader, source: int) -> tuple[tuple[float, float, float], str]
     return (zooms[axis], *[z for i, z in enumerate(zooms) if i != axis]), "NIfTI header (mm)"
 
 
-def where(reader, index: int) -> tuple[int, int, int, int, int]:
-    """A tile's plane, origin and valid size in its volume: z, y0, x0, h, w."""
-    h, w = reader.valid_size(index)
-    return (max(int(reader.coord(S.SLICE)[index]), 0), int(reader.coord(S.Y0)[index]),
-            int(reader.coord(S.X0)[index]), h, w)
-
-
 def stack_labels(reader, vol: Volume, layer: str | None = None) -> np.ndarray:
     """The volume's labels [planes, H, W] from its cached label tiles (absent slices are 0)."""
-    out = np.zeros(vol.shape, np.int64)
-    for i in vol.samples:
-        z, y0, x0, h, w = where(reader, int(i))
-        out[z, y0:y0 + h, x0:x0 + w] = np.maximum(reader.label(int(i), layer), 0)
-    return out
+    return reader.paste_labels(vol.samples, np.zeros(vol.shape, np.int64), layer)
 
 
 def object_volume(labels: np.ndarray, kind: str) -> np.ndarray:
@@ -131,7 +120,7 @@ def tile_pieces(reader, kept: list, objects: np.ndarray, checkpoint: str) -> dic
     a tile's object goes to the 3D object its true mask lies in; an invalid prompt predicts nothing."""
     out: dict[int, list[Piece]] = {}
     for index, masks, _, shown in kept:
-        z, y0, x0, h, w = where(reader, index)
+        z, y0, x0, h, w = reader.origin(index)
         tile = objects[z, y0:y0 + h, x0:x0 + w]
         for k, valid in enumerate(shown["prompts"]["valid"]):
             p = piece(z, y0, x0, shown[checkpoint][k]) if valid else None

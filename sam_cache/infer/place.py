@@ -40,7 +40,7 @@ class Tiles:
 
     def rect(self, i: int) -> np.ndarray:
         """A tile's inclusive extent x0, y0, x1, y1 in source pixels."""
-        (h, w), y0, x0 = self.reader.valid_size(i), int(self.reader.coord(S.Y0)[i]), int(self.reader.coord(S.X0)[i])
+        _, y0, x0, h, w = self.reader.origin(i)
         return np.array([x0, y0, x0 + w - 1, y0 + h - 1], np.float64)
 
     def best_tile(self, tiles: list[int], box: np.ndarray, shape: tuple[int, int]) -> tuple[int, bool]:

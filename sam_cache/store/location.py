@@ -141,5 +141,5 @@ class Location:
 
     def files(self) -> list[str]:
         """Every object (key) under a remote location, relative to it."""
-        root = self.fs._strip_protocol(self.url)
+        root = self.url.split("://", 1)[1]  # fsspec lists paths without their protocol
         return sorted(posixpath.relpath(f, root) for f in self.fs.find(root))

@@ -163,6 +163,20 @@ class CacheReader:
     def valid_size(self, index: int) -> tuple[int, int]:
         return int(self.coords[S.VALID_H][index]), int(self.coords[S.VALID_W][index])
 
+    def origin(self, index: int) -> tuple[int, int, int, int, int]:
+        """Where a tile lies in its source: plane (a volume's slice; 0 for a 2D image), y0, x0, and its
+        valid h, w."""
+        h, w = self.valid_size(index)
+        return max(int(self.coords[S.SLICE][index]), 0), int(self.coords[S.Y0][index]), int(self.coords[S.X0][index]), h, w
+
+    def paste_labels(self, samples, out: np.ndarray, layer: str | None = None) -> np.ndarray:
+        """The label tiles of `samples` pasted at their origins into `out`: a source's planes [planes, H, W],
+        or one plane [H, W]. Overlapping tiles agree; a layer's unannotated pixels (-1) paste as 0."""
+        for i in samples:
+            z, y0, x0, h, w = self.origin(int(i))
+            (out if out.ndim == 2 else out[z])[y0:y0 + h, x0:x0 + w] = np.maximum(self.label(int(i), layer), 0)
+        return out
+
     def embedding(self, index: int) -> np.ndarray:
         return self._read(S.EMBEDDING, index)
 
