@@ -163,6 +163,44 @@ def test_one_pass_is_b_times_k_rows_not_b_squared(sam, data):
     assert seen == [B * K]
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_image_enters_the_transformer_once(sam, kind):
+    """B = 1 (how evaluation decodes): the image side goes in as a batch of one and broadcasts against
+    the K rows of tokens; every row still equals the stock path."""
+    seen = []
+    hook = sam.mask_decoder.transformer.register_forward_hook(
+        lambda m, args, out: seen.append((args[0].shape[0], out[1].shape[0])))
+    try:
+        worst = _check_against_stock(sam, make_data(sam, B=1, K=K), kind, multimask=True)
+    finally:
+        hook.remove()
+    assert seen[0] == (1, K)  # ours first: one image in, K rows out
+    assert worst < ATOL, f"{kind}: max abs diff {worst:.3g}"
+
+
+def test_one_image_gradients_match_the_expanded_pass(sam):
+    """The broadcast image side sums its K rows' gradients: the same as the expanded pass (B = 2 below,
+    the same image twice, scored on the first only)."""
+    emb, points, labels, boxes = make_data(sam, B=1, K=K)
+    pd = PromptDecoder.from_sam(copy.deepcopy(sam)).train()
+    weight = pd.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.weight
+    two = lambda t: torch.cat([t, t])  # noqa: E731
+    grads = []
+    for batch in (1, 2):
+        pd.zero_grad()
+        e = emb.clone().requires_grad_(True)
+        if batch == 1:
+            logits, iou, _ = pd(e, points=points, labels=labels, boxes=boxes)
+        else:
+            logits, iou, _ = pd(torch.cat([e, emb]), points=two(points), labels=two(labels), boxes=two(boxes))
+        (logits[0].sigmoid().mean() + iou[0].square().mean()).backward()
+        grads.append((e.grad.clone(), weight.grad.clone()))
+    (e1, w1), (e2, w2) = grads
+    assert e1.abs().sum() > 0 and w1.abs().sum() > 0
+    torch.testing.assert_close(e1, e2, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(w1, w2, atol=1e-6, rtol=1e-4)
+
+
 def test_none_uses_n_prompts(sam, data):
     emb = data[0]
     with torch.no_grad():
@@ -304,3 +342,49 @@ def test_bad_prompts(sam, data):
         decode(pe, md, emb[:2], boxes=boxes)
     with pytest.raises(ValueError, match=r"\[B, K, 4\]"):
         decode(pe, md, emb, boxes=boxes[:, 0])
+
+
+@pytest.mark.parametrize("size", [(256, 256), (200, 173), (97, 255), (768, 1024), (33, 33)])
+def test_tile_logits_is_sams_postprocessing_in_one_resize(tiny, size):
+    """decode.pipeline.tile_logits (one matrix product per side of the low-res logits) against
+    Sam.postprocess_masks (upsample to 1024², crop, resize): the masks agree on >= 99.9% of pixels and
+    the logits to float rounding, for square, odd and wide tiles."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from sam_cache.decode.pipeline import tile_logits
+
+    emb, _, _, boxes = make_data(tiny, B=1, K=3)
+    pd = PromptDecoder.from_sam(tiny)
+    with torch.no_grad():
+        low = pd(emb, boxes=boxes, multimask=False).logits[0, :, 0]  # [K, 256, 256]
+    h, w = size
+    input_size = ResizeLongestSide.get_preprocess_shape(h, w, tiny.image_encoder.img_size)
+    ref = tiny.postprocess_masks(low[:, None], input_size, size)[:, 0]
+    got = tile_logits(pd, low[None], torch.tensor([size]))[0]
+    assert got.shape == ref.shape == (3, h, w)
+    assert ((got > 0) == (ref > 0)).float().mean() >= 0.999
+    assert (got - ref).abs().max() < 1e-4
+
+
+def test_rows_per_pass_changes_nothing_but_the_passes(sam):
+    """decode_prompts in slices of `rows` prompts gives what one pass gives, with and without a mask prompt."""
+    from sam_cache.decode.pipeline import PromptBatch, decode_prompts
+
+    emb, points, labels, boxes = make_data(sam, B=2, K=5)
+    pd = PromptDecoder.from_sam(sam)
+    size = torch.tensor([[200, 256], [256, 256]])
+    calls = []
+    hook = sam.mask_decoder.transformer.register_forward_hook(lambda m, args, out: calls.append(out[0].shape[0]))
+    try:
+        with torch.no_grad():
+            for mask_input in (None, torch.randn(2, 5, 1, 4 * emb.shape[-2], 4 * emb.shape[-1])):
+                prompts = PromptBatch(points, labels, boxes, 5)
+                whole = decode_prompts(pd, emb, prompts, size, mask_input=mask_input)
+                calls.clear()
+                sliced = decode_prompts(pd, emb, prompts, size, mask_input=mask_input, rows=2)
+                assert calls == [2 * 2, 2 * 2, 2 * 1]  # B × rows per pass: slices 2, 2, 1 of K = 5
+                for a, b in zip((whole.logits, whole.iou, whole.tokens, whole.best), (sliced.logits, sliced.iou, sliced.tokens, sliced.best)):
+                    torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+                assert all(torch.equal(a, b) for a, b in zip(whole.masks, sliced.masks))
+    finally:
+        hook.remove()

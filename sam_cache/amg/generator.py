@@ -8,7 +8,7 @@ knobs start to matter:
 
 - `candidates`: the decoder pass. A grid of points, as single-point prompts with three masks each, goes
   through the one decode path (`decode.pipeline.decode_prompts`) for B tiles × K points at a time; the
-  masks are brought to each tile's size by SAM's postprocessing, scored (predicted IoU; stability for
+  masks are brought to each tile's size by SAM's postprocessing (in one resize), scored (predicted IoU; stability for
   every offset asked for), thresholded, boxed and run-length encoded. Candidates that no setting of the
   sweep would keep are dropped here.
 - `select`: one setting's filters on those candidates (predicted IoU, stability, box NMS, small regions
@@ -38,8 +38,7 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops.boxes import batched_nms
 
-from ..decode.decoder import upscale_masks
-from ..decode.pipeline import PromptBatch, decode_prompts
+from ..decode.pipeline import PromptBatch, decode_prompts, resize_logits
 from .knobs import Settings
 
 MASK_THRESHOLD = Sam.mask_threshold  # 0.0: logits above it are foreground
@@ -85,8 +84,7 @@ def candidates(decoder, embeddings: torch.Tensor, sizes: Sequence[tuple[int, int
                                  "best-iou", tile_masks=False)
             for b, t in enumerate(tiles):
                 h, w = sizes[t]
-                logits = upscale_masks(decoder, dec.logits[b].float(), resize.get_preprocess_shape(h, w, img_size),
-                                       (h, w))
+                logits = resize_logits(decoder, dec.logits[b].float(), (h, w))
                 pieces[t].append(_score(logits, dec.iou[b].float(), pts[b], (h, w), offsets, min_iou, min_stability))
     return [_joined(p) for p in pieces]
 

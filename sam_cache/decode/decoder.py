@@ -139,12 +139,21 @@ def decode(
     tokens = torch.cat((output_tokens, sparse), dim=1)
 
     emb = embeddings.to(device=device, dtype=dtype)
-    src = emb.unsqueeze(1).expand(B, K, *emb.shape[1:]).reshape(B * K, *emb.shape[1:])  # = repeat_interleave K
-    src = src + dense.to(dtype)
-    pos_src = image_pe.to(dtype).expand(B * K, -1, -1, -1)
-    b, c, h, w = src.shape
+    if B == 1 and mask_input is None:
+        # One image, one dense prompt (no_mask_embed) for every row: the image side enters the transformer
+        # once, as a batch of one, and its batched matmuls broadcast it against the K rows of tokens. The
+        # first block's image-side projections are then computed once, not K times, and no K-fold copy of
+        # the embedding is made; the arithmetic of each row is the same.
+        src = emb + dense[:1].to(dtype)
+        pos_src = image_pe.to(dtype)
+    else:
+        src = emb.unsqueeze(1).expand(B, K, *emb.shape[1:]).reshape(B * K, *emb.shape[1:])  # = repeat_interleave K
+        src = src + dense.to(dtype)
+        pos_src = image_pe.to(dtype).expand(B * K, -1, -1, -1)
+    c, h, w = src.shape[1:]
 
     hs, src = md.transformer(src, pos_src, tokens)
+    b = hs.shape[0]
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : (1 + md.num_mask_tokens), :]
 

@@ -3,18 +3,19 @@
 Training, validation, `evaluate`, `ablate`, and later `segment` and `predict` all call `decode_prompts`;
 nothing else turns prompts into masks. It runs the batched decoder pass (B cached tiles × K prompts),
 picks a candidate per prompt (`single`: SAM's single-mask output; `best-iou`: the best of 3 by
-predicted IoU) and brings the chosen masks back to each tile's valid size through SAM's postprocessing
-(upscale to the input size, crop the padding, resize).
+predicted IoU) and brings the chosen masks back to each tile's valid size (SAM's postprocessing, in one
+resize: `tile_logits`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from .decoder import upscale_masks
 from .prompts import Prompts
 
 
@@ -57,30 +58,64 @@ class DecodeOutput:
 
 def decode_prompts(decoder, embeddings: torch.Tensor, prompts: PromptBatch, valid_size: torch.Tensor,
                    mask_mode: str = "best-iou", mask_input: torch.Tensor | None = None,
-                   tile_masks: bool = True) -> DecodeOutput:
+                   tile_masks: bool = True, rows: int | None = None) -> DecodeOutput:
     """Decode K prompts on each of B cached embeddings [B, C, h, w]; valid_size [B, 2] is each tile's (h, w).
 
     Differentiable unless `tile_masks` (the masks at tile size are thresholded, so they carry no
-    gradient). `mask_input` [B, K, 1, L, L] feeds earlier logits back as SAM's mask prompt."""
+    gradient). `mask_input` [B, K, 1, L, L] feeds earlier logits back as SAM's mask prompt. `rows` caps
+    the prompts per decoder pass (the K prompts go in slices of at most `rows`; None: all in one pass):
+    the result is the same, only memory and speed change (`rows_per_pass`)."""
     device = decoder.mask_decoder.iou_token.weight.device
-    move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-    out = decoder(move(embeddings), points=move(prompts.points), labels=move(prompts.labels),
-                  boxes=move(prompts.boxes), multimask=mask_mode == "best-iou", n_prompts=prompts.n,
-                  mask_input=move(mask_input))
-    best = out.iou.argmax(-1)
-    result = DecodeOutput(out.logits, out.iou, out.tokens, best, None)
+    move = lambda t, k: None if t is None else t[:, k].to(device, non_blocking=True)  # noqa: E731
+    step = prompts.n if not rows else max(1, int(rows))
+    parts = []
+    for k in (slice(i, i + step) for i in range(0, prompts.n, step)):
+        parts.append(decoder(embeddings.to(device, non_blocking=True), points=move(prompts.points, k),
+                             labels=move(prompts.labels, k), boxes=move(prompts.boxes, k),
+                             multimask=mask_mode == "best-iou", n_prompts=len(range(prompts.n)[k]),
+                             mask_input=move(mask_input, k)))
+    logits, iou, tokens = (p[0] if len(parts) == 1 else torch.cat(p, 1) for p in zip(*parts))
+    best = iou.argmax(-1)
+    result = DecodeOutput(logits, iou, tokens, best, None)
     if tile_masks:
         with torch.no_grad():
             result.masks = [t > 0 for t in tile_logits(decoder, result.chosen.detach().float(), valid_size)]
     return result
 
 
+def rows_per_pass(device) -> int | None:
+    """Prompts per decoder pass for inference on `device`. On a CPU, small passes keep each row's
+    4096×256 image-side tensors in cache: 4 rows per pass decoded about 1.5× faster than 48 on the 2-core
+    machine of benchmarks/RESULTS.md (`benchmarks/ablate_speed.py --rows`). A GPU takes every row at once."""
+    return 4 if torch.device(device).type == "cpu" else None
+
+
 def tile_logits(decoder, logits: torch.Tensor, valid_size: torch.Tensor) -> list[torch.Tensor]:
-    """Per tile: low-res logits [K, L, L] -> logits [K, h, w] at the tile's valid size (SAM's postprocessing)."""
-    img_size = decoder.img_size[0]
-    out = []
-    for b in range(logits.shape[0]):
-        h, w = (int(v) for v in valid_size[b])
-        input_size = ResizeLongestSide.get_preprocess_shape(h, w, img_size)
-        out.append(upscale_masks(decoder, logits[b][:, None], input_size, (h, w))[:, 0])
-    return out
+    """Per tile: low-res logits [K, L, L] -> logits [K, h, w] at the tile's valid size, in one resize.
+
+    SAM's postprocessing (`Sam.postprocess_masks`, `decoder.upscale_masks`) upsamples the logits to the
+    model input (L -> 1024), crops the padding and resizes to the tile: two bilinear interpolations, each
+    a fixed linear map along each axis. Their product is one small matrix per axis (`_resize_matrix`,
+    built by running SAM's own interpolations on the identity), so the tile's logits are one matrix
+    product on each side of the low-res logits: the same values to float rounding, without the 1024²
+    intermediate of every prompt."""
+    return [resize_logits(decoder, logits[b], [int(v) for v in valid_size[b]]) for b in range(logits.shape[0])]
+
+
+def resize_logits(decoder, logits: torch.Tensor, size) -> torch.Tensor:
+    """One tile's low-res logits [..., L, L] -> [..., h, w] at its valid size `size` (h, w): `tile_logits`."""
+    h, w = size
+    img_size = decoder.img_size
+    th, tw = ResizeLongestSide.get_preprocess_shape(h, w, img_size[0])
+    rows = _resize_matrix(logits.shape[-2], img_size[0], th, h).to(logits)
+    cols = _resize_matrix(logits.shape[-1], img_size[1], tw, w).to(logits)
+    return rows @ logits @ cols.T
+
+
+@lru_cache(maxsize=256)
+def _resize_matrix(low: int, size: int, valid: int, out: int) -> torch.Tensor:
+    """[out, low]: SAM's postprocessing along one axis (bilinear low -> size, keep the first `valid`,
+    bilinear -> out) as a matrix, from the same `F.interpolate` calls applied to the identity."""
+    eye = torch.eye(low, dtype=torch.float64).reshape(low, 1, low, 1)
+    up = F.interpolate(eye, (size, 1), mode="bilinear", align_corners=False)[:, :, :valid]
+    return F.interpolate(up, (out, 1), mode="bilinear", align_corners=False).reshape(low, out).T.contiguous()

@@ -27,7 +27,7 @@ import xarray as xr
 from .. import options as O
 from ..decode import prompts as P
 from ..choices import MASK_MODES, MIN_AREA
-from ..decode.pipeline import PromptBatch, decode_prompts
+from ..decode.pipeline import PromptBatch, decode_prompts, rows_per_pass
 from ..progress import Progress
 from ..runs import checkpoint_name, load_decoder
 from ..store import schema as S
@@ -106,7 +106,8 @@ def _predictor(decoder, emb, size, mask_mode):
     """`corrective_rounds`' predict for one decoder on one cached embedding: one `decode_prompts` pass."""
     def predict(prompts: P.Prompts, mask_input):
         out = decode_prompts(decoder, emb, PromptBatch.of(prompts), size, mask_mode,
-                             mask_input=None if mask_input is None else mask_input[None, :, None])
+                             mask_input=None if mask_input is None else mask_input[None, :, None],
+                             rows=rows_per_pass(emb.device))
         return out.masks[0].cpu(), out.chosen[0]
     return predict
 
