@@ -171,7 +171,9 @@ def embed(
                                               rich_help_panel=INTENSITY),
     window: Optional[str] = typer.Option(None, help="CT window: a preset (abdomen, soft-tissue, liver, lung, bone, "
                                          "brain) or LEVEL,WIDTH in HU.", rich_help_panel=INTENSITY),
-    model: str = typer.Option("vit_h", help="SAM type: vit_h, vit_l, vit_b, or tiny (untrained, for smoke runs).",
+    model: str = typer.Option("vit_h", help="SAM type: " + ", ".join(C.MODEL_TYPES) + " (vit_t: MobileSAM, needs "
+                              "the mobile_sam package; tiny: untrained, for smoke runs), auto (the type the "
+                              "--checkpoint's shapes fit), or a type a package registers (`samcache.models` entry point).",
                               rich_help_panel=MODEL),
     checkpoint: Optional[Path] = typer.Option(None, help="SAM checkpoint; default $SAMCACHE_CHECKPOINT, the local "
                                               "cache dir, or the official download (sha256 checked).",

@@ -17,7 +17,7 @@ _EXPORTS = {
     "describe": "store.info", "format_info": "store.info", "verify": "store.info", "CacheReader": "store.reader",
     "open_cache": "store.reader", "FinetuneConfig": "train.finetune", "FinetuneResult": "train.finetune",
     "finetune": "train.finetune", "segment": "amg.segment", "SegmentResult": "amg.segment",
-    "predict": "infer.predict", "PredictResult": "infer.predict",
+    "predict": "infer.predict", "PredictResult": "infer.predict", "register_model": "registry",
     "classify": None, "runs": None,
 }
 __all__ = [*_EXPORTS, "__version__"]

@@ -6,7 +6,8 @@ PROMPTS = ("box", "box-jitter", "box-larger", "center-point", "random-point", "r
            "box+point", "none")  # decode.prompts registers exactly these
 DEFAULT_PROMPTS = ("box", "box-larger", "center-point", "random-point", "random-3-points")
 MASK_MODES = ("single", "best-iou")  # SAM's single-mask output, or the best of 3 by predicted IoU
-MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")
+# the built-in --model types (sam_cache.registry builds them; sam_cache.register_model adds more)
+MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_t", "tiny")
 LABEL_KINDS = ("auto", "binary", "instance", "class")
 INTENSITY_MODES = ("auto", "none", "minmax", "percentile", "window")
 DTYPES = ("float16", "float32")

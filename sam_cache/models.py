@@ -1,4 +1,5 @@
-"""SAM models: segment_anything's registry, checkpoints (path, env, cache dir, verified download) and `tiny`.
+"""SAM models: building one by its registered type (`registry`), checkpoints (path, env, cache dir, verified
+download, the type their shapes fit) and `tiny`.
 
 `tiny` is a small random-init SAM built from segment_anything's own classes. It keeps SAM's interfaces
 (1024² input, 256×64×64 embeddings) so every code path and the cache format are the same, and it runs
@@ -16,32 +17,11 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from . import registry
 from .errors import CheckpointError
-
-from .choices import MODEL_TYPES  # noqa: E402
-
-# Official checkpoints (segment-anything README) and their sha256.
-CHECKPOINTS = {
-    "vit_h": (
-        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-    ),
-    "vit_l": (
-        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-    ),
-    "vit_b": (
-        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-    ),
-}
-
-# Image-encoder width of each type: how a checkpoint's type is recognised.
-ENCODER_WIDTH = {"vit_h": 1280, "vit_l": 1024, "vit_b": 768, "tiny": 32}
-SEED = 0
+from .registry import AUTO, CHECKPOINTS, SEED, register_model, registered_models, unregister_model  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -108,14 +88,6 @@ def tiny_config(state: dict) -> dict:
     )
 
 
-def _architecture(model_type: str) -> Sam:
-    """The untrained architecture, initialised from a fixed seed so reruns and resumes agree."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
-        sam = build_tiny() if model_type == "tiny" else sam_model_registry[model_type](checkpoint=None)
-    return sam.eval()
-
-
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -133,11 +105,23 @@ def weights_sha256(sam: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def detect_type(state_dict: dict) -> str | None:
-    w = state_dict.get("image_encoder.patch_embed.proj.weight")
-    if w is None:
-        return None
-    return {v: k for k, v in ENCODER_WIDTH.items()}.get(int(w.shape[0]))
+def detect_type(state_dict: dict, prefer: str | None = None) -> str | None:
+    """The registered model type whose shapes fit this state dict (`prefer` when it does), or None."""
+    return registry.detect(state_dict, prefer)
+
+
+def _fitting(model_type: str, state: dict, path: Path) -> registry.ModelEntry:
+    """The entry of `model_type` if the checkpoint fits it (any type for `auto`), else a clear error."""
+    found = detect_type(state, None if model_type == AUTO else model_type)
+    if found is None:
+        raise CheckpointError(
+            f"{path}: its weights fit no registered model ({', '.join(registered_models())}): it holds "
+            f"{registry.describe(state)}. Register its builder with sam_cache.register_model, or pass another "
+            "checkpoint")
+    if model_type not in (AUTO, found):
+        raise CheckpointError(f"{path}: this is a {found} checkpoint, not {model_type}; "
+                              f"pass --model {found} or another checkpoint")
+    return registry.get(found)
 
 
 def load_state_dict(path: str | Path) -> dict:
@@ -165,9 +149,11 @@ def resolve_checkpoint(model_type: str, checkpoint: str | Path | None = None, do
         return Path(checkpoint)
     if os.environ.get("SAMCACHE_CHECKPOINT"):
         return Path(os.environ["SAMCACHE_CHECKPOINT"])
-    if model_type not in CHECKPOINTS:
-        raise CheckpointError(f"model type {model_type!r} has no official checkpoint")
-    url, sha = CHECKPOINTS[model_type]
+    official = None if model_type == AUTO else registry.get(model_type).checkpoint
+    if official is None:
+        raise CheckpointError(f"model type {model_type!r} has no official checkpoint to download: pass --checkpoint "
+                              "PATH (or set $SAMCACHE_CHECKPOINT)")
+    url, sha = official
     local = cache_dir() / url.rsplit("/", 1)[-1]
     if local.is_file():
         return local
@@ -197,29 +183,30 @@ def load_sam(
     random_init: bool = False,
     download: bool = True,
 ) -> tuple[Sam, ModelSpec]:
-    """Build a SAM of `model_type` and load its weights. Returns the model (eval mode, CPU) and its spec.
+    """Build a SAM of `model_type` (a registered name, see `registry`) and load its weights. Returns the
+    model (eval mode, CPU) and its spec.
 
-    `tiny` without a checkpoint, and any type with `random_init`, are random init from a fixed seed.
+    A checkpoint loads by its shapes: any file that fits the type's architecture (a finetuned vit_b such as
+    micro-sam's or MedSAM's is a vit_b), with its own sha256 in the spec. `auto` takes the type whose shapes
+    the checkpoint fits. `tiny` without a checkpoint, and any type with `random_init`, are random init from
+    a fixed seed.
     """
-    if model_type not in MODEL_TYPES:
-        raise CheckpointError(f"unknown model type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
-    if random_init or (model_type == "tiny" and checkpoint is None):
-        sam = _architecture(model_type)
-        return sam, ModelSpec(model_type, None, "random-init:" + weights_sha256(sam), trained=False)
+    if model_type == AUTO and (random_init or (checkpoint is None and not os.environ.get("SAMCACHE_CHECKPOINT"))):
+        raise CheckpointError("--model auto takes the type from a checkpoint's shapes: pass --checkpoint, or name "
+                              "the type")
+    entry = None if model_type == AUTO else registry.get(model_type)
+    if entry is not None and (random_init or (not entry.trained and checkpoint is None)):
+        sam = entry.build()
+        return sam, ModelSpec(entry.name, None, "random-init:" + weights_sha256(sam), trained=False)
     path = resolve_checkpoint(model_type, checkpoint, download=download)
     state = load_state_dict(path)
-    found = detect_type(state)
-    if found != model_type:
-        raise CheckpointError(
-            f"{path}: this is a {found or 'non-SAM'} checkpoint, not {model_type}; "
-            f"pass --model {found} or another checkpoint" if found else f"{path}: not a SAM checkpoint"
-        )
+    entry = _fitting(model_type, state, path)
     try:
-        sam = build_tiny(**tiny_config(state)).eval() if model_type == "tiny" else _architecture(model_type)
+        sam = entry.build(state)
         sam.load_state_dict(state)
     except (RuntimeError, KeyError, IndexError) as e:
-        raise CheckpointError(f"{path}: weights do not fit SAM {model_type}: {e}") from e
-    return sam, ModelSpec(model_type, str(path), file_sha256(path), trained=model_type != "tiny")
+        raise CheckpointError(f"{path}: weights do not fit SAM {entry.name}: {e}") from e
+    return sam, ModelSpec(entry.name, str(path), file_sha256(path), trained=entry.trained)
 
 
 def load_sam_or_tiny(model_type: str, checkpoint=None, random_init: bool = False, log=print):
@@ -242,14 +229,10 @@ def save_checkpoint(sam: torch.nn.Module, path: str | Path) -> Path:
 
 
 def _prompt_modules(model_type: str, state: dict | None):
-    """PromptEncoder + MaskDecoder as segment_anything's registry builds them for `model_type` (or as the tiny
-    checkpoint's shapes say), with uninitialised weights for the caller to load. The registry builds on
-    the meta device, so the image encoder costs no memory and no time."""
-    if model_type == "tiny":
-        sam = build_tiny(**(tiny_config(state) if state else {}))  # tiny's encoder is negligible
-        return sam.prompt_encoder, sam.mask_decoder
-    with torch.device("meta"):
-        sam = sam_model_registry[model_type](checkpoint=None)
+    """PromptEncoder + MaskDecoder as the registered builder makes them for `model_type` (or as the
+    checkpoint's shapes say, for tiny), with uninitialised weights for the caller to load. Built on the
+    meta device where the builder allows, so the image encoder costs no memory and no time."""
+    sam = registry.get(model_type).skeleton(state)
     return sam.prompt_encoder.to_empty(device="cpu"), sam.mask_decoder.to_empty(device="cpu")
 
 
@@ -263,6 +246,11 @@ def load_decoder(model: dict, checkpoint: str | Path | None = None):
     from .decode.decoder import PromptDecoder
 
     model_type, want = model["type"], model["checkpoint_sha256"]
+    if model_type not in registry.registered_models():
+        raise CheckpointError(
+            f"this cache was embedded with model {model_type!r}, which is not registered in this process: call "
+            f"sam_cache.register_model({model_type!r}, builder) with the builder it was embedded with before "
+            f"finetuning or scoring it (or install the package that registers it under `{registry.ENTRY_POINTS}`)")
     if want.startswith("random-init:"):
         sam, spec = load_sam(model_type, random_init=True)
         decoder = PromptDecoder.from_sam(sam)

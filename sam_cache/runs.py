@@ -193,7 +193,8 @@ def load_decoder(reader, spec: str, base_checkpoint=None):
         state = run.decoder_weights()
     elif path.is_file():
         state = load_state_dict(path)
-        found = detect_type(state) if "image_encoder.patch_embed.proj.weight" in state else None
+        found = (detect_type(state, reader.model["type"]) if any(k.startswith("image_encoder.") for k in state)
+                 else None)
         if found is not None and found != reader.model["type"]:
             raise CheckpointError(f"{path}: a {found} checkpoint; this cache was embedded with {reader.model['type']}")
     else:

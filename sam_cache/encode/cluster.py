@@ -7,6 +7,10 @@
 - Without a coordinator (`--rank R --world-size W`, or RANK/WORLD_SIZE from the environment, as SLURM
   arrays and torchrun set them) a process takes shards R, R+W, R+2W… of the same plan.
 
+Workers rebuild the model by its type name: a model registered from Python (`sam_cache.register_model`)
+must be registered in each worker too (`client.run(register)`, or a package's `samcache.models` entry
+point); `check_model` refuses the cluster before anything is written when one is not.
+
 A task first checks its shard's flags, so a shard recomputed after its worker died (dask reruns the
 lost work of a killed worker elsewhere) is never written twice. A worker killed mid-shard loses only
 that shard: its flags were never set, and the rerun writes it whole.
@@ -117,6 +121,22 @@ def worker_device(client, device: str | None) -> str:
     if len(found) != 1:
         raise OptionError(f"the cluster's workers have different devices ({', '.join(sorted(found))}); pass --device")
     return found.pop()
+
+
+def check_model(client, model: str) -> None:
+    """Refuse a cluster whose workers do not know `model` (a type registered only in this process)."""
+
+    def known():
+        from ..registry import registered_models
+
+        return model in registered_models()
+
+    missing = sorted(w for w, ok in client.run(known).items() if not ok)
+    if missing:
+        raise OptionError(f"model {model!r} is not registered on {len(missing)} worker(s) ({missing[0]}, ...): a model "
+                          "registered with sam_cache.register_model exists only in the process that registered it. "
+                          "Register it on the workers too (client.run(your_register_function)) or through a "
+                          "package's `samcache.models` entry point")
 
 
 def encoder_for(job: Job):

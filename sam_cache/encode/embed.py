@@ -212,6 +212,7 @@ def embed(
     with cluster.connect(scheduler, workers, device, on_cluster) as (client, threads):
         if client is not None:  # the workers encode: here only the identity is needed
             device = cluster.worker_device(client, device)
+            cluster.check_model(client, mspec.type)
         encoder = Encoder(sam, device, precision, fast=fast, place=client is None)
         del sam  # only the image encoder is needed here
         _warn(p, spec, encoder.img_size, log)

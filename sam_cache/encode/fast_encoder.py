@@ -43,8 +43,9 @@ class SDPAAttention(torch.nn.Module):
 
 
 def optimize(image_encoder: torch.nn.Module) -> torch.nn.Module:
-    """Swap every block's attention for SDPAAttention, in place; the state dict keys stay the same."""
-    for block in image_encoder.blocks:
-        if isinstance(block.attn, Attention):
+    """Swap every block's attention for SDPAAttention, in place; the state dict keys stay the same. An encoder
+    that is not segment_anything's ViT (MobileSAM's TinyViT, a registered one) is left as it is."""
+    for block in getattr(image_encoder, "blocks", ()):
+        if isinstance(getattr(block, "attn", None), Attention):
             block.attn = SDPAAttention(block.attn)
     return image_encoder
