@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from common import save, table
 from finetune_speed import em_cache
+from sam_cache.eval import runner
 from sam_cache.eval.runner import Request, load_decoders, score_samples
 from sam_cache.store.reader import CacheReader
 
@@ -27,6 +28,8 @@ def main():
     ap.add_argument("--samples", type=int, default=None, help="score only the first S samples (default: all N)")
     ap.add_argument("--min-area", type=int, default=1, help="objects smaller than this are not scored")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--rows", default=None, help="prompts per decoder pass, comma-separated to compare several "
+                    "(0: all of a tile's prompts in one pass); default: the runner's own `rows_per_pass`")
     args = ap.parse_args()
     path = em_cache(args.model, args.n, args.device)
     reader = CacheReader(path)
@@ -39,15 +42,20 @@ def main():
         reader.embedding(int(i))
         reader.objects(int(i), args.min_area)
     read = time.perf_counter() - t
-    score_samples(reader, idx[:1], request, decoders, args.device)  # warm-up
-    t = time.perf_counter()
-    r, _ = score_samples(reader, idx, request, decoders, args.device)
-    total = time.perf_counter() - t
-    n_prompts = r.sizes["object"] * len(prompts) * len(decoders)
-    rows = [{"samples": len(idx), "objects": r.sizes["object"], "prompts": n_prompts, "seconds": total,
-             "prompts_per_s": n_prompts / total, "read_share": read / total, "decode_share": 1 - read / total}]
+    rows = []
+    for setting in (args.rows.split(",") if args.rows else [None]):
+        if setting is not None:  # the sweep replaces the runner's choice, for this process only
+            runner.rows_per_pass = lambda device, n=int(setting): n or None
+        score_samples(reader, idx[:1], request, decoders, args.device)  # warm-up
+        t = time.perf_counter()
+        r, _ = score_samples(reader, idx, request, decoders, args.device)
+        total = time.perf_counter() - t
+        n_prompts = r.sizes["object"] * len(prompts) * len(decoders)
+        rows.append({"rows_per_pass": setting or f"auto ({runner.rows_per_pass(args.device)})", "samples": len(idx),
+                     "objects": r.sizes["object"], "prompts": n_prompts, "seconds": total,
+                     "prompts_per_s": n_prompts / total, "read_share": read / total, "decode_share": 1 - read / total})
     print(f"{args.model} decoder on {args.device}, prompts {prompts}")
-    print(table(rows, ["samples", "objects", "prompts", "seconds", "prompts_per_s", "read_share", "decode_share"]))
+    print(table(rows, ["rows_per_pass", "samples", "objects", "prompts", "seconds", "prompts_per_s", "read_share", "decode_share"]))
     print("results:", save(f"ablate_{args.model}_{torch.device(args.device).type}", vars(args), rows))
 
 

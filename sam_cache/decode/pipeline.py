@@ -83,6 +83,28 @@ def decode_prompts(decoder, embeddings: torch.Tensor, prompts: PromptBatch, vali
     return result
 
 
+def decode_tiles(decoder, embeddings: torch.Tensor, prompts: list[Prompts], valid_size: torch.Tensor,
+                 mask_mode: str = "best-iou", rows: int | None = None) -> list[torch.Tensor]:
+    """The prompts of many tiles in passes that cross tiles: tile n's prompts `prompts[n]` on its embedding
+    `embeddings[n]` (all N on the device), every prompt a row, `rows` rows per pass (None: all at once).
+    Per tile, its bool masks [K_n, h_n, w_n]: what `decode_prompts(...).masks[0]` gives tile by tile. For a
+    GPU, where the prompts of one tile are too few to fill a pass."""
+    counts = torch.tensor([len(p.valid) for p in prompts])
+    image_of = torch.repeat_interleave(torch.arange(len(prompts)), counts)
+    joined = lambda name: None if getattr(prompts[0], name) is None else torch.cat([getattr(p, name) for p in prompts])  # noqa: E731
+    points, labels, boxes = joined("points"), joined("labels"), joined("boxes")
+    step = rows or max(1, len(image_of))
+    masks = []
+    for r in range(0, len(image_of), step):
+        idx = image_of[r:r + step]
+        row = lambda t: None if t is None else t[r:r + step, None]  # noqa: E731 - each row a tile of one prompt
+        out = decode_prompts(decoder, embeddings[idx.to(embeddings.device)], PromptBatch(row(points), row(labels), row(boxes), 1),
+                             valid_size[idx], mask_mode)
+        masks += [m[0] for m in out.masks]
+    return [torch.stack(masks[a:b]) if b > a else torch.zeros(0, *valid_size[n].tolist(), dtype=torch.bool)
+            for n, (a, b) in enumerate(zip([0, *counts.cumsum(0).tolist()], counts.cumsum(0).tolist()))]
+
+
 def rows_per_pass(device) -> int | None:
     """Prompts per decoder pass for inference on `device`. On a CPU, small passes keep each row's
     4096×256 image-side tensors in cache: 4 rows per pass decoded about 1.5× faster than 48 on the 2-core

@@ -16,7 +16,7 @@ import torch
 import xarray as xr
 
 from ..decode import prompts as P
-from ..decode.pipeline import PromptBatch, decode_prompts
+from ..decode.pipeline import PromptBatch, decode_prompts, rows_per_pass
 from ..infer.place import Tiles
 from ..ingest.labels import objects
 from ..store import schema as S
@@ -35,7 +35,7 @@ def score_images(reader, decoder, prompt: str, seed: int = 0, mask_mode: str = "
     an oracle)."""
     if decode is None:
         def decode(emb, batch, size):
-            return decode_prompts(decoder, emb.to(device), batch, size, mask_mode).masks[0].cpu()
+            return decode_prompts(decoder, emb.to(device), batch, size, mask_mode, rows=rows_per_pass(device)).masks[0].cpu()
     tiles, img_size = Tiles(reader), reader.attrs["preprocessing"]["img_size"]
     wanted = None if samples is None else set(np.asarray(samples).tolist())
     rows, values = [], []

@@ -21,7 +21,7 @@ from .. import options as O
 from ..amg import outputs
 from ..choices import MASK_MODES, MIN_AREA, PROMPTS
 from ..decode import prompts as P
-from ..decode.pipeline import PromptBatch, decode_prompts
+from ..decode.pipeline import PromptBatch, decode_prompts, rows_per_pass
 from ..encode.encoder import default_device
 from ..eval.metrics import counts, from_counts, scores as mask_scores
 from ..ingest.labels import instance_map
@@ -116,7 +116,8 @@ def decode_placed(reader, decoder, placed: list[Placed], mask_mode: str, on_prom
         batch = PromptBatch(None if points is None else points[None], None if labels is None else labels[None],
                             None if boxes is None else boxes[None], len(members))
         emb = torch.from_numpy(reader.embedding(i))[None].float()
-        out = decode_prompts(decoder, emb, batch, torch.tensor([[h, w]]), mask_mode)
+        out = decode_prompts(decoder, emb, batch, torch.tensor([[h, w]]), mask_mode,
+                             rows=rows_per_pass(next(decoder.parameters()).device))
         iou = torch.take_along_dim(out.iou[0], out.best[0][:, None], 1)[:, 0].float().cpu().numpy()
         for r, n in enumerate(members):
             masks[n], scores[n] = out.masks[0][r].cpu().numpy(), float(iou[r])
