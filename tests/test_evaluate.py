@@ -149,6 +149,26 @@ def test_counts_are_kept_and_scores_derive_from_them(grid):
                                   np.where(valid[..., 0, :], r.area.values[:, None, None], np.nan))
 
 
+def test_passes_across_samples_score_as_sample_by_sample(rect_cache, run):
+    """How a GPU decodes (one round's prompts of all samples together, `decode_tiles`) gives the counts and
+    example masks that decoding sample by sample gives (CPU)."""
+    from sam_cache.eval.runner import Request, load_decoders, score_samples
+    from sam_cache.store.reader import CacheReader
+
+    reader = CacheReader(rect_cache)
+    request = Request(("box", "random-3-points"), ("base", str(run)), seeds=(0, 1), min_area=1).check()
+    decoders = load_decoders(reader, request, "cpu")
+    idx = np.arange(len(reader.coord("source")))
+    one, kept_one = score_samples(reader, idx, request, decoders, keep={1}, across=False)
+    many, kept_many = score_samples(reader, idx, request, decoders, keep={1}, across=True)
+    assert one.sizes["object"] > 4 and np.isfinite(one.tp.values).any()
+    for k in ("tp", "fp", "fn"):
+        np.testing.assert_array_equal(one[k].values, many[k].values)
+    assert [k[0] for k in kept_one] == [k[0] for k in kept_many] == [1]
+    for name in request.names:
+        np.testing.assert_array_equal(kept_one[0][3][name], kept_many[0][3][name])
+
+
 @pytest.mark.slow
 def test_partitioning_and_distributed_cluster_give_identical_results(grid, rect_cache, run, tmp_path):
     from distributed import LocalCluster

@@ -105,11 +105,21 @@ def decode_tiles(decoder, embeddings: torch.Tensor, prompts: list[Prompts], vali
             for n, (a, b) in enumerate(zip([0, *counts.cumsum(0).tolist()], counts.cumsum(0).tolist()))]
 
 
+ROW_BYTES = 64 << 20  # device memory one prompt row may take in an inference pass (SAM's decoder at 256×64×64)
+
+
 def rows_per_pass(device) -> int | None:
     """Prompts per decoder pass for inference on `device`. On a CPU, small passes keep each row's
     4096×256 image-side tensors in cache: 4 rows per pass decoded about 1.5× faster than 48 on the 2-core
-    machine of benchmarks/RESULTS.md (`benchmarks/ablate_speed.py --rows`). A GPU takes every row at once."""
-    return 4 if torch.device(device).type == "cpu" else None
+    machine of benchmarks/RESULTS.md (`benchmarks/ablate_speed.py --rows`). On a GPU, as many rows as half
+    its free memory holds at `ROW_BYTES` each (at most 1024)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return 4
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(max(1, min(1024, free // 2 // ROW_BYTES)))
+    return None
 
 
 def tile_logits(decoder, logits: torch.Tensor, valid_size: torch.Tensor) -> list[torch.Tensor]:

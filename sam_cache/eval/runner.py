@@ -15,6 +15,7 @@ samples the runner also keeps the predicted masks, so figures show exactly what 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,7 +28,7 @@ import xarray as xr
 from .. import options as O
 from ..decode import prompts as P
 from ..choices import MASK_MODES, MIN_AREA
-from ..decode.pipeline import PromptBatch, decode_prompts, rows_per_pass
+from ..decode.pipeline import PromptBatch, decode_prompts, decode_tiles, rows_per_pass
 from ..progress import Progress
 from ..runs import checkpoint_name, load_decoder
 from ..store import schema as S
@@ -114,51 +115,93 @@ def _predictor(decoder, emb, size, mask_mode):
 
 @torch.no_grad()
 def score_samples(reader: CacheReader, indices, request: Request, decoders: dict, device="cpu",
-                  on_sample=None, keep=()) -> tuple[xr.Dataset, list]:
+                  on_sample=None, keep=(), across: bool | None = None) -> tuple[xr.Dataset, list]:
     """Counts of every object of `indices` for every prompt × decoder × seed (and round of corrective clicks:
     `request.iterations`); and, for the samples in `keep`, the masks behind them (first prompt, first seed,
-    last round): (sample, true masks, ids, {name: masks})."""
+    last round): (sample, true masks, ids, {name: masks}).
+
+    On a CPU each sample is decoded on its own (its prompts in passes of `rows_per_pass`); on a GPU, one
+    round's prompts of all the samples go through the decoder together (`decode_tiles`), to fill its passes
+    (`across`: None decides by the device; corrective clicks always go sample by sample)."""
     names = list(decoders)
     img_size = decoders[names[0]].img_size[0]
-    Pn, Cn, Sn, In = len(request.prompts), len(names), len(request.seeds), request.iterations
+    Pn, Sn, In = len(request.prompts), len(request.seeds), request.iterations
+    tiles = [t for t in (_tile(reader, int(i), request, img_size, device, i in keep) for i in indices) if t]
+    progress = on_sample or (lambda: None)
+    for _ in range(len(indices) - len(tiles)):  # samples with no object to score
+        progress()
+
+    def score(t: _Tile, rounds: list, p: int, c: int, s: int) -> None:
+        for i, pred in enumerate(rounds):
+            cnt = counts(pred, t.true)
+            t.out[:, p, c, s, i] = torch.stack([cnt[k] for k in COUNTS], -1).numpy()
+        if t.shown is not None and p == 0 and s == 0:
+            t.shown[names[c]] = rounds[-1].numpy()
+
+    if across is None:
+        across = torch.device(device).type != "cpu"
+    if across and In == 1 and tiles:
+        embeddings, sizes = torch.cat([t.emb for t in tiles]), torch.cat([t.size for t in tiles])
+        for (p, s), (c, name) in itertools.product(np.ndindex(Pn, Sn), enumerate(names)):
+            found = decode_tiles(decoders[name], embeddings, [t.prompts[p][s] for t in tiles], sizes,
+                                 request.mask_mode, rows_per_pass(device))
+            for t, masks in zip(tiles, found):
+                score(t, [masks.cpu()], p, c, s)
+        for _ in tiles:
+            progress()
+    else:
+        for t in tiles:
+            for (p, s), (c, name) in itertools.product(np.ndindex(Pn, Sn), enumerate(names)):
+                predict = _predictor(decoders[name], t.emb, t.size, request.mask_mode)
+                score(t, corrective_rounds(predict, t.prompts[p][s], t.true, In, img_size), p, c, s)
+            progress()
     rows, values, valid, kept = [], [], [], []
-    for index in np.asarray(indices, dtype=int):
-        masks, ids = reader.objects(index, request.min_area, request.labels)
-        if len(ids):
-            h, w = reader.valid_size(index)
-            emb = torch.from_numpy(reader.embedding(index))[None].to(device).float()  # one read and copy per sample
-            size = torch.tensor([[h, w]])
-            true = torch.from_numpy(masks)
-            out = np.full((len(ids), Pn, Cn, Sn, In, len(COUNTS)), np.nan)
-            ok = np.zeros((len(ids), Pn, Sn), bool)
-            shown = {}
-            for p, prompt in enumerate(request.prompts):
-                for s, seed in enumerate(request.seeds):
-                    pr = P.make_prompts(prompt, true, sample_generator(seed, 0, index), img_size,
-                                        **request.prompt_options)
-                    ok[:, p, s] = pr.valid.numpy()
-                    if index in keep and p == 0 and s == 0:
-                        shown["prompts"] = _tile_frame(pr, h, w, img_size)
-                    for c, name in enumerate(names):
-                        predict = _predictor(decoders[name], emb, size, request.mask_mode)
-                        rounds = corrective_rounds(predict, pr, true, In, img_size)
-                        for i, pred in enumerate(rounds):
-                            cnt = counts(pred, true)
-                            out[:, p, c, s, i] = torch.stack([cnt[k] for k in COUNTS], -1).numpy()
-                        if index in keep and p == 0 and s == 0:
-                            shown[name] = rounds[-1].numpy()
-                    out[~ok[:, p, s], p, :, s] = np.nan
-            classes = reader.classes(index, ids)
-            source = int(reader.coord(S.SOURCE)[index])
-            file = reader.source_name(source)
-            rows += [(int(index), source, int(i), cl, int(a), file) for i, cl, a in zip(ids, classes, masks.sum((1, 2)))]
-            values.append(out)
-            valid.append(ok)
-            if index in keep:
-                kept.append((int(index), masks, ids, shown))
-        if on_sample is not None:
-            on_sample()
+    for t in tiles:
+        for p, s in np.ndindex(Pn, Sn):
+            t.out[~t.ok[:, p, s], p, :, s] = np.nan
+        classes = reader.classes(t.index, t.ids)
+        source = int(reader.coord(S.SOURCE)[t.index])
+        file = reader.source_name(source)
+        rows += [(t.index, source, int(i), cl, int(a), file) for i, cl, a in zip(t.ids, classes, t.masks.sum((1, 2)))]
+        values.append(t.out)
+        valid.append(t.ok)
+        if t.shown is not None:
+            kept.append((t.index, t.masks, t.ids, t.shown))
     return _results(request, names, rows, values, valid, reader.path), kept
+
+
+@dataclass
+class _Tile:
+    """One sample being scored: its objects, embedding on the device, prompts [prompt][seed], counts."""
+
+    index: int
+    masks: np.ndarray
+    ids: np.ndarray
+    emb: torch.Tensor
+    size: torch.Tensor
+    true: torch.Tensor
+    prompts: list
+    out: np.ndarray
+    ok: np.ndarray
+    shown: dict | None
+
+
+def _tile(reader, index: int, request: Request, img_size: int, device, keep: bool) -> _Tile | None:
+    """Read a sample once (embedding, objects) and make its prompts; None when it has no object to score.
+    Prompts come from a generator seeded by (seed, sample), so they do not depend on the partition."""
+    masks, ids = reader.objects(index, request.min_area, request.labels)
+    if not len(ids):
+        return None
+    h, w = reader.valid_size(index)
+    true = torch.from_numpy(masks)
+    prompts = [[P.make_prompts(prompt, true, sample_generator(seed, 0, index), img_size, **request.prompt_options)
+                for seed in request.seeds] for prompt in request.prompts]
+    ok = np.array([[pr.valid.numpy() for pr in per_seed] for per_seed in prompts]).transpose(2, 0, 1)  # [K, prompt, seed]
+    shown = {"prompts": _tile_frame(prompts[0][0], h, w, img_size)} if keep else None
+    emb = torch.from_numpy(reader.embedding(index))[None].to(device).float()  # one read and copy per sample
+    out = np.full((len(ids), len(request.prompts), len(request.checkpoints), len(request.seeds), request.iterations,
+                   len(COUNTS)), np.nan)
+    return _Tile(index, masks, ids, emb, torch.tensor([[h, w]]), true, prompts, out, ok, shown)
 
 
 def _results(request, names, rows, values, valid, cache) -> xr.Dataset:
