@@ -30,6 +30,8 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--rows", default=None, help="prompts per decoder pass, comma-separated to compare several "
                     "(0: all of a tile's prompts in one pass); default: the runner's own `rows_per_pass`")
+    ap.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (to see whether it pays on a GPU; "
+                    "samcache itself decodes in float32)")
     args = ap.parse_args()
     path = em_cache(args.model, args.n, args.device)
     reader = CacheReader(path)
@@ -48,7 +50,8 @@ def main():
             runner.rows_per_pass = lambda device, n=int(setting): n or None
         score_samples(reader, idx[:1], request, decoders, args.device)  # warm-up
         t = time.perf_counter()
-        r, _ = score_samples(reader, idx, request, decoders, args.device)
+        with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
+            r, _ = score_samples(reader, idx, request, decoders, args.device)
         total = time.perf_counter() - t
         n_prompts = r.sizes["object"] * len(prompts) * len(decoders)
         rows.append({"rows_per_pass": setting or f"auto ({runner.rows_per_pass(args.device)})", "samples": len(idx),

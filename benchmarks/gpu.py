@@ -30,6 +30,7 @@ STEPS = [
     ("cache reads", "reads.py", "--n 1024 --workers 0,4", "--n 16 --workers 0", "reads"),
     ("finetune epoch", "finetune_speed.py", "--model vit_h --n 1980 --batch-size 32 --objects-per-sample 1", "--model tiny --n 8 --batch-size 4 --objects-per-sample 1", "finetune_{m}_{d}_k1"),
     ("ablation", "ablate_speed.py", "--model vit_h --n 1980 --samples 256", "--model tiny --n 8 --samples 2 --prompts box", "ablate_{m}_{d}"),
+    ("ablation bf16", "ablate_speed.py", "--model vit_h --n 1980 --samples 256 --bf16", "--model tiny --n 8 --samples 2 --prompts box --bf16", "ablate_{m}_{d}"),
     ("AMG", "amg.py", "--model vit_h --n 16 --points-per-side 32", "--model tiny --n 2 --points-per-side 4 --random-init-thresholds", "amg_{m}_{d}"),
     ("predict", "predict_speed.py", "--model vit_h --n 64", "--model tiny --n 2", "predict_{m}_{d}"),
     ("corrective clicks", "clicks.py", "--model vit_h --n 1980 --samples 64 --iterations 8", "--model tiny --n 2 --iterations 2", "clicks_{m}_{d}"),
@@ -56,7 +57,7 @@ def headline(step: str, rows: list[dict]) -> list[tuple[str, str]]:
         ways = {r["way"]: r for r in rows if "way" in r}
         ratio = next(r["ratio"] for r in rows if "ratio" in r)
         return [(w, f"{r['epoch_s']:.2f} s/epoch") for w, r in ways.items()] + [("from the cache vs encoder every step", f"{ratio:.1f}x")]
-    if step == "ablation":
+    if step.startswith("ablation"):
         r = rows[0]
         return [(f"{r['prompts']} prompts on {r['samples']} samples", f"{r['prompts_per_s']:.0f} prompts/s")]
     if step == "AMG":
