@@ -26,16 +26,22 @@ from sam_cache.train.data import ObjectSamples, Timed, loader
 from sam_cache.train.finetune import FinetuneConfig, make_optimizer, train_step
 
 
+def em_data(n: int):
+    """A dataset of N EM patches once embedded with --patch 256: the first ceil(N/4) slices (cycling through
+    the 30), each 4 patches of 256²."""
+    root = OUT / f"ft_data_{n}"
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        for i in range((n + 3) // 4):
+            shutil.copy(DATA / "em-isbi2012" / sub / f"{i % 30}.png", root / sub / f"{i:05d}.png")
+    return root
+
+
 def em_cache(model: str, n: int, device) -> str:
     """N EM patches: the first ceil(N/4) slices (cycling through the 30) cut into 4 patches of 256²."""
     path = OUT / f"ft_{model}_{n}.zarr"
     if not path.exists():
-        root = OUT / f"ft_data_{n}"
-        for sub in ("images", "labels"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-            for i in range((n + 3) // 4):
-                shutil.copy(DATA / "em-isbi2012" / sub / f"{i % 30}.png", root / sub / f"{i:05d}.png")
-        sam_cache.embed(root, path, model=model, random_init=True, patch=256, device=device, progress=True)
+        sam_cache.embed(em_data(n), path, model=model, random_init=True, patch=256, device=device, progress=True)
     return str(path)
 
 

@@ -165,6 +165,9 @@ def embed(
                                        rich_help_panel=TILES),
     skip_empty: bool = typer.Option(False, "--skip-empty", metavar="", help="Drop slices/tiles whose label holds no object.",
                                     rich_help_panel=TILES),
+    views: Optional[str] = typer.Option(None, help="Also store each tile under these transforms, comma-separated: "
+                                        + ", ".join(C.VIEWS[1:]) + " (extra samples with `view`, `view_of`; for "
+                                        "finetune/evaluate --views).", rich_help_panel=TILES),
     intensity: str = typer.Option("auto", help="To uint8: auto (uint8 as is, else min-max), none, minmax, percentile.",
                                   rich_help_panel=INTENSITY),
     percentiles: Optional[str] = typer.Option(None, help="Low,high percentiles for --intensity percentile.",
@@ -187,6 +190,9 @@ def embed(
     fast: Optional[bool] = typer.Option(None, "--fast/--no-fast", metavar="", help="SDPA attention (+ bf16 weights with "
                                         "bf16); default on for CUDA.", rich_help_panel=MODEL),
     dtype: str = typer.Option("float16", help="Embedding storage type: float16 or float32.", rich_help_panel=OUTPUT),
+    store: str = typer.Option("exact", help="How embeddings are kept: " + ", ".join(C.STORES) + " (exact: as "
+                              "--dtype; bitround:K: K mantissa bits; int8: a scale per channel, needs float16). "
+                              "Readers get floats back.", rich_help_panel=OUTPUT),
     shard_size: int = typer.Option(32, help="Samples per Zarr shard (the unit of writing and resuming).",
                                    rich_help_panel=OUTPUT),
     overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Rebuild OUTPUT if it was made differently.",
@@ -220,9 +226,9 @@ def embed(
         dataset, output, model=model, checkpoint=checkpoint, random_init=random_init,
         fallback_tiny=fallback_tiny, images=images, labels=labels, patch=_pair("--patch", patch),
         stride=_pair("--stride", stride), halo=halo, axis=axis, skip_empty=skip_empty, label_kind=label_kind,
-        intensity=sam_cache.Intensity.parse(intensity, window, percentiles), dtype=dtype,
+        intensity=sam_cache.Intensity.parse(intensity, window, percentiles), dtype=dtype, store=store,
         batch_size=batch_size, device=device, precision=precision, fast=fast, shard_size=shard_size,
-        read_workers=read_workers, overwrite=overwrite, skip_bad=skip_bad, scheduler=scheduler,
+        read_workers=read_workers, overwrite=overwrite, skip_bad=skip_bad, views=views or (), scheduler=scheduler,
         workers=_workers(workers), rank=rank, world_size=world_size, progress=not quiet, log=_say,
     )
     typer.echo(str(summary))
@@ -239,6 +245,9 @@ def finetune(
                                 rich_help_panel=OUTPUT),
     prompt: str = typer.Option("box", help="Prompt strategy: " + ", ".join(C.PROMPTS) + " (none: prompt-free, "
                                "trained to output the union of a tile's objects).", rich_help_panel=RECIPE),
+    views: str = typer.Option(C.TRAIN_VIEWS[0], help="identity (the tiles themselves) or random: each epoch, one "
+                              "stored view of each training tile (a cache made with embed --views); validation "
+                              "uses identity views.", rich_help_panel=RECIPE),
     labels: Optional[str] = typer.Option(None, help="Train on this label layer of the cache (e.g. pseudo-masks "
                                          "from `predict --write-layer`) instead of the ground truth, which still "
                                          "scores validation.", rich_help_panel=INPUT),
@@ -287,7 +296,7 @@ def finetune(
         batch_size=batch_size, objects_per_sample=objects_per_sample, min_area=min_area,
         multimask=not single_mask, val_fraction=val_fraction, split=split,
         split_file=str(split_file) if split_file else None, early_stopping=early_stopping,
-        seed=seed, workers=workers, labels=labels)
+        seed=seed, workers=workers, labels=labels, views=views)
     result = sam_cache.finetune(cache, out, config, checkpoint=checkpoint, device=device, resume=resume,
                                 progress=not quiet, log=_say, preload=preload, overwrite=overwrite)
     typer.echo(str(result))
@@ -329,6 +338,8 @@ def evaluate(
                                       rich_help_panel=OUTPUT),
     tolerance: float = typer.Option(C.TOLERANCE_MM, help="--per volume: the surface Dice's tolerance in mm (NIfTI "
                                     "spacing; other volumes in voxels).", rich_help_panel=SCORING),
+    views: str = typer.Option(C.EVAL_VIEWS[0], help="identity (the tiles themselves) or all: also every stored "
+                              "view (embed --views), with the mean and spread across views.", rich_help_panel=SCORING),
     propagate_from: str = typer.Option("box", help="--prompt propagate: how each object's middle slice is prompted "
                                        "from its label: " + ", ".join(C.PROPAGATE_FROM) + ".", rich_help_panel=SCORING),
     class_names: Optional[Path] = typer.Option(None, help="Names of class ids: JSON {id: name} or CSV id,name.",
@@ -351,7 +362,7 @@ def evaluate(
                                  device=device, base_checkpoint=base_checkpoint, log=_say, progress=not quiet,
                                  class_names=class_names, labels=labels, threshold=threshold, watershed=watershed,
                                  iterations=iterations, per=per if per in ("image", "volume") else "object",
-                                 tolerance=tolerance, propagate_from=propagate_from)
+                                 tolerance=tolerance, propagate_from=propagate_from, views=views)
     if not results.attrs["trained"]:
         _say(UNTRAINED)
     if results.attrs.get("scoring") == "volume":
@@ -389,6 +400,9 @@ def evaluate(
 
         typer.echo(f"the last of {iterations} rounds above; Dice per round of corrective clicks:")
         typer.echo(click_curve(results).to_string(index=False, float_format=fmt))
+    if views != C.EVAL_VIEWS[0]:
+        typer.echo("Dice per stored view, and across views (mean, std, min, max):")
+        typer.echo(sam_cache.per_view(results).to_string(index=False, float_format=fmt))
     if per:
         typer.echo(sam_cache.per_group(results, per).to_string(index=False, float_format=fmt))
     if out:

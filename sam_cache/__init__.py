@@ -13,7 +13,7 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "embed": "encode.embed", "EmbedSummary": "encode.embed", "ablate": "eval.ablate", "evaluate": "eval.evaluate",
-    "per_group": "eval.aggregate", "summarize": "eval.aggregate", "Intensity": "ingest.intensity",
+    "per_group": "eval.aggregate", "per_view": "eval.aggregate", "summarize": "eval.aggregate", "Intensity": "ingest.intensity",
     "describe": "store.info", "format_info": "store.info", "verify": "store.info", "CacheReader": "store.reader",
     "open_cache": "store.reader", "FinetuneConfig": "train.finetune", "FinetuneResult": "train.finetune",
     "finetune": "train.finetune", "segment": "amg.segment", "SegmentResult": "amg.segment",

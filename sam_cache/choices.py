@@ -11,6 +11,7 @@ MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_t", "tiny")
 LABEL_KINDS = ("auto", "binary", "instance", "class")
 INTENSITY_MODES = ("auto", "none", "minmax", "percentile", "window")
 DTYPES = ("float16", "float32")
+STORES = ("exact", "bitround:K", "int8")  # embed --store: how embeddings are kept (store/lossy.py)
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 on a GPU, fp32 on a CPU
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
@@ -27,3 +28,7 @@ PROPAGATE_FROM = ("box", "center-point")  # how propagation prompts the middle s
 TOLERANCE_MM = 2.0  # evaluate --per volume: the surface Dice's tolerance
 MIN_AREA = 10  # objects smaller than this (pixels) are neither trained on nor scored, unless told otherwise
 AMG_OUTPUT_MODES = ("coco_rle", "uncompressed_rle", "binary_mask")  # segment: the JSON's `segmentation`
+# embed --views: transforms of each tile stored as extra samples (ingest.views); identity is the tile itself
+VIEWS = ("identity", "flip-h", "flip-v", "rot90", "rot180", "rot270")
+TRAIN_VIEWS = ("identity", "random")  # finetune --views: the tile itself, or one stored view drawn per epoch
+EVAL_VIEWS = ("identity", "all")  # evaluate --views: the tile itself, or every stored view (test-time augmentation)

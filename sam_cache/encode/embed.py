@@ -24,11 +24,12 @@ from torch.utils.data import DataLoader
 from .. import __version__, options
 from ..ingest.intensity import Intensity
 from ..ingest.readers import is_volume_format
+from ..ingest import views as V
 from ..ingest.sources import discover
 from ..ingest.tiles import Plan, TileDataset, TileSpec, plan
 from ..models import load_sam, load_sam_or_tiny
 from ..progress import Progress
-from ..store import fingerprint
+from ..store import fingerprint, lossy
 from ..store import schema as S
 from ..store.location import command_line
 from ..store.reader import size_on_disk
@@ -59,7 +60,7 @@ class EmbedSummary:
                 f"model {self.model}{note}")
 
 
-def _layout(p: Plan, encoder: Encoder, dtype: str, shard: int) -> Layout:
+def _layout(p: Plan, encoder: Encoder, dtype: str, shard: int, store: str = "exact") -> Layout:
     width = max((len(s.source.names) for s in p.sources), default=0)
     table = {
         S.SOURCE_PATH: [s.source.image for s in p.sources],
@@ -75,7 +76,9 @@ def _layout(p: Plan, encoder: Encoder, dtype: str, shard: int) -> Layout:
         table[S.MASK_CLASS] = np.array([[index[n] for n in s.source.names] + [-1] * (width - len(s.source.names))
                                         for s in p.sources], dtype=np.int32)
     coords = dict(zip(S.SAMPLE_COORDS, p.tiles.T))  # a plan's tile fields are the sample coordinates, in order
-    return Layout(p.canvas, encoder.embedding_shape, dtype, shard, p.label_kind is not None, coords, table)
+    if p.spec.views:  # then the view (a code in the plan, a name in the cache) and view_of
+        coords.update(V.coords(p.column(S.VIEW), p.column(S.VIEW_OF)))
+    return Layout(p.canvas, encoder.embedding_shape, dtype, shard, p.label_kind is not None, coords, table, store)
 
 
 def halo_stride(patch: tuple[int, int] | None, halo: int, stride=None) -> tuple[int, int]:
@@ -157,6 +160,7 @@ def embed(
     label_kind: str = "auto",
     intensity: Intensity | None = None,
     dtype: str = "float16",
+    store: str = "exact",
     batch_size: int | None = None,
     device: str | None = None,
     precision: str = "auto",
@@ -165,6 +169,7 @@ def embed(
     read_workers: int | None = None,
     overwrite: bool = False,
     skip_bad: bool = False,
+    views=(),
     scheduler: str | None = None,
     workers: int | str | None = None,
     rank: int | None = None,
@@ -177,14 +182,17 @@ def embed(
 
     Re-running the same call finishes only what is missing; a different model, checkpoint, preprocessing
     or dataset is refused unless `overwrite`. `halo` H (with `patch`) overlaps patches by 2H (stride
-    patch - 2H), so objects crossing a core's border stay whole in a neighbouring patch. Bad files raise InputError naming the file (with
+    patch - 2H), so objects crossing a core's border stay whole in a neighbouring patch. `views` (e.g.
+    "flip-h,flip-v,rot90"): each tile is also stored under these transforms, as extra samples (`ingest.views`). Bad files raise InputError naming the file (with
     `skip_bad` they are skipped with a warning). Past one process: `scheduler` (a dask.distributed
     address) or `workers` (a count, or "auto": start a local cluster) encode shard by shard on a cluster;
     `rank`/`world_size` (or RANK/WORLD_SIZE) take shards rank::world_size of the same plan, with no
-    coordinator. Every file must be readable from every worker. Returns a summary.
+    coordinator. Every file must be readable from every worker. `store`: how the embeddings are kept, exact
+    (in `dtype`), bitround:K (K mantissa bits) or int8 (a scale per channel); see `store.lossy`. Returns a summary.
     """
     t0 = time.perf_counter()
     options.choice("--dtype", dtype, DTYPES)
+    keep = lossy.parse(store, dtype)  # how embeddings are kept: exact, bitround:K or int8
     options.choice("--label-kind", label_kind, LABEL_KINDS)
     options.choice("--precision", precision, PRECISIONS)
     options.at_least("--shard-size", shard_size, 1)
@@ -199,7 +207,7 @@ def embed(
         options.at_least("--workers", int(workers), 1)
     pair = lambda v: None if v is None else ((v, v) if isinstance(v, int) else tuple(v))  # noqa: E731
     stride = halo_stride(pair(patch), halo, stride) if halo is not None else stride
-    spec = TileSpec(pair(patch), pair(stride), axis, skip_empty, label_kind, intensity or Intensity())
+    spec = TileSpec(pair(patch), pair(stride), axis, skip_empty, label_kind, intensity or Intensity(), V.parse(views))
 
     sources, problems = discover(dataset, images, labels)
     for problem in problems:
@@ -218,7 +226,8 @@ def embed(
         _warn(p, spec, encoder.img_size, log)
         identity = fingerprint.build(
             model=mspec.fingerprint(),
-            preprocessing={**spec.to_dict(), **encoder.identity, "canvas": list(p.canvas), "dtype": dtype},
+            preprocessing={**spec.to_dict(), **encoder.identity, "canvas": list(p.canvas), "dtype": dtype,
+                           **keep.identity},
             data={"sources": fingerprint.digest([s.sha256 for s in p.sources]), "n_sources": len(p.sources),
                   "samples": len(p.tiles)},
         )
@@ -228,7 +237,7 @@ def embed(
                  "command": command_line()[:2000],
                  "embedding_shape": list(encoder.embedding_shape), "complete": False,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with CacheWriter(output, attrs, _layout(p, encoder, dtype, shard_size), overwrite, rank, log) as writer:
+        with CacheWriter(output, attrs, _layout(p, encoder, dtype, shard_size, keep.name), overwrite, rank, log) as writer:
             shards = cluster.mine(np.unique(writer.todo // writer.shard), rank, world_size)
             todo = writer.todo[np.isin(writer.todo // writer.shard, shards)]
             t_encode = time.perf_counter()

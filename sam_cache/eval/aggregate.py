@@ -69,6 +69,23 @@ def per_group(results: xr.Dataset, by: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def per_view(results: xr.Dataset, metric: str = "dice") -> pd.DataFrame:
+    """Test-time augmentation (`evaluate --views all`): per prompt × checkpoint, the mean `metric` on each stored
+    view (over valid objects and seeds; one column per view), then across the views: their mean, std (ddof 0),
+    min and max, and how many views. With corrective clicks: the last round."""
+    from ..choices import VIEWS
+
+    if S.VIEW not in results.coords:
+        raise O.OptionError("these results have no `view` coordinate: score a cache made with views with --views all")
+    df = final(results)[[metric]].to_dataframe().reset_index().dropna(subset=[metric])
+    wide = df.groupby(["prompt", "checkpoint", S.VIEW])[metric].mean().unstack(S.VIEW)
+    wide = wide[[v for v in VIEWS if v in wide.columns]]
+    spread = wide.agg(["mean", "std", "min", "max", "count"], axis=1).rename(columns={"count": "views"})
+    spread["std"] = wide.std(axis=1, ddof=0)
+    return wide.add_prefix(f"{metric} ").join(spread.add_prefix(f"{metric} ").rename(
+        columns={f"{metric} views": "views"})).reset_index()
+
+
 def read_class_names(path) -> dict[str, str]:
     """A class map: JSON {id: name} or CSV rows `id,name` (a header is allowed)."""
     import csv

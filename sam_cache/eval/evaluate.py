@@ -8,13 +8,14 @@ import xarray as xr
 from .. import options as O
 from ..choices import MIN_AREA, PROPAGATE, PROPAGATE_FROM, SCORINGS, TOLERANCE_MM
 from ..encode.encoder import default_device
+from ..ingest import views as V
 from ..runs import Run, checkpoint_name, is_run, min_area_of
 from ..store.reader import CacheReader
 from ..train.finetune import split_samples
 from . import runner
 from .aggregate import name_classes, read_class_names
 
-from ..choices import EVAL_SPLITS as SPLITS  # noqa: E402
+from ..choices import EVAL_SPLITS as SPLITS, EVAL_VIEWS  # noqa: E402
 from ..train.data import SEMANTIC  # noqa: E402  the prompt `none`
 
 
@@ -23,7 +24,7 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
              split_seed: int = 0, prompt_options=None, device: str | None = None, base_checkpoint=None,
              log=print, progress: bool = False, class_names=None, labels: str | None = None,
              threshold: float = 0.5, watershed: bool = False, iterations: int = 1, per: str = "object",
-             tolerance: float = TOLERANCE_MM, propagate_from: str = "box") -> xr.Dataset:
+             tolerance: float = TOLERANCE_MM, propagate_from: str = "box", views: str = "identity") -> xr.Dataset:
     """Score one decoder with one prompt strategy on every object of a split (all, train or val).
 
     For a finetune run folder, train/val are the run's own samples, and objects smaller than the run's
@@ -42,8 +43,18 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
     `per="volume"` (caches of volumes): each volume's per-slice predictions stacked back into the volume
     and scored in 3D (`eval.volume`: Dice, IoU, surface Dice at `tolerance` mm; dims object); the prompt
     `propagate` prompts only each object's middle slice (with `propagate_from`) and carries it through the
-    volume (`eval.propagate`)."""
+    volume (`eval.propagate`).
+
+    Every command scores the tiles themselves (their identity views). `views="all"` (a cache made with `embed
+    --views`) scores every stored view of the split's samples too (test-time augmentation): each object row gets
+    `view` and `view_of` coordinates, and `aggregate.per_view` gives the spread across views."""
     O.choice("--split", split, SPLITS)
+    O.choice("--views", views, EVAL_VIEWS)
+    if views != EVAL_VIEWS[0]:
+        V.without_layer(f"--views {views}", labels)
+        if per != "object" or prompt == SEMANTIC:
+            raise O.OptionError(f"--views {views} scores prompted objects tile by tile (--per object), not with --per "
+                                f"image or volume (identity views only) or --prompt {SEMANTIC}")
     O.choice("--per", per, SCORINGS)
     if per != "object" and (prompt == SEMANTIC or iterations > 1):
         raise O.OptionError(f"--per {per} scores prompted objects in one round (not --prompt none or --iterations)")
@@ -74,6 +85,9 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
         indices = reader.samples
     else:
         indices = dict(zip(("train", "val"), split_samples(reader, val_fraction, split_seed)))[split]
+    if views != EVAL_VIEWS[0]:
+        V.require(reader, f"--views {views}")
+        indices = V.every(reader, indices)
     if per == "volume":
         from . import volume
 

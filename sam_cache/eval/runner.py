@@ -29,6 +29,7 @@ from .. import options as O
 from ..decode import prompts as P
 from ..choices import MASK_MODES, MIN_AREA
 from ..decode.pipeline import PromptBatch, decode_prompts, decode_tiles, rows_per_pass
+from ..ingest import views as V
 from ..progress import Progress
 from ..runs import checkpoint_name, load_decoder
 from ..store import schema as S
@@ -167,7 +168,7 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
         valid.append(t.ok)
         if t.shown is not None:
             kept.append((t.index, t.masks, t.ids, t.shown))
-    return _results(request, names, rows, values, valid, reader.path), kept
+    return V.tag(_results(request, names, rows, values, valid, reader.path), reader), kept
 
 
 @dataclass

@@ -20,11 +20,13 @@ import torch.utils.data
 from ..errors import InputError
 from ..store import schema as S
 from . import labels as L
+from . import views as V
 from .intensity import Intensity, to_uint8
 from .readers import check_finite, is_volume_format, read_array, split_channels
 from .sources import Source
 
-TILE_FIELDS = S.SAMPLE_COORDS  # source, slice, y0, x0, valid_h, valid_w, objects: one row per tile
+# source, slice, y0, x0, valid_h, valid_w, objects, then view (its code in choices.VIEWS) and view_of: one row per sample
+TILE_FIELDS = S.SAMPLE_COORDS + S.VIEW_COORDS
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,13 @@ class TileSpec:
     skip_empty: bool = False
     label_kind: str = "auto"
     intensity: Intensity = field(default_factory=Intensity)
+    views: tuple[str, ...] = ()  # stored views besides identity (`views.parse`)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.views:  # a cache without views keeps the fingerprint it had before views existed
+            del d["views"]
+        return d
 
 
 @dataclass
@@ -175,7 +181,8 @@ def plan(sources: list[Source], spec: TileSpec, skip_bad: bool = False, workers:
     tiles = np.concatenate([tiles[:, :6], objects[:, None]], axis=1)
     if len(tiles) == 0:
         raise InputError(None, "no tiles: every slice or tile was empty and --skip-empty is on")
-    canvas = spec.patch or (int(tiles[:, 4].max()), int(tiles[:, 5].max()))
+    canvas = V.canvas(spec.patch or (int(tiles[:, 4].max()), int(tiles[:, 5].max())), spec.views)
+    tiles = V.expand(tiles, spec.views)
     names = sorted({n for s in scanned for n in s.source.names}) or None
     return Plan(spec, scanned, tiles, tuple(canvas), kind, names, skipped)
 
@@ -208,18 +215,19 @@ class TileDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         index = int(self.indices[i])
-        si, s, y0, x0, h, w, _ = self.plan.tiles[index]
+        si, s, y0, x0, h, w, _, view, of = self.plan.tiles[index]
+        h0, w0 = self.plan.tiles[of, 4:6]  # the original tile's valid size; (h, w) is its view's
         src = self.plan.sources[si]
         image = self._image(si)
         if src.axis is not None:
             image = np.take(image, s, axis=src.axis)
         H, W = self.plan.canvas
         out = np.zeros((H, W, 3), np.uint8)
-        out[:h, :w] = to_uint8(image[y0:y0 + h, x0:x0 + w], src.range)
+        out[:h, :w] = V.apply(view, to_uint8(image[y0:y0 + h0, x0:x0 + w0], src.range))
         lab = np.zeros((H, W), np.int32)
         if src.source.labelled:
             full = self._label(si)
             if src.axis is not None:
                 full = np.take(full, s, axis=src.axis)
-            lab[:h, :w] = full[y0:y0 + h, x0:x0 + w]
+            lab[:h, :w] = V.apply(view, full[y0:y0 + h0, x0:x0 + w0])
         return {"index": index, S.IMAGE: out, S.LABEL: lab, "valid": np.array([h, w])}

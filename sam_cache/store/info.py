@@ -61,7 +61,7 @@ def verify(path: str | Path) -> Verification:
                 v.damaged.append(f"{name}: cannot be read ({type(e).__name__}: {e})")
             continue
         shard = a.shards[0]
-        for k in np.unique(r.samples // shard):
+        for k in np.unique(r.written // shard):  # stored views included
             if shard_key(a, k) in missing:
                 continue
             start, stop = int(k) * shard, min(a.shape[0], (int(k) + 1) * shard)
@@ -107,9 +107,11 @@ def format_info(r: dict) -> str:
         f"checkpoint sha256 {m['checkpoint_sha256'][:24]}",
         f"  tiles     patch {p['patch'] or 'whole image'}, stride {p['stride'] or p['patch'] or '-'}, canvas {p['canvas']}, "
         f"skip empty {p['skip_empty']}, slicing axis "
-        + (", ".join("none (2D)" if a < 0 else str(a) for a in axes) or "-"),
+        + (", ".join("none (2D)" if a < 0 else str(a) for a in axes) or "-")
+        + (f", stored views identity, {', '.join(p['views'])} (embed --views)" if p.get("views") else ""),
         f"  intensity {_intensity(p)}",
-        f"  encoder   input {p['img_size']}, precision {p['precision']}, stored {p['dtype']}",
+        f"  encoder   input {p['img_size']}, precision {p['precision']}, stored {p['dtype']}"
+        + (f" as {p['store']}" if p.get("store") else ""),
         f"  made by   samcache {r['version']} (format {r['format']}{', checksummed' if r['format'] >= 2 else ''}), "
         f"fingerprint {r['fingerprint']}",
     ]

@@ -22,7 +22,9 @@ import zarr
 from zarr.core.sync import sync
 
 from ..errors import CacheCorruptError, CacheIncompleteError, SamCacheError
+from ..ingest import views
 from ..ingest.labels import objects
+from . import lossy
 from . import schema as S
 from .location import Location
 
@@ -80,15 +82,20 @@ class CacheReader:
         self.location = Location(path)
         self.path = str(self.location)  # for messages: a URL without credentials
         self.attrs = read_attrs(self.location)
+        self.store = lossy.of(self.attrs)  # how embeddings are kept (exact, bitround:K, int8); reads give floats
         self._group, self._arrays, self._mask_class, self._names, self._axes = None, {}, None, None, None
         self._shapes = None
+        self._scale_shard = (None, [])  # int8 caches: (shard, [its scale, its offset]) last read
         done = np.asarray(self.group[S.DONE][:], dtype=bool)
         if not done.all() and not allow_partial:
             raise CacheIncompleteError(
                 f"{path}: {int(done.sum())} of {done.size} samples are written; rerun the same "
                 "`samcache embed` command to finish it (or open it with allow_partial=True)")
         self.done = done
-        self.samples = np.flatnonzero(done)  # the samples a reader may use, in order
+        self.written = np.flatnonzero(done)  # every sample that may be read, stored views included
+        self.view, self.view_of = views.read(self.group, done.size)  # identity views only in a cache without views
+        # the samples every command uses unless asked for views: the tiles themselves (their identity views), in order
+        self.samples = self.written[self.view[self.written] == views.IDENTITY]
         self.coords = {name: np.asarray(self.group[name][:]) for name in S.SAMPLE_COORDS}
         self.canvas = tuple(int(v) for v in self.array(S.IMAGE).shape[1:3])  # (H, W) every tile is padded to
         if check_shards:
@@ -123,14 +130,15 @@ class CacheReader:
             a = self.array(name)
             shard = a.shards[0]
             have = sync(_collect(self.group.store, f"{a.path}/"))
-            out += [key for k in np.unique(self.samples // shard) if (key := shard_key(a, k)) not in have]
+            out += [key for k in np.unique(self.written // shard) if (key := shard_key(a, k)) not in have]
         return out
 
-    def _read(self, name: str, index: int) -> np.ndarray:
-        if not self.done[index]:
+    def _read(self, name: str, index: int | slice) -> np.ndarray:
+        """One sample of a variable (or a slice of samples, all written)."""
+        if not np.all(self.done[index]):
             raise CacheIncompleteError(f"{self.path}: sample {index} is not written yet")
         try:
-            return np.asarray(self.array(name)[int(index)])
+            return np.asarray(self.array(name)[index if isinstance(index, slice) else int(index)])
         except Exception as e:  # checksum mismatch, blosc error, truncated shard: one line naming all three
             raise CacheCorruptError(f"{self.path}: variable `{name}`, sample {index} cannot be read "
                                     f"({type(e).__name__}: {e}); run `samcache info --verify {self.path}`") from e
@@ -152,6 +160,11 @@ class CacheReader:
     def n_samples(self) -> int:
         return int(self.done.size)
 
+    @property
+    def has_views(self) -> bool:
+        """Whether the cache stores views besides identity (`embed --views`)."""
+        return bool((self.view != views.IDENTITY).any())
+
     def require_labels(self, purpose: str) -> None:
         if self.label_kind is None:
             raise SamCacheError(f"{self.path}: the cache holds no labels; embed a dataset with labels {purpose}")
@@ -165,20 +178,39 @@ class CacheReader:
 
     def origin(self, index: int) -> tuple[int, int, int, int, int]:
         """Where a tile lies in its source: plane (a volume's slice; 0 for a 2D image), y0, x0, and its
-        valid h, w."""
+        valid h, w. A stored view other than identity is refused: its pixels are turned (`paste_labels` turns
+        them back)."""
+        if self.view[index] != views.IDENTITY:
+            raise SamCacheError(f"{self.path}: sample {index} is the {self.view[index]} view of sample "
+                                f"{self.view_of[index]}; only identity views map onto their source as they are")
         h, w = self.valid_size(index)
         return max(int(self.coords[S.SLICE][index]), 0), int(self.coords[S.Y0][index]), int(self.coords[S.X0][index]), h, w
 
     def paste_labels(self, samples, out: np.ndarray, layer: str | None = None) -> np.ndarray:
         """The label tiles of `samples` pasted at their origins into `out`: a source's planes [planes, H, W],
-        or one plane [H, W]. Overlapping tiles agree; a layer's unannotated pixels (-1) paste as 0."""
+        or one plane [H, W]. Overlapping tiles agree; a layer's unannotated pixels (-1) paste as 0. A stored
+        view is turned back and pasted where its original lies."""
         for i in samples:
-            z, y0, x0, h, w = self.origin(int(i))
-            (out if out.ndim == 2 else out[z])[y0:y0 + h, x0:x0 + w] = np.maximum(self.label(int(i), layer), 0)
+            z, y0, x0, h, w = self.origin(int(self.view_of[int(i)]))
+            label = views.invert(self.view[int(i)], self.label(int(i), layer))
+            (out if out.ndim == 2 else out[z])[y0:y0 + h, x0:x0 + w] = np.maximum(label, 0)
         return out
 
     def embedding(self, index: int) -> np.ndarray:
-        return self._read(S.EMBEDDING, index)
+        """The sample's embedding [C, h, w] as floats (an int8 cache's values dequantised)."""
+        value = self._read(S.EMBEDDING, index)
+        if self.store.quantised:
+            value = lossy.dequantise(value, *self._scales(index), self.store.dtype)
+        return value
+
+    def _scales(self, index: int) -> list[np.ndarray]:
+        """An int8 sample's scale and offset [C], read a whole shard at a time and the last shard kept: reads in
+        sample order (evaluate's) cost one more read of each per shard, not per sample."""
+        shard = int(self.array(S.EMBEDDING_SCALE).shards[0])
+        k, row = divmod(int(index), shard)
+        if self._scale_shard[0] != k:
+            self._scale_shard = (k, [self._read(v, slice(k * shard, (k + 1) * shard)) for v in lossy.SCALES])
+        return [a[row] for a in self._scale_shard[1]]
 
     def image(self, index: int) -> np.ndarray:
         """The tile as fed to the encoder, cropped to its valid size."""
@@ -247,6 +279,8 @@ class CacheReader:
         where = [f"slice {c[S.SLICE]}"] if self.slice_axis(c[S.SOURCE]) >= 0 else []
         if c[S.Y0] or c[S.X0] or self.attrs["preprocessing"].get("patch"):
             where.append(f"y {c[S.Y0]}, x {c[S.X0]}")
+        if self.view[index] != views.IDENTITY:
+            where.append(f"view {self.view[index]}")
         return self.source_name(c[S.SOURCE]) + (f" ({', '.join(where)})" if where else "")
 
     def slice_axis(self, source: int) -> int:
@@ -286,9 +320,9 @@ class CacheReader:
         """The cache as a lazy xarray.Dataset of its usable samples (dask arrays)."""
         ds = xr.open_zarr(self.location.store(read_only=True), consolidated=False)  # the live metadata, never a stale consolidated copy
         if not self.done.all():
-            ds = ds.isel({S.SAMPLE: self.samples})
+            ds = ds.isel({S.SAMPLE: self.written})
         ds.attrs[S.ATTRS] = self.attrs
-        return ds
+        return lossy.decode_dataset(ds, self.store)  # float embeddings, whatever the store
 
 
 class Preloaded:
@@ -309,6 +343,8 @@ class Preloaded:
         variables = {reader.layer_variable(layer) for layer in layers}
         self.labels = {v: np.empty((len(indices), *reader.array(v).shape[1:]), reader.array(v).dtype)
                        for v in variables}
+        # an int8 cache stays int8 in memory (half the bytes), with its scale and offset: dequantised per read
+        scales = {v: np.empty((len(indices), emb.shape[1]), np.float32) for v in lossy.SCALES if reader.store.quantised}
         shard = int(emb.shards[0])
         for k in np.unique(indices // shard):
             start, stop = int(k) * shard, min(emb.shape[0], (int(k) + 1) * shard)
@@ -316,7 +352,7 @@ class Preloaded:
             if not reader.done[members].all():
                 raise CacheIncompleteError(f"{reader.path}: samples {start}-{stop - 1} are not all written yet")
             rows = [self.row[int(i)] for i in members]
-            for name, target in ((S.EMBEDDING, None), *self.labels.items()):
+            for name, target in ((S.EMBEDDING, None), *self.labels.items(), *scales.items()):
                 try:
                     block = np.asarray(reader.array(name)[start:stop])[members - start]
                 except Exception as e:  # noqa: BLE001 - one line naming the cache, the variable and the shard
@@ -327,13 +363,17 @@ class Preloaded:
                 else:
                     target[rows] = block
         self.embeddings = self.embeddings.to(device)
-        self.nbytes = self.embeddings.nbytes + sum(a.nbytes for a in self.labels.values())
+        self.nbytes = self.embeddings.nbytes + sum(a.nbytes for a in (*self.labels.values(), *scales.values()))
+        self.scales = [torch.from_numpy(a).to(device) for a in scales.values()]  # [scale, offset], or none
 
     def valid_size(self, index: int) -> tuple[int, int]:
         return self.reader.valid_size(index)
 
     def embedding(self, index: int):
-        return self.embeddings[self.row[int(index)]]
+        row = self.row[int(index)]
+        if self.scales:  # the very values CacheReader.embedding gives
+            return lossy.dequantise(self.embeddings[row], *(v[row] for v in self.scales), self.reader.store.dtype)
+        return self.embeddings[row]
 
     def label(self, index: int, layer: str | None = None) -> np.ndarray:
         h, w = self.valid_size(index)

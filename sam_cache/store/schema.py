@@ -1,9 +1,11 @@
 """The cache schema: every Zarr variable, its dimensions, dtype and codecs, named once, here.
 
-    embedding (sample, channel, y, x)        float16 (or float32), one sample per chunk, sharded
+    embedding (sample, channel, y, x)        float16 (or float32), one sample per chunk, sharded; with
+                                             `embed --store int8`: int8, and embedding_scale/embedding_offset
+                                             (sample, channel) float32 beside it (store/lossy.py)
     image     (sample, height, width, rgb)   uint8, the tile as fed to the encoder (zero padded)
     label     (sample, height, width)        int32 object/class ids, or 0/1 for binary labels
-    coordinates on `sample`: source, slice, y0, x0, valid_h, valid_w, objects, done
+    coordinates on `sample`: source, slice, y0, x0, valid_h, valid_w, objects, done (+ view, view_of with views)
     a table on `source`: source_path, label_paths, source_sha256, source_shape, slice_axis, intensity_lo/hi,
     and mask_class (source, mask) for one-object mask files
 
@@ -25,16 +27,24 @@ SAMPLE, SOURCE_DIM, MASK_DIM = "sample", "source", "mask"
 
 # per-sample arrays, written a whole shard at a time
 EMBEDDING, IMAGE, LABEL = "embedding", "image", "label"
+EMBEDDING_SCALE, EMBEDDING_OFFSET = "embedding_scale", "embedding_offset"  # int8 caches only: value = q·scale + offset
 DIMS = {
     EMBEDDING: (SAMPLE, "channel", "y", "x"),
+    EMBEDDING_SCALE: (SAMPLE, "channel"),
+    EMBEDDING_OFFSET: (SAMPLE, "channel"),
     IMAGE: (SAMPLE, "height", "width", "rgb"),
     LABEL: (SAMPLE, "height", "width"),
 }
-SHARDED = (EMBEDDING, IMAGE, LABEL)
+SHARDED = (EMBEDDING, IMAGE, LABEL, EMBEDDING_SCALE, EMBEDDING_OFFSET)  # those a cache has
 
 # per-sample coordinates, each one small chunk
 SOURCE, SLICE, Y0, X0, VALID_H, VALID_W, OBJECTS = "source", "slice", "y0", "x0", "valid_h", "valid_w", "objects"
 SAMPLE_COORDS = (SOURCE, SLICE, Y0, X0, VALID_H, VALID_W, OBJECTS)
+# stored views (`embed --views`, ingest/views.py), only in caches made with views: `view` (str: identity, flip-h,
+# ...) and `view_of` (the sample of its identity view; itself for that one). A view keeps its original's
+# source/slice/y0/x0; valid_h/valid_w are its own (rot90 swaps them). Caches without them hold identity views only.
+VIEW, VIEW_OF = "view", "view_of"
+VIEW_COORDS = (VIEW, VIEW_OF)
 DONE = "done"  # commit flags: a sample is valid once its shard's flags are set, after its data
 SPLIT = "split"  # optional per-sample "train"/"val"/"test", added by the user
 

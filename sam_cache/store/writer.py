@@ -35,7 +35,7 @@ import numpy as np
 import zarr
 
 from ..errors import CacheLockedError, CacheMismatchError, DiskFullError, OptionError, SamCacheError
-from . import fingerprint
+from . import fingerprint, lossy
 from . import schema as S
 from .location import Location, command_line
 from .reader import read_attrs
@@ -53,8 +53,9 @@ class Layout:
     dtype: str
     shard: int
     labelled: bool
-    coords: dict[str, np.ndarray]  # S.SAMPLE_COORDS -> [N]
+    coords: dict[str, np.ndarray]  # S.SAMPLE_COORDS (and S.VIEW_COORDS in a cache with views) -> [N]
     sources: dict[str, np.ndarray]  # the source table: name -> [n_sources] (or [n_sources, n_masks])
+    store: str = "exact"  # how embeddings are kept: exact, bitround:K or int8 (lossy.py)
 
     @property
     def samples(self) -> int:
@@ -139,25 +140,31 @@ def lock_for(location: Location, rank: int | None = None):
     return Lock(location.path, rank) if location.local else _NoLock()
 
 
-def new_array(group, name, values_shape, chunks, shards, dtype, dims, codecs):
+def new_array(group, name, values_shape, chunks, shards, dtype, dims, codecs, filters=()):
     return group.create_array(
         name, shape=values_shape, chunks=chunks, shards=shards, dtype=dtype, dimension_names=dims,
-        compressors=codecs, fill_value="" if dtype is str else 0, config=WRITE,
+        filters=filters, compressors=codecs, fill_value="" if dtype is str else 0, config=WRITE,
     )
 
 
 def _lay_out(group: zarr.Group, layout: Layout) -> None:
     n, (H, W), shard = layout.samples, layout.canvas, layout.shard
-    shapes = {S.EMBEDDING: (tuple(layout.embedding_shape), layout.dtype), S.IMAGE: ((H, W, 3), "uint8")}
+    store = lossy.parse(layout.store, layout.dtype)
+    shapes = {S.EMBEDDING: (tuple(layout.embedding_shape), store.stored_dtype), S.IMAGE: ((H, W, 3), "uint8")}
     if layout.labelled:
         shapes[S.LABEL] = ((H, W), "int32")
+    if store.quantised:  # int8: a scale and an offset per channel of each sample, sharded like the embedding
+        shapes.update(dict.fromkeys(lossy.SCALES, (tuple(layout.embedding_shape[:1]), "float32")))
+    coords = [c for c in (*S.SAMPLE_COORDS, *S.VIEW_COORDS) if c in layout.coords]  # view coords: with views only
     for name, (shape, dtype) in shapes.items():
         a = new_array(group, name, (n, *shape), (1, *shape), (shard, *shape), dtype, S.DIMS[name],
-                   S.EMBEDDING_CODECS if name == S.EMBEDDING else S.PIXEL_CODECS)
-        a.attrs["coordinates"] = " ".join((*S.SAMPLE_COORDS, S.DONE))
-    for name in S.SAMPLE_COORDS:
-        new_array(group, name, (n,), (n,), None, "int32", (S.SAMPLE,), S.SMALL_CODECS)[:] = \
-            np.asarray(layout.coords[name], dtype=np.int32)
+                   S.EMBEDDING_CODECS if name == S.EMBEDDING else S.PIXEL_CODECS,
+                   store.filters() if name == S.EMBEDDING else ())
+        a.attrs["coordinates"] = " ".join((*coords, S.DONE))
+    for name in coords:
+        text = np.asarray(layout.coords[name]).dtype.kind in "UO"  # `view` is a name
+        new_array(group, name, (n,), (n,), None, str if text else "int32", (S.SAMPLE,), S.SMALL_CODECS)[:] = \
+            np.asarray(layout.coords[name], dtype=None if text else np.int32)
     new_array(group, S.DONE, (n,), (shard,), None, "bool", (S.SAMPLE,), S.SMALL_CODECS)
     for name, values in layout.sources.items():
         values = np.asarray(values)
@@ -242,10 +249,13 @@ class ShardWriter:
         self.flags = self.group[S.DONE].with_config(WRITE)
         self.done = np.asarray(self.flags[:], dtype=bool)
         self.shard = int(self.arrays[S.EMBEDDING].shards[0])
+        self.quantised = S.EMBEDDING_SCALE in self.arrays  # an int8 cache: embeddings are quantised here
 
     def write_shard(self, start: int, arrays: dict[str, np.ndarray]) -> None:
         """Write whole shards of every array, then mark them done: the commit point."""
         stop = start + len(next(iter(arrays.values())))
+        if self.quantised:  # every writer (this process, cluster workers, ranks) passes through here
+            arrays = lossy.to_stored(arrays)
         if start % self.shard or (stop % self.shard and stop != len(self.done)):
             raise ValueError(f"samples {start}-{stop - 1} are not whole shards of {self.shard}")
         kept = f"the {int(self.done.sum())} samples committed before are kept"

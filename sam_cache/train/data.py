@@ -19,6 +19,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch.utils.data import DataLoader
 
 from ..decode.prompts import make_prompts
+from ..ingest import views as V
 from ..store import schema as S
 from ..store.reader import CacheReader, Preloaded, layer_objects
 
@@ -41,12 +42,15 @@ class ObjectSamples(torch.utils.data.Dataset):
 
     With the prompt `none` the tile has one target, the union of its objects (its foreground, empty on a
     background tile): what a prompt-free decoder can learn.
+
+    `views` (`finetune --views random`): sample -> its stored views; each epoch item i reads one of them,
+    drawn from the same seeded generator (and `index` is the view read). None: the samples themselves.
     """
 
     def __init__(self, reader: CacheReader | Preloaded, indices, prompt: str, k: int | None, img_size: int,
                  seed: int = 0, min_area: int = MIN_AREA, prompt_options: dict | None = None, epoch: int = 0,
-                 layer: str | None = None):
-        self.reader, self.indices, self.prompt, self.k = reader, np.asarray(indices), prompt, k
+                 layer: str | None = None, views: dict | None = None):
+        self.reader, self.indices, self.prompt, self.k, self.views = reader, np.asarray(indices), prompt, k, views
         self.img_size, self.seed, self.min_area = img_size, seed, min_area
         self.options, self.epoch, self.layer = prompt_options or {}, epoch, layer
 
@@ -55,10 +59,12 @@ class ObjectSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         index = int(self.indices[i])
+        gen = sample_generator(self.seed, self.epoch, index)
+        if self.views is not None:
+            index = V.draw(self.views[index], gen)
         label = self.reader.label(index, self.layer)  # read once: the objects, and the pixels annotated
         masks, ids = layer_objects(label, self.reader.kind_of(self.layer), self.min_area)
         h, w = label.shape
-        gen = sample_generator(self.seed, self.epoch, index)
         if self.prompt == SEMANTIC:
             masks, ids = masks.any(0, keepdims=True) if len(ids) else np.zeros((1, h, w), bool), np.zeros(1, np.int64)
         if self.k is not None and len(ids) > self.k:

@@ -27,6 +27,7 @@ from ..decode import prompts as P
 from ..decode.pipeline import PromptBatch, decode_prompts
 from ..encode.encoder import default_device
 from ..errors import SamCacheError
+from ..ingest import views as V
 from ..eval.metrics import scores
 from ..models import load_decoder
 from ..progress import Progress
@@ -37,7 +38,7 @@ from ..store.reader import CacheReader
 from ..choices import MIN_AREA
 from .data import SEMANTIC, ObjectSamples, Timed, loader, low_res_targets, low_res_weights
 
-from ..choices import OPTIMIZERS, PRELOADS, SCHEDULES, SPLITS  # noqa: E402  (one list each)
+from ..choices import OPTIMIZERS, PRELOADS, SCHEDULES, SPLITS, TRAIN_VIEWS  # noqa: E402  (one list each)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class FinetuneConfig:
     seed: int = 0
     workers: int = 0
     labels: str | None = None  # train on this label layer (e.g. pseudo-masks from `predict`), not the ground truth
+    views: str = "identity"  # random: each epoch, one of a training sample's stored views (`embed --views`)
 
     def check(self) -> "FinetuneConfig":
         """Every option checked once, before any work, with the valid choices in the message."""
@@ -69,6 +71,9 @@ class FinetuneConfig:
         O.choice("--optimizer", self.optimizer, OPTIMIZERS)
         O.choice("--schedule", self.schedule, SCHEDULES)
         O.choice("--split", self.split, SPLITS)
+        O.choice("--views", self.views, TRAIN_VIEWS)
+        if self.views != TRAIN_VIEWS[0]:
+            V.without_layer(f"--views {self.views}", self.labels)
         for name, low in (("epochs", 1), ("batch_size", 1), ("objects_per_sample", 1), ("min_area", 1),
                           ("workers", 0), ("weight_decay", 0), ("momentum", 0), ("iou_loss_weight", 0)):
             O.at_least("--" + name.replace("_", "-"), getattr(self, name), low)
@@ -305,6 +310,8 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         reader.layer_variable(c.labels)  # refused here, before any work, if the cache lacks it
     # validation is against the ground truth when there is one, else against the layer trained on
     val_layer = None if reader.label_kind is not None else c.labels
+    if c.views != TRAIN_VIEWS[0]:
+        V.require(reader, f"--views {c.views}")
     device = torch.device(device) if device else default_device()
     decoder, spec = load_decoder(reader.model, checkpoint or reader.attrs.get("checkpoint"))
     decoder.to(device)
@@ -323,6 +330,8 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         resume = False  # nothing to continue yet: a new run
     claim(out, "finetune", RUN_FILES, overwrite=overwrite, resume=resume)
     recipe = asdict(c)
+    if c.views == TRAIN_VIEWS[0]:
+        del recipe["views"]  # a run without views keeps the recipe (and fingerprint) it had before views existed
     state = Run(Path(out), {}).load_state(device) if resume else None
     if state is not None:  # checked before anything in the run folder is written
         if state["recipe"] != recipe | {"epochs": state["recipe"]["epochs"]}:
@@ -330,7 +339,14 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         if Run.open(out).config["cache_fingerprint"] != reader.fingerprint:
             raise SamCacheError(f"{out}: --resume on another cache than the run was trained on ({reader.path})")
     img_size = decoder.img_size[0]
+    # `--views random`: the split holds the tiles themselves; each training tile brings its stored views along, so
+    # a view always falls on its original's side of the split
+    members = V.of(reader, train_idx) if c.views != TRAIN_VIEWS[0] else None
     both = np.concatenate([train_idx, val_idx])
+    if members:
+        both = np.unique(np.concatenate([both, *members.values()]))
+        log(f"--views {c.views}: each of the {len(train_idx)} training samples reads one of its stored views per "
+            f"epoch ({sum(map(len, members.values()))} views in all, identity included); validation: identity views")
     layers = tuple({c.labels, val_layer})
     per_sample = sum(int(np.prod(reader.array(n).shape[1:])) * reader.array(n).dtype.itemsize
                      for n in (S.EMBEDDING, *(reader.layer_variable(v) for v in layers)))
@@ -340,10 +356,10 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         source, workers = reader.preload(both, device if where == "device" else "cpu", layers), 0
         log(f"preload {preload}: {len(both)} samples ({source.nbytes / 2**20:.0f} MiB) read once into {where} memory"
             + (f"; --workers {c.workers} not needed" if c.workers else ""))
-    make = lambda idx, k, layer: ObjectSamples(source, idx, c.prompt, k, img_size, c.seed,  # noqa: E731
-                                               c.min_area, c.prompt_options, layer=layer)
+    make = lambda idx, k, layer, views=None: ObjectSamples(source, idx, c.prompt, k, img_size,  # noqa: E731
+                                                          c.seed, c.min_area, c.prompt_options, layer=layer, views=views)
     per_tile = 1 if c.prompt == SEMANTIC else c.objects_per_sample  # prompt-free: one target, the foreground
-    train_set, val_set = make(train_idx, per_tile, c.labels), make(val_idx, None, val_layer)
+    train_set, val_set = make(train_idx, per_tile, c.labels, members), make(val_idx, None, val_layer)
     if c.labels is not None:
         log(f"training on the label layer `{c.labels}`; validating against "
             + ("the ground truth" if val_layer is None else f"`{c.labels}` (the cache holds no ground truth)"))
