@@ -18,9 +18,9 @@ from sam_cache.train.finetune import FinetuneConfig
 
 from .conftest import write_dataset, write_rectangles
 
-# Not SAM's ViT-B/L/H: a 512² input cut into 8-pixel patches, still a 64×64 embedding grid (of 32 channels, for
-# a decoder that trains in a blink)
-P8 = dict(img_size=512, patch_size=8, encoder_dim=48, decoder_depth=1, embed_dim=32, mlp_dim=64, iou_hidden=32)
+# Not SAM's ViT-B/L/H: a 512² input cut into 8-pixel patches, still SAM's 256×64×64 embedding grid (a one-block
+# decoder, to train fast)
+P8 = dict(img_size=512, patch_size=8, encoder_dim=48, decoder_depth=1, embed_dim=256, mlp_dim=64, iou_hidden=32)
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_a_registered_encoder_embeds_finetunes_and_evaluates(p8, tmp_path):
     cache = tmp_path / "p8.zarr"
     summary = sam_cache.embed(data, cache, model=p8, checkpoint=ckpt, read_workers=0, progress=False)
     info = sam_cache.describe(cache)
-    assert summary.model == p8 and info["embedding_shape"] == [32, 64, 64]
+    assert summary.model == p8 and info["embedding_shape"] == [256, 64, 64]
     assert info["model"] == {"type": p8, "checkpoint_sha256": file_sha256(ckpt), "trained": True}
 
     run = tmp_path / "run"
