@@ -208,9 +208,11 @@ class CacheReader:
         sample order (evaluate's) cost one more read of each per shard, not per sample."""
         shard = int(self.array(S.EMBEDDING_SCALE).shards[0])
         k, row = divmod(int(index), shard)
-        if self._scale_shard[0] != k:
-            self._scale_shard = (k, [self._read(v, slice(k * shard, (k + 1) * shard)) for v in lossy.SCALES])
-        return [a[row] for a in self._scale_shard[1]]
+        cached = self._scale_shard  # one read of the attribute: evaluation threads share this reader
+        if cached[0] != k:
+            cached = (k, [self._read(v, slice(k * shard, (k + 1) * shard)) for v in lossy.SCALES])
+            self._scale_shard = cached
+        return [a[row] for a in cached[1]]
 
     def image(self, index: int) -> np.ndarray:
         """The tile as fed to the encoder, cropped to its valid size."""
