@@ -135,6 +135,13 @@ def _workers(text: Optional[str]):
         raise OptionError(f"--workers takes `auto` or a number of worker processes, not {text!r}") from None
 
 
+def _save(results, out, what: str) -> None:
+    """Write a results dataset where --out says (nothing without it) and say where."""
+    if out:
+        results.to_netcdf(out, engine="h5netcdf")
+        typer.echo(f"per-{what} results: {out}")
+
+
 def _list(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
@@ -372,9 +379,7 @@ def evaluate(
                    f"spacing {results.attrs['spacing']} from {results.attrs['spacing_from']}")
         typer.echo(volume.summary(results).to_string(index=False, float_format=fmt))
         typer.echo(volume.per_class(results).to_string(index=False, float_format=fmt))
-        if out:
-            results.to_netcdf(out, engine="h5netcdf")
-            typer.echo(f"per-object results: {out}")
+        _save(results, out, "object")
         return
     if results.attrs.get("scoring") == "image":
         whole = results.whole_in_tile.values
@@ -382,17 +387,13 @@ def evaluate(
                    "whole by a tile (the rest lose what lies outside the tile that decoded them)")
         typer.echo(results[["dice", "iou", "precision", "recall"]].mean("object").to_dataframe().reset_index()
                    .to_string(index=False, float_format=fmt))
-        if out:
-            results.to_netcdf(out, engine="h5netcdf")
-            typer.echo(f"per-object results: {out}")
+        _save(results, out, "object")
         return
     if results.attrs.get("scoring") == "tile":
         from sam_cache.eval.semantic import summary
 
         typer.echo(summary(results).to_string(float_format=fmt))
-        if out:
-            results.to_netcdf(out, engine="h5netcdf")
-            typer.echo(f"per-tile results: {out}")
+        _save(results, out, "tile")
         return
     typer.echo(sam_cache.summarize(results).drop(columns=["seed"]).to_string(index=False, float_format=fmt))
     if iterations > 1:
@@ -405,9 +406,7 @@ def evaluate(
         typer.echo(sam_cache.per_view(results).to_string(index=False, float_format=fmt))
     if per:
         typer.echo(sam_cache.per_group(results, per).to_string(index=False, float_format=fmt))
-    if out:
-        results.to_netcdf(out, engine="h5netcdf")
-        typer.echo(f"per-object results: {out}")
+    _save(results, out, "object")
 
 
 @command("samcache ablate em.zarr --prompts box,center-point --checkpoints base,runs/em --seeds 3 -o ablation/")

@@ -121,7 +121,6 @@ def test_vit_t_without_mobile_sam_says_what_to_install(monkeypatch):
 
 
 def test_vit_t_is_mobilesam(tmp_path):
-    pytest.importorskip("mobile_sam", exc_type=ImportError)
     sam, _ = load_sam("vit_t", random_init=True)
     ckpt = save_checkpoint(sam, tmp_path / "mobile_sam.pt")
     assert detect_type(torch.load(ckpt, weights_only=True)) == "vit_t"

@@ -68,9 +68,10 @@ def decode_prompts(decoder, embeddings: torch.Tensor, prompts: PromptBatch, vali
     device = decoder.mask_decoder.iou_token.weight.device
     move = lambda t, k: None if t is None else t[:, k].to(device, non_blocking=True)  # noqa: E731
     step = prompts.n if not rows else max(1, int(rows))
+    embeddings = embeddings.to(device, non_blocking=True)  # once, whatever the number of passes
     parts = []
     for k in (slice(i, i + step) for i in range(0, prompts.n, step)):
-        parts.append(decoder(embeddings.to(device, non_blocking=True), points=move(prompts.points, k),
+        parts.append(decoder(embeddings, points=move(prompts.points, k),
                              labels=move(prompts.labels, k), boxes=move(prompts.boxes, k),
                              multimask=mask_mode == "best-iou", n_prompts=len(range(prompts.n)[k]),
                              mask_input=move(mask_input, k)))
@@ -89,8 +90,8 @@ def decode_tiles(decoder, embeddings: torch.Tensor, prompts: list[Prompts], vali
     `embeddings[n]` (all N on the device), every prompt a row, `rows` rows per pass (None: all at once).
     Per tile, its bool masks [K_n, h_n, w_n]: what `decode_prompts(...).masks[0]` gives tile by tile. For a
     GPU, where the prompts of one tile are too few to fill a pass."""
-    counts = torch.tensor([len(p.valid) for p in prompts])
-    image_of = torch.repeat_interleave(torch.arange(len(prompts)), counts)
+    counts = [len(p.valid) for p in prompts]
+    image_of = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(counts))
     joined = lambda name: None if getattr(prompts[0], name) is None else torch.cat([getattr(p, name) for p in prompts])  # noqa: E731
     points, labels, boxes = joined("points"), joined("labels"), joined("boxes")
     step = rows or max(1, len(image_of))
@@ -101,8 +102,11 @@ def decode_tiles(decoder, embeddings: torch.Tensor, prompts: list[Prompts], vali
         out = decode_prompts(decoder, embeddings[idx.to(embeddings.device)], PromptBatch(row(points), row(labels), row(boxes), 1),
                              valid_size[idx], mask_mode)
         masks += [m[0] for m in out.masks]
-    return [torch.stack(masks[a:b]) if b > a else torch.zeros(0, *valid_size[n].tolist(), dtype=torch.bool)
-            for n, (a, b) in enumerate(zip([0, *counts.cumsum(0).tolist()], counts.cumsum(0).tolist()))]
+    out, start = [], 0
+    for n, k in enumerate(counts):
+        out.append(torch.stack(masks[start:start + k]) if k else torch.zeros(0, *valid_size[n].tolist(), dtype=torch.bool))
+        start += k
+    return out
 
 
 ROW_BYTES = 64 << 20  # device memory one prompt row may take in an inference pass (SAM's decoder at 256×64×64)

@@ -161,8 +161,8 @@ def shard_task(job: Job, k: int) -> int:
     from .embed import encode_samples
 
     writer = ShardWriter(job.location)
-    start, stop = k * writer.shard, min(len(writer.done), (k + 1) * writer.shard)
-    if writer.done[start:stop].all():
+    start, stop = k * writer.shard, min(writer.n, (k + 1) * writer.shard)
+    if writer.committed(start, stop):  # its own shard's flags only
         return 0
     encoder = encoder_for(job)
     return encode_samples(encoder, job.plan, writer, np.arange(start, stop),

@@ -80,10 +80,9 @@ def per_view(results: xr.Dataset, metric: str = "dice") -> pd.DataFrame:
     df = final(results)[[metric]].to_dataframe().reset_index().dropna(subset=[metric])
     wide = df.groupby(["prompt", "checkpoint", S.VIEW])[metric].mean().unstack(S.VIEW)
     wide = wide[[v for v in VIEWS if v in wide.columns]]
-    spread = wide.agg(["mean", "std", "min", "max", "count"], axis=1).rename(columns={"count": "views"})
-    spread["std"] = wide.std(axis=1, ddof=0)
-    return wide.add_prefix(f"{metric} ").join(spread.add_prefix(f"{metric} ").rename(
-        columns={f"{metric} views": "views"})).reset_index()
+    spread = pd.DataFrame({"mean": wide.mean(axis=1), "std": wide.std(axis=1, ddof=0), "min": wide.min(axis=1),
+                           "max": wide.max(axis=1)}).add_prefix(f"{metric} ").assign(views=wide.count(axis=1))
+    return wide.add_prefix(f"{metric} ").join(spread).reset_index()
 
 
 def read_class_names(path) -> dict[str, str]:

@@ -104,12 +104,11 @@ def corrective_rounds(predict, prompts: P.Prompts, true: torch.Tensor, iteration
     return rounds
 
 
-def _predictor(decoder, emb, size, mask_mode):
+def _predictor(decoder, emb, size, mask_mode, rows=None):
     """`corrective_rounds`' predict for one decoder on one cached embedding: one `decode_prompts` pass."""
     def predict(prompts: P.Prompts, mask_input):
         out = decode_prompts(decoder, emb, PromptBatch.of(prompts), size, mask_mode,
-                             mask_input=None if mask_input is None else mask_input[None, :, None],
-                             rows=rows_per_pass(emb.device))
+                             mask_input=None if mask_input is None else mask_input[None, :, None], rows=rows)
         return out.masks[0].cpu(), out.chosen[0]
     return predict
 
@@ -127,7 +126,7 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
     names = list(decoders)
     img_size = decoders[names[0]].img_size[0]
     Pn, Sn, In = len(request.prompts), len(request.seeds), request.iterations
-    tiles = [t for t in (_tile(reader, int(i), request, img_size, device, i in keep) for i in indices) if t]
+    tiles = [t for t in (_tile(reader, int(i), request, img_size, i in keep) for i in indices) if t]
     progress = on_sample or (lambda: None)
     for _ in range(len(indices) - len(tiles)):  # samples with no object to score
         progress()
@@ -141,19 +140,22 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
 
     if across is None:
         across = torch.device(device).type != "cpu"
+    rows = rows_per_pass(device)
     if across and In == 1 and tiles:
-        embeddings, sizes = torch.cat([t.emb for t in tiles]), torch.cat([t.size for t in tiles])
+        embeddings = torch.from_numpy(np.stack([reader.embedding(t.index) for t in tiles])).to(device).float()
+        sizes = torch.cat([t.size for t in tiles])
         for (p, s), (c, name) in itertools.product(np.ndindex(Pn, Sn), enumerate(names)):
             found = decode_tiles(decoders[name], embeddings, [t.prompts[p][s] for t in tiles], sizes,
-                                 request.mask_mode, rows_per_pass(device))
+                                 request.mask_mode, rows)
             for t, masks in zip(tiles, found):
                 score(t, [masks.cpu()], p, c, s)
         for _ in tiles:
             progress()
     else:
         for t in tiles:
+            emb = torch.from_numpy(reader.embedding(t.index))[None].to(device).float()  # one read per sample
             for (p, s), (c, name) in itertools.product(np.ndindex(Pn, Sn), enumerate(names)):
-                predict = _predictor(decoders[name], t.emb, t.size, request.mask_mode)
+                predict = _predictor(decoders[name], emb, t.size, request.mask_mode, rows)
                 score(t, corrective_rounds(predict, t.prompts[p][s], t.true, In, img_size), p, c, s)
             progress()
     rows, values, valid, kept = [], [], [], []
@@ -173,12 +175,12 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
 
 @dataclass
 class _Tile:
-    """One sample being scored: its objects, embedding on the device, prompts [prompt][seed], counts."""
+    """One sample being scored: its objects, prompts [prompt][seed] and counts (its embedding is read when
+    it is decoded, so a partition's embeddings are not all held at once on a CPU)."""
 
     index: int
     masks: np.ndarray
     ids: np.ndarray
-    emb: torch.Tensor
     size: torch.Tensor
     true: torch.Tensor
     prompts: list
@@ -187,8 +189,8 @@ class _Tile:
     shown: dict | None
 
 
-def _tile(reader, index: int, request: Request, img_size: int, device, keep: bool) -> _Tile | None:
-    """Read a sample once (embedding, objects) and make its prompts; None when it has no object to score.
+def _tile(reader, index: int, request: Request, img_size: int, keep: bool) -> _Tile | None:
+    """A sample's objects and prompts; None when it has no object to score.
     Prompts come from a generator seeded by (seed, sample), so they do not depend on the partition."""
     masks, ids = reader.objects(index, request.min_area, request.labels)
     if not len(ids):
@@ -199,10 +201,9 @@ def _tile(reader, index: int, request: Request, img_size: int, device, keep: boo
                 for seed in request.seeds] for prompt in request.prompts]
     ok = np.array([[pr.valid.numpy() for pr in per_seed] for per_seed in prompts]).transpose(2, 0, 1)  # [K, prompt, seed]
     shown = {"prompts": _tile_frame(prompts[0][0], h, w, img_size)} if keep else None
-    emb = torch.from_numpy(reader.embedding(index))[None].to(device).float()  # one read and copy per sample
     out = np.full((len(ids), len(request.prompts), len(request.checkpoints), len(request.seeds), request.iterations,
                    len(COUNTS)), np.nan)
-    return _Tile(index, masks, ids, emb, torch.tensor([[h, w]]), true, prompts, out, ok, shown)
+    return _Tile(index, masks, ids, torch.tensor([[h, w]]), true, prompts, out, ok, shown)
 
 
 def _results(request, names, rows, values, valid, cache) -> xr.Dataset:

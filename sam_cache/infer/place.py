@@ -49,8 +49,7 @@ class Tiles:
         between the box and the tile's edges inside the image (an image border is no tile border); if none
         does, the one holding most of its area."""
         rects = np.stack([self.rect(i) for i in tiles])
-        lo, hi = np.maximum(rects[:, :2], box[:2]), np.minimum(rects[:, 2:], box[2:])
-        overlap = np.prod(np.clip(hi - lo + 1, 0, None), axis=1)
+        overlap = _overlap(rects, box)
         whole = (rects[:, :2] <= box[:2]).all(1) & (rects[:, 2:] >= box[2:]).all(1)
         if not whole.any():
             return tiles[int(np.argmax(overlap))], False
@@ -89,8 +88,7 @@ class Tiles:
         tiles = self.by_plane[self.plane(p, path)]
         rects = np.stack([self.rect(i) for i in tiles])
         if p.box is not None:
-            lo, hi = np.maximum(rects[:, :2], p.box[:2]), np.minimum(rects[:, 2:], p.box[2:])
-            score = np.prod(np.clip(hi - lo + 1, 0, None), axis=1)
+            score = _overlap(rects, p.box)
         else:
             inside = _inside(rects, p.points)  # [T, P]
             score = inside[:, p.labels == 1].sum(1) * (len(p.labels) + 1) + inside.sum(1)
@@ -106,6 +104,12 @@ class Tiles:
             if not len(points):
                 points = labels = None
         return Placed(p, i, box, points, labels, dropped)
+
+
+def _overlap(rects: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Pixels of the box x0, y0, x1, y1 (inclusive) inside each tile rectangle [T, 4] (same convention)."""
+    lo, hi = np.maximum(rects[:, :2], box[:2]), np.minimum(rects[:, 2:], box[2:])
+    return np.prod(np.clip(hi - lo + 1, 0, None), axis=1)
 
 
 def _inside(rects: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -101,6 +101,7 @@ def decode_placed(reader, decoder, placed: list[Placed], mask_mode: str, on_prom
     """Every prompt's mask at its tile's size, and its predicted IoU."""
     img = decoder.img_size[0]
     resize, masks, scores = ResizeLongestSide(img), {}, {}
+    rows = rows_per_pass(next(decoder.parameters()).device)
     for (i, has_box, has_points), members in _groups(placed).items():
         h, w = reader.valid_size(i)
         boxes = points = labels = None
@@ -116,8 +117,7 @@ def decode_placed(reader, decoder, placed: list[Placed], mask_mode: str, on_prom
         batch = PromptBatch(None if points is None else points[None], None if labels is None else labels[None],
                             None if boxes is None else boxes[None], len(members))
         emb = torch.from_numpy(reader.embedding(i))[None].float()
-        out = decode_prompts(decoder, emb, batch, torch.tensor([[h, w]]), mask_mode,
-                             rows=rows_per_pass(next(decoder.parameters()).device))
+        out = decode_prompts(decoder, emb, batch, torch.tensor([[h, w]]), mask_mode, rows=rows)
         iou = torch.take_along_dim(out.iou[0], out.best[0][:, None], 1)[:, 0].float().cpu().numpy()
         for r, n in enumerate(members):
             masks[n], scores[n] = out.masks[0][r].cpu().numpy(), float(iou[r])

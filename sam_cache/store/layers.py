@@ -61,27 +61,29 @@ def write_label_layer(path, name: str, tiles: dict[int, np.ndarray], provenance:
         else:
             if var in group:
                 del group[var]
-            a = new_array(group, var, (n, H, W), (1, H, W), (shard, H, W), "int32", S.DIMS[S.LABEL], S.PIXEL_CODECS)
-            a.attrs.update({**attrs, "complete": False})
-            for start, block in _layer_blocks(n, shard, (H, W), tiles):
-                a[start:start + len(block)] = block
-            a.attrs["complete"] = True
+            _fill(group, var, (n, H, W), shard, tiles, {**attrs, "complete": False}).attrs["complete"] = True
         consolidate(location)
     return var
 
 
-def _write_layer_beside(path: Path, var: str, name: str, shape, shard: int, tiles, attrs: dict) -> None:
+def _fill(group, var: str, shape, shard: int, tiles, attrs: dict):
+    """The layer's array in `group`, with `attrs`, written shard by shard; returns it."""
     n, H, W = shape
+    a = new_array(group, var, shape, (1, H, W), (shard, H, W), "int32", S.DIMS[S.LABEL], S.PIXEL_CODECS)
+    a.attrs.update(attrs)
+    for start, block in _layer_blocks(n, shard, (H, W), tiles):
+        a[start:start + len(block)] = block
+    return a
+
+
+def _write_layer_beside(path: Path, var: str, name: str, shape, shard: int, tiles, attrs: dict) -> None:
     staging_root, old = Location(path.with_name(f".{path.name}.{var}.writing")), Location(path.with_name(f".{path.name}.{var}.old"))
     for stale in (staging_root, old):
         stale.remove()
     try:
         with space_checked(path, f"writing the label layer {name}", "the cache is as it was"):
             staged = zarr.open_group(staging_root.url, mode="w", zarr_format=3)
-            a = new_array(staged, var, (n, H, W), (1, H, W), (shard, H, W), "int32", S.DIMS[S.LABEL], S.PIXEL_CODECS)
-            a.attrs.update(attrs)
-            for start, block in _layer_blocks(n, shard, (H, W), tiles):
-                a[start:start + len(block)] = block
+            _fill(staged, var, shape, shard, tiles, attrs)
     except BaseException:  # a killed process leaves it beside the cache, removed by the next write
         staging_root.remove()
         raise

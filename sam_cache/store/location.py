@@ -119,8 +119,9 @@ class Location:
             return Location(self.path.with_name(name))
         return Location(posixpath.join(posixpath.dirname(self.url), name), self.options)
 
-    def child(self, name: str) -> "Location":
-        return Location(self.path / name) if self.local else Location(f"{self.url}/{name}", self.options)
+    def staging(self) -> "Location":
+        """Where an --overwrite rebuild is written, beside the old cache, until it replaces it."""
+        return self.sibling(f".{self.name}.rebuild")
 
     def exists(self) -> bool:
         return self.path.exists() if self.local else self.fs.exists(self.url)

@@ -56,7 +56,7 @@ def _interrupted_swap(location: Location) -> str:
     """What to do when an --overwrite rebuild on object storage was interrupted while copied into place."""
     if location.local:
         return ""
-    staged = location.sibling(f".{location.name}.rebuild")
+    staged = location.staging()
     try:
         complete = staged.exists() and bool(zarr.open_group(staged.store(read_only=True), mode="r")
                                             .attrs.get(S.ATTRS, {}).get("complete"))

@@ -199,11 +199,6 @@ def create(location: Location, attrs: dict, layout: Layout) -> None:
         Location(tmp).remove()
 
 
-def staging(location: Location) -> Location:
-    """Where an --overwrite rebuild is written, beside the old cache, until it replaces it."""
-    return location.sibling(f".{location.name}.rebuild")
-
-
 def _replace(staged: Location, location: Location) -> None:
     if location.local:
         old = location.sibling(f".{location.name}.old")
@@ -247,23 +242,41 @@ class ShardWriter:
         self.group = zarr.open_group(self.location.store(), mode="r+", use_consolidated=False)
         self.arrays = {n: self.group[n].with_config(WRITE) for n in S.SHARDED if n in self.group}
         self.flags = self.group[S.DONE].with_config(WRITE)
-        self.done = np.asarray(self.flags[:], dtype=bool)
+        self.n = int(self.flags.shape[0])
+        self._done = None  # every flag, read on first use: a cluster task reads only its own shard's
         self.shard = int(self.arrays[S.EMBEDDING].shards[0])
         self.quantised = S.EMBEDDING_SCALE in self.arrays  # an int8 cache: embeddings are quantised here
+
+    @property
+    def done(self) -> np.ndarray:
+        """Every sample's commit flag, as last read (`refresh` reads them again)."""
+        if self._done is None:
+            self.refresh()
+        return self._done
+
+    def refresh(self) -> np.ndarray:
+        self._done = np.asarray(self.flags[:], dtype=bool)
+        return self._done
+
+    def committed(self, start: int, stop: int) -> bool:
+        """Whether samples start..stop-1 are all committed, read from the store now."""
+        return bool(np.asarray(self.flags[start:stop], dtype=bool).all())
 
     def write_shard(self, start: int, arrays: dict[str, np.ndarray]) -> None:
         """Write whole shards of every array, then mark them done: the commit point."""
         stop = start + len(next(iter(arrays.values())))
         if self.quantised:  # every writer (this process, cluster workers, ranks) passes through here
             arrays = lossy.to_stored(arrays)
-        if start % self.shard or (stop % self.shard and stop != len(self.done)):
+        if start % self.shard or (stop % self.shard and stop != self.n):
             raise ValueError(f"samples {start}-{stop - 1} are not whole shards of {self.shard}")
-        kept = f"the {int(self.done.sum())} samples committed before are kept"
+        kept = (f"the {int(self._done.sum())} samples committed before are kept" if self._done is not None
+                else "the samples committed before are kept")
         with space_checked(self.location, f"writing samples {start}-{stop - 1}", kept):
             for name, values in arrays.items():
                 self.arrays[name][start:stop] = values
             self.flags[start:stop] = True
-        self.done[start:stop] = True
+        if self._done is not None:
+            self._done[start:stop] = True
 
 
 class CacheWriter:
@@ -284,7 +297,7 @@ class CacheWriter:
         self.lock = lock_for(self.location, rank).acquire()
         try:
             self.rebuild = overwrite and self.location.exists()
-            self.target = staging(self.location) if self.rebuild else self.location
+            self.target = self.location.staging() if self.rebuild else self.location
             old = _existing(self.target)
             if old is None and rank and not self.location.local:
                 old = self._wait_for_rank_0(log)
@@ -339,8 +352,7 @@ class CacheWriter:
 
     def refresh(self) -> np.ndarray:
         """The done flags as stored: every writer's commits (workers, other ranks), not only this one's."""
-        self.shards.done = np.asarray(self.shards.flags[:], dtype=bool)
-        return self.shards.done
+        return self.shards.refresh()
 
     def finish(self, stats: dict) -> None:
         """Record the run, consolidate the metadata, swap a rebuild in."""
