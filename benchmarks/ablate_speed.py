@@ -32,12 +32,19 @@ def main():
                     "(0: all of a tile's prompts in one pass); default: the runner's own `rows_per_pass`")
     ap.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (to see whether it pays on a GPU; "
                     "samcache itself decodes in float32)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the decoder's transformer (decode.fast.two_way) "
+                    "and output upscaling, to see whether it pays (samcache itself does not compile the decoder)")
     args = ap.parse_args()
     path = em_cache(args.model, args.n, args.device)
     reader = CacheReader(path)
     prompts = args.prompts.split(",")
     request = Request(tuple(prompts), ("base",), min_area=args.min_area).check()
     decoders = load_decoders(reader, request, args.device)
+    if args.compile:
+        from sam_cache.decode import fast
+        fast.two_way = torch.compile(fast.two_way)  # decoder.decode looks it up at each call
+        for d in decoders.values():
+            d.mask_decoder.output_upscaling = torch.compile(d.mask_decoder.output_upscaling)
     idx = np.arange(args.samples or args.n)
     t = time.perf_counter()  # the reading part alone: embeddings, labels, objects
     for i in idx:
@@ -48,7 +55,9 @@ def main():
     for setting in (args.rows.split(",") if args.rows else [None]):
         if setting is not None:  # the sweep replaces the runner's choice, for this process only
             runner.rows_per_pass = lambda device, n=int(setting): n or None
-        score_samples(reader, idx[:1], request, decoders, args.device)  # warm-up
+        t = time.perf_counter()
+        score_samples(reader, idx[:1], request, decoders, args.device)  # warm-up (with --compile: compilation)
+        warmup = time.perf_counter() - t
         t = time.perf_counter()
         with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
             r, _ = score_samples(reader, idx, request, decoders, args.device)
@@ -56,9 +65,9 @@ def main():
         n_prompts = r.sizes["object"] * len(prompts) * len(decoders)
         rows.append({"rows_per_pass": setting or f"auto ({runner.rows_per_pass(args.device)})", "samples": len(idx),
                      "objects": r.sizes["object"], "prompts": n_prompts, "seconds": total,
-                     "prompts_per_s": n_prompts / total, "read_share": read / total, "decode_share": 1 - read / total})
+                     "prompts_per_s": n_prompts / total, "warmup_s": warmup, "read_share": read / total, "decode_share": 1 - read / total})
     print(f"{args.model} decoder on {args.device}, prompts {prompts}")
-    print(table(rows, ["rows_per_pass", "samples", "objects", "prompts", "seconds", "prompts_per_s", "read_share", "decode_share"]))
+    print(table(rows, ["rows_per_pass", "samples", "objects", "prompts", "seconds", "prompts_per_s", "warmup_s", "read_share", "decode_share"]))
     print("results:", save(f"ablate_{args.model}_{torch.device(args.device).type}", vars(args), rows))
 
 

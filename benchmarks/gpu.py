@@ -31,6 +31,7 @@ STEPS = [
     ("finetune epoch", "finetune_speed.py", "--model vit_h --n 1980 --batch-size 32 --objects-per-sample 1", "--model tiny --n 8 --batch-size 4 --objects-per-sample 1", "finetune_{m}_{d}_k1"),
     ("ablation", "ablate_speed.py", "--model vit_h --n 1980 --samples 256", "--model tiny --n 8 --samples 2 --prompts box", "ablate_{m}_{d}"),
     ("ablation bf16", "ablate_speed.py", "--model vit_h --n 1980 --samples 256 --bf16", "--model tiny --n 8 --samples 2 --prompts box --bf16", "ablate_{m}_{d}"),
+    ("ablation compile", "ablate_speed.py", "--model vit_h --n 1980 --samples 256 --compile", "--model tiny --n 8 --samples 2 --prompts box --compile", "ablate_{m}_{d}"),
     ("AMG", "amg.py", "--model vit_h --n 16 --points-per-side 32", "--model tiny --n 2 --points-per-side 4 --random-init-thresholds", "amg_{m}_{d}"),
     ("predict", "predict_speed.py", "--model vit_h --n 64", "--model tiny --n 2", "predict_{m}_{d}"),
     ("corrective clicks", "clicks.py", "--model vit_h --n 1980 --samples 64 --iterations 8", "--model tiny --n 2 --iterations 2", "clicks_{m}_{d}"),

@@ -112,15 +112,19 @@ def _stock(sam, emb_i, points=None, labels=None, boxes=None, multimask=True):
     )
 
 
-def _check_against_stock(sam, data, kind, multimask, all_k=True):
-    """decode over all B×K at once vs the stock path image by image: each prompt alone, and all K together."""
+def _check_against_stock(sam, data, kind, multimask, all_k=True, path="inference"):
+    """decode over all B×K at once vs the stock path image by image: each prompt alone, and all K together.
+    `path`: "inference" decodes without recording gradients (decode.fast's reassociated transformer),
+    "training" with them (segment_anything's TwoWayTransformer module itself)."""
     emb = data[0]
     b, k_ = emb.shape[0], data[1].shape[1]
     kw = _prompts(kind, data)
     _, h, w, _, _ = _dims(sam)
     M = sam.mask_decoder.num_multimask_outputs if multimask else 1
-    with torch.no_grad():
+    with torch.set_grad_enabled(path == "training"):
         logits, iou, _ = decode(sam.prompt_encoder, sam.mask_decoder, emb, multimask=multimask, n_prompts=k_, **kw)
+        logits, iou = logits.detach(), iou.detach()
+    with torch.no_grad():
         assert logits.shape == (b, k_, M, 4 * h, 4 * w)
         assert iou.shape == (b, k_, M)
         worst = 0.0
@@ -138,44 +142,59 @@ def _check_against_stock(sam, data, kind, multimask, all_k=True):
     return worst
 
 
+PATHS = ("inference", "training")
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("multimask", [True, False])
 @pytest.mark.parametrize("kind", KINDS)
-def test_decode_matches_stock_per_image_per_prompt(sam, data, kind, multimask):
-    worst = _check_against_stock(sam, data, kind, multimask)
-    assert worst < ATOL, f"{kind} multimask={multimask}: max abs diff {worst:.3g}"
+def test_decode_matches_stock_per_image_per_prompt(sam, data, kind, multimask, path):
+    worst = _check_against_stock(sam, data, kind, multimask, path=path)
+    assert worst < ATOL, f"{kind} multimask={multimask} {path}: max abs diff {worst:.3g}"
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", ["points"])  # box: tiny is checked against SamPredictor below
-def test_decode_matches_stock_tiny(tiny, kind):
+def test_decode_matches_stock_tiny(tiny, kind, path):
     """The same on `tiny` (SAM's full decoder size), on a smaller batch to stay fast on a CPU."""
-    worst = _check_against_stock(tiny, make_data(tiny, B=2, K=2), kind, multimask=True, all_k=False)
-    assert worst < ATOL, f"tiny {kind}: max abs diff {worst:.3g}"
+    worst = _check_against_stock(tiny, make_data(tiny, B=2, K=2), kind, multimask=True, all_k=False, path=path)
+    assert worst < ATOL, f"tiny {kind} {path}: max abs diff {worst:.3g}"
 
 
-def test_one_pass_is_b_times_k_rows_not_b_squared(sam, data):
-    seen = []
-    hook = sam.mask_decoder.transformer.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+def _watch(sam):
+    """Record, in the first transformer block, the image-side batch that the tokens attend to and the
+    rows of image side that come out (norm4), on either path; returns (seen, remove)."""
+    layer = sam.mask_decoder.transformer.layers[0]
+    seen = {"image in": [], "rows out": []}
+    hooks = [layer.cross_attn_token_to_image.register_forward_hook(
+                 lambda m, args, kwargs, out: seen["image in"].append(kwargs["k"].shape[0]), with_kwargs=True),
+             layer.norm4.register_forward_hook(lambda m, args, out: seen["rows out"].append(out.shape[0]))]
+    return seen, lambda: [h.remove() for h in hooks]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_one_pass_is_b_times_k_rows_not_b_squared(sam, data, path):
+    seen, remove = _watch(sam)
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(path == "training"):
             decode(sam.prompt_encoder, sam.mask_decoder, data[0], boxes=data[3])
     finally:
-        hook.remove()
-    assert seen == [B * K]
+        remove()
+    assert seen["rows out"] == [B * K]
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_one_image_enters_the_transformer_once(sam, kind):
+def test_one_image_enters_the_transformer_once(sam, kind, path):
     """B = 1 (how evaluation decodes): the image side goes in as a batch of one and broadcasts against
     the K rows of tokens; every row still equals the stock path."""
-    seen = []
-    hook = sam.mask_decoder.transformer.register_forward_hook(
-        lambda m, args, out: seen.append((args[0].shape[0], out[1].shape[0])))
+    seen, remove = _watch(sam)
     try:
-        worst = _check_against_stock(sam, make_data(sam, B=1, K=K), kind, multimask=True)
+        worst = _check_against_stock(sam, make_data(sam, B=1, K=K), kind, multimask=True, path=path)
     finally:
-        hook.remove()
-    assert seen[0] == (1, K)  # ours first: one image in, K rows out
-    assert worst < ATOL, f"{kind}: max abs diff {worst:.3g}"
+        remove()
+    assert (seen["image in"][0], seen["rows out"][0]) == (1, K)  # ours first: one image in, K rows out
+    assert worst < ATOL, f"{kind} {path}: max abs diff {worst:.3g}"
 
 
 def test_one_image_gradients_match_the_expanded_pass(sam):
@@ -374,7 +393,7 @@ def test_rows_per_pass_changes_nothing_but_the_passes(sam):
     pd = PromptDecoder.from_sam(sam)
     size = torch.tensor([[200, 256], [256, 256]])
     calls = []
-    hook = sam.mask_decoder.transformer.register_forward_hook(lambda m, args, out: calls.append(out[0].shape[0]))
+    hook = sam.mask_decoder.transformer.layers[0].norm4.register_forward_hook(lambda m, args, out: calls.append(out.shape[0]))
     try:
         with torch.no_grad():
             for mask_input in (None, torch.randn(2, 5, 1, 4 * emb.shape[-2], 4 * emb.shape[-1])):

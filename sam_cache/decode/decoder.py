@@ -6,6 +6,9 @@ gives (B*K)·B rows for B images. `decode` runs the same submodules with the sam
 (`MaskDecoder.predict_masks` + the multimask slicing of `MaskDecoder.forward`), repeating each image's
 embedding K times (B → B*K rows) instead.
 
+Without gradients (inference), segment_anything's own TwoWayTransformer runs as `fast.two_way`: the same
+layers with the cross-attention products reassociated (half the multiply-adds per prompt row).
+
 No `torch.no_grad` in here: the pass is differentiable (typically prompt encoder frozen, mask decoder
 trained). The prompt encoder runs outside autocast in its own dtype (positional encodings are
 precision-sensitive; segment_anything computes them in float32); the mask decoder runs in its
@@ -19,6 +22,8 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam
+
+from . import fast
 
 __all__ = ["Decoded", "decode", "upscale_masks", "PromptDecoder"]
 
@@ -152,7 +157,10 @@ def decode(
         pos_src = image_pe.to(dtype).expand(B * K, -1, -1, -1)
     c, h, w = src.shape[1:]
 
-    hs, src = md.transformer(src, pos_src, tokens)
+    if not torch.is_grad_enabled() and fast.applies(md.transformer):  # inference: the same, in fewer products
+        hs, src = fast.two_way(md.transformer, src, pos_src[:1], tokens)
+    else:
+        hs, src = md.transformer(src, pos_src, tokens)
     b = hs.shape[0]
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : (1 + md.num_mask_tokens), :]

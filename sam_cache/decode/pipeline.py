@@ -114,9 +114,9 @@ ROW_BYTES = 64 << 20  # device memory one prompt row may take in an inference pa
 
 def rows_per_pass(device) -> int | None:
     """Prompts per decoder pass for inference on `device`. On a CPU, small passes keep each row's
-    4096×256 image-side tensors in cache: 4 rows per pass decoded about 1.5× faster than 48 on the 2-core
-    machine of benchmarks/RESULTS.md (`benchmarks/ablate_speed.py --rows`). On a GPU, as many rows as half
-    its free memory holds at `ROW_BYTES` each (at most 1024)."""
+    4096×256 image-side tensors in cache: 4 rows per pass decoded about 1.4× faster than 8, and 2× faster
+    than a tile's ~40 at once, on the 2-core machine of benchmarks/RESULTS.md (`benchmarks/ablate_speed.py
+    --rows`). On a GPU, as many rows as half its free memory holds at `ROW_BYTES` each (at most 1024)."""
     device = torch.device(device)
     if device.type == "cpu":
         return 4
