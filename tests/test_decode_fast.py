@@ -1,5 +1,6 @@
-"""decode.fast: the reassociated TwoWayTransformer gives segment_anything's own forward, on SAM's full decoder
-size (`tiny`: 256 channels, 8 heads, 64×64 image tokens), and is used only where it applies."""
+"""decode.fast: the reassociated TwoWayTransformer gives segment_anything's own forward and gradients, on
+SAM's full decoder size (`tiny`: 256 channels, 8 heads, 64×64 image tokens), and is used only where it
+applies."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from segment_anything.modeling import TwoWayTransformer
 
 from sam_cache.decode import fast
-from sam_cache.decode.decoder import PromptDecoder
+from sam_cache.decode.decoder import PromptDecoder, upscale_masks
 from sam_cache.decode.pipeline import PromptBatch, decode_prompts
 from sam_cache.models import load_sam
 
@@ -40,26 +41,45 @@ def test_two_way_is_the_transformer_forward(tiny, images, rows):
     torch.testing.assert_close(k, k_ref, atol=2e-5, rtol=1e-5)
 
 
-def test_masks_agree_with_the_module_path(tiny):
-    """Box prompts on one cached tile, decoded and brought to tile size: the inference path (no gradient,
-    fast.two_way) against the same call recording gradients (the module): logits to float rounding, masks
-    at least 99.9% equal pixel for pixel."""
+@pytest.mark.parametrize("images,rows", [(1, 3), (2, 2)], ids=["shared-image", "image-per-row"])
+def test_two_way_gradients_are_the_transformer_gradients(tiny, images, rows):
+    """Training runs through two_way too: the same gradients for every parameter and for both inputs."""
+    transformer = tiny.mask_decoder.transformer
+    grads = []
+    for run in (transformer, lambda *a: fast.two_way(transformer, *a)):
+        image, pe, tokens = (t.requires_grad_(True) for t in _inputs(tiny, images, rows))
+        transformer.zero_grad()
+        q, k = run(image, pe, tokens)
+        (q.sin().sum() + k.square().mean() * 100).backward()
+        grads.append([image.grad, pe.grad, tokens.grad] + [p.grad.clone() for p in transformer.parameters()])
+    transformer.zero_grad()
+    for ref, got in zip(*grads):
+        assert ref.abs().sum() > 0
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-3)
+
+
+def test_masks_agree_with_sams_own_decoder(tiny):
+    """Box prompts on one cached tile through the decode path (two_way, one-resize postprocessing) against
+    segment_anything's MaskDecoder.forward (its TwoWayTransformer module) and SAM's postprocessing,
+    prompt by prompt: logits to float rounding, masks at least 99.9% equal pixel for pixel."""
     pd = PromptDecoder.from_sam(tiny)
     emb = _inputs(tiny, 1, 1)[0]
     H, W = pd.img_size
     g = torch.Generator().manual_seed(1)
     xy = torch.rand(1, 6, 2, generator=g) * torch.tensor([W, H]) * 0.6
     boxes = torch.cat([xy, xy + torch.rand(1, 6, 2, generator=g) * 300 + 20], -1)
-    size = torch.tensor([[256, 256]])
-    outs = []
-    for grad in (False, True):
-        with torch.set_grad_enabled(grad):
-            outs.append(decode_prompts(pd, emb, PromptBatch(None, None, boxes, 6), size))
-    fast_out, module_out = outs
-    torch.testing.assert_close(fast_out.logits, module_out.logits.detach(), atol=1e-4, rtol=1e-5)
-    agree = (fast_out.masks[0] == module_out.masks[0]).float().mean().item()
-    assert agree >= 0.999, agree
-    assert fast_out.masks[0].any() and not fast_out.masks[0].all()  # masks that can disagree
+    with torch.no_grad():
+        out = decode_prompts(pd, emb, PromptBatch(None, None, boxes, 6), torch.tensor([[256, 256]]))
+        for k in range(6):
+            sparse, dense = tiny.prompt_encoder(points=None, boxes=boxes[:, k], masks=None)
+            logits, iou = tiny.mask_decoder(emb, tiny.prompt_encoder.get_dense_pe(), sparse, dense, True)
+            torch.testing.assert_close(out.logits[0, k], logits[0], atol=1e-4, rtol=1e-5)
+            best = iou[0].argmax()
+            assert best == out.best[0, k]
+            ref = upscale_masks(tiny, logits[:, best], (H, W), (256, 256))[0] > 0
+            agree = (out.masks[0][k] == ref).float().mean().item()
+            assert agree >= 0.999, (k, agree)
+            assert ref.any() and not ref.all()  # masks that can disagree
 
 
 class _OwnTransformer(TwoWayTransformer):

@@ -114,8 +114,8 @@ def _stock(sam, emb_i, points=None, labels=None, boxes=None, multimask=True):
 
 def _check_against_stock(sam, data, kind, multimask, all_k=True, path="inference"):
     """decode over all B×K at once vs the stock path image by image: each prompt alone, and all K together.
-    `path`: "inference" decodes without recording gradients (decode.fast's reassociated transformer),
-    "training" with them (segment_anything's TwoWayTransformer module itself)."""
+    `path`: "inference" decodes without recording gradients, "training" with them (the stock path is
+    segment_anything's MaskDecoder.forward, whose TwoWayTransformer runs as the module itself)."""
     emb = data[0]
     b, k_ = emb.shape[0], data[1].shape[1]
     kw = _prompts(kind, data)

@@ -6,8 +6,8 @@ gives (B*K)·B rows for B images. `decode` runs the same submodules with the sam
 (`MaskDecoder.predict_masks` + the multimask slicing of `MaskDecoder.forward`), repeating each image's
 embedding K times (B → B*K rows) instead.
 
-Without gradients (inference), segment_anything's own TwoWayTransformer runs as `fast.two_way`: the same
-layers with the cross-attention products reassociated (half the multiply-adds per prompt row).
+segment_anything's own TwoWayTransformer runs as `fast.two_way`: the same layers with the cross-attention
+products reassociated (half the multiply-adds per prompt row, forward and backward).
 
 No `torch.no_grad` in here: the pass is differentiable (typically prompt encoder frozen, mask decoder
 trained). The prompt encoder runs outside autocast in its own dtype (positional encodings are
@@ -157,9 +157,9 @@ def decode(
         pos_src = image_pe.to(dtype).expand(B * K, -1, -1, -1)
     c, h, w = src.shape[1:]
 
-    if not torch.is_grad_enabled() and fast.applies(md.transformer):  # inference: the same, in fewer products
+    if fast.applies(md.transformer):  # segment_anything's own transformer: the same, in fewer products
         hs, src = fast.two_way(md.transformer, src, pos_src[:1], tokens)
-    else:
+    else:  # any other class runs its own forward
         hs, src = md.transformer(src, pos_src, tokens)
     b = hs.shape[0]
     iou_token_out = hs[:, 0, :]

@@ -1,4 +1,4 @@
-"""segment_anything's TwoWayTransformer for inference with many prompts per image, in fewer multiplications.
+"""segment_anything's TwoWayTransformer for many prompts per image, in fewer multiplications.
 
 SAM's `Attention` projects every one of the h·w image tokens to queries, keys or values (256 -> 128
 channels) and projects the attention output of every image token back (128 -> 256). With T ≈ 7 prompt
@@ -10,13 +10,12 @@ heads. The masks are SAM's: same modules, same weights, same order of layers and
 association of the products differs (float rounding). `two_way` is checked against
 `TwoWayTransformer.forward` by tests/test_decode_fast.py.
 
-Two identities make it exact in arithmetic, not approximate:
-- softmax over the image tokens is unchanged by a term constant over them, so the key bias drops out of
-  token->image scores;
-- attention weights sum to one, so the value bias passes through the weighted sum unchanged.
+It is exact in arithmetic, not approximate: the query and key biases enter the scores as q·bk (or bq·k), a
+term per token and head, and since attention weights sum to one, the value bias passes through the
+weighted sum unchanged.
 
-Used by `decoder.decode` for segment_anything's own transformer when no gradient is recorded; training
-and any other transformer class run the module itself.
+Used by `decoder.decode` for segment_anything's own transformer, in training (gradients flow through the
+same parameters) and inference; any other transformer class runs its own forward.
 """
 
 from __future__ import annotations
@@ -83,8 +82,10 @@ def _token_to_image(attn: Attention, q, k, v):
     H = attn.num_heads
     qh = _heads(attn, attn.q_proj(q))  # [B, H, T, d]
     B, _, T, d = qh.shape
-    qk = (qh @ _weight(attn.k_proj, H)) / math.sqrt(d)  # [B, H, T, C]: q·(k Wk^T) = (q Wk)·k
-    a = torch.softmax(qk.reshape(B, H * T, -1) @ k.transpose(1, 2), dim=-1)  # [B, H·T, N]
+    qk = qh @ _weight(attn.k_proj, H)  # [B, H, T, C]: q·(k Wk^T + bk) = (q Wk)·k + q·bk
+    bias = qh @ attn.k_proj.bias.view(H, d, 1)  # [B, H, T, 1]
+    scores = (qk.reshape(B, H * T, -1) @ k.transpose(1, 2)).view(B, H, T, -1) + bias
+    a = torch.softmax(scores / math.sqrt(d), dim=-1).view(B, H * T, -1)  # [B, H·T, N]
     av = (a @ v).view(B, H, T, -1)  # [B, H, T, C]: a·(v Wv^T) = (a·v) Wv^T
     out = av @ _weight(attn.v_proj, H).transpose(1, 2) + attn.v_proj.bias.view(H, 1, d)  # [B, H, T, d]
     return attn.out_proj(attn._recombine_heads(out))
@@ -102,8 +103,11 @@ def _image_to_token(attn: Attention, q, k, v, residual):
     scores = (_times(m.reshape(B, H * T, C), q.transpose(1, 2))).view(B, H, T, -1)  # [B, H, T, N]
     a = torch.softmax((scores + bias) / math.sqrt(d), dim=2)  # over the T tokens
     vo = vh @ attn.out_proj.weight.view(C, H, d).permute(1, 2, 0)  # [B, H, T, C]: per head v Wo^T
-    out = (residual + attn.out_proj.bias).expand(B, -1, -1).contiguous()  # a new [B, N, C], summed into
-    return out.baddbmm_(a.view(B, H * T, -1).transpose(1, 2), vo.reshape(B, H * T, C))
+    out = (residual + attn.out_proj.bias).expand(B, -1, -1)
+    a, vo = a.view(B, H * T, -1).transpose(1, 2), vo.reshape(B, H * T, C)
+    if torch.is_autocast_enabled(a.device.type):  # autocast chooses the dtypes of the sum
+        return torch.baddbmm(out, a, vo)
+    return out.contiguous().baddbmm_(a, vo)  # summed into a new [B, N, C], no extra copy
 
 
 def _times(x, y):
