@@ -100,3 +100,25 @@ def test_other_transformer_classes_run_their_own_forward(tiny):
     finally:
         pd.mask_decoder.transformer = original
     assert calls == [1]
+
+
+class _Adapted(torch.nn.Linear):
+    """A projection with a weight of its own on top (as a low-rank adapter would have)."""
+
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def test_a_wrapped_projection_runs_the_module(tiny):
+    transformer = tiny.mask_decoder.transformer
+    attn = transformer.layers[1].cross_attn_image_to_token
+    original = attn.q_proj
+    adapted = _Adapted(original.in_features, original.out_features)
+    adapted.load_state_dict(original.state_dict())
+    attn.q_proj = adapted
+    try:
+        assert not fast.applies(transformer)
+    finally:
+        attn.q_proj = original
+    assert fast.applies(transformer)
+

@@ -38,10 +38,11 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops.boxes import batched_nms
 
-from ..decode.pipeline import PromptBatch, decode_prompts, resize_logits
+from ..decode.pipeline import PromptBatch, decode_prompts, resize_logits, rows_per_pass
 from .knobs import Settings
 
 MASK_THRESHOLD = Sam.mask_threshold  # 0.0: logits above it are foreground
+RLE_CHUNK = 64  # masks run-length encoded per call (the stock generator encodes a points_per_batch batch)
 
 
 def stability_key(offset: float) -> str:
@@ -63,9 +64,11 @@ def candidates(decoder, embeddings: torch.Tensor, sizes: Sequence[tuple[int, int
     `min_iou`, or whose stability is under `min_stability` for every offset, are dropped (0 keeps all),
     which is what the loosest setting of a sweep asks.
 
-    One decoder pass covers `points_per_batch` prompts: B tiles × K points each."""
+    `points_per_batch` prompts (B tiles × K points each) are scored together; the decoder takes them in
+    passes of `rows_per_pass` rows (4 on a CPU)."""
     img_size = decoder.img_size[0]
     resize = ResizeLongestSide(img_size)
+    rows = rows_per_pass(decoder.mask_decoder.iou_token.weight.device)  # decoder pass size: the device's
     n = points_per_side ** 2
     K = max(1, min(n, points_per_batch))
     per_pass = max(1, points_per_batch // K)
@@ -81,7 +84,7 @@ def candidates(decoder, embeddings: torch.Tensor, sizes: Sequence[tuple[int, int
             points = torch.as_tensor(model_pts, dtype=torch.float32)[:, :, None, :]  # [B, k, 1, 2]
             labels = torch.ones(points.shape[:3], dtype=torch.int)
             dec = decode_prompts(decoder, emb, PromptBatch(points, labels, None, points.shape[1]), valid,
-                                 "best-iou", tile_masks=False)
+                                 "best-iou", tile_masks=False, rows=rows)
             for b, t in enumerate(tiles):
                 h, w = sizes[t]
                 logits = resize_logits(decoder, dec.logits[b].float(), (h, w))
@@ -115,7 +118,9 @@ def _score(logits: torch.Tensor, iou: torch.Tensor, points: np.ndarray, size, of
     keep = ~is_box_near_crop_edge(data["boxes"], crop_box, crop_box)
     if not torch.all(keep):
         data.filter(keep)
-    data["rles"] = mask_to_rle_pytorch(data["masks"])
+    # mask_to_rle_pytorch looks through the changes of all its masks once per mask (time ~ masks²): chunks
+    masks = data["masks"]
+    data["rles"] = [r for i in range(0, len(masks), RLE_CHUNK) for r in mask_to_rle_pytorch(masks[i:i + RLE_CHUNK])]
     del data["masks"]
     return data
 

@@ -15,7 +15,8 @@ term per token and head, and since attention weights sum to one, the value bias 
 weighted sum unchanged.
 
 Used by `decoder.decode` for segment_anything's own transformer, in training (gradients flow through the
-same parameters) and inference; any other transformer class runs its own forward.
+same parameters) and inference; any other transformer class runs its own forward. Hooks registered on
+the TwoWayTransformer module itself do not run (those on its blocks' norms, MLPs and self-attentions do).
 """
 
 from __future__ import annotations
@@ -29,10 +30,18 @@ __all__ = ["applies", "two_way"]
 
 
 def applies(transformer) -> bool:
-    """Whether `two_way` computes this module's forward: segment_anything's own classes, exactly."""
-    return (type(transformer) is TwoWayTransformer
-            and all(type(layer) is TwoWayAttentionBlock for layer in transformer.layers)
-            and type(transformer.final_attn_token_to_image) is Attention)
+    """Whether `two_way` computes this module's forward: segment_anything's own classes, exactly, down to the
+    cross-attentions' plain `nn.Linear` projections (a wrapped one, e.g. a low-rank adapter, has weights
+    that two_way would not see, so such a transformer runs its own forward)."""
+    if type(transformer) is not TwoWayTransformer:
+        return False
+    cross = [transformer.final_attn_token_to_image]
+    for layer in transformer.layers:
+        if type(layer) is not TwoWayAttentionBlock:
+            return False
+        cross += [layer.cross_attn_token_to_image, layer.cross_attn_image_to_token]
+    return all(type(a) is Attention and all(type(p) is torch.nn.Linear for p in (a.q_proj, a.k_proj, a.v_proj, a.out_proj))
+               for a in cross)
 
 
 def two_way(transformer: TwoWayTransformer, image_embedding: torch.Tensor, image_pe: torch.Tensor,
