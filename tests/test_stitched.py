@@ -104,3 +104,21 @@ def test_cli_evaluate_per_image(crossing, tmp_path, micro_checkpoint):
     assert (tmp_path / "image.nc").is_file()
     r = CliRunner().invoke(app, ["evaluate", reader.path, "--per", "image", "--iterations", "2"])
     assert r.exit_code == 2 and "one round" in r.output
+
+
+def test_per_image_with_the_decoder_scores_every_image(crossing, tmp_path, micro_checkpoint):
+    """Two images: the second plane is decoded with the same decoder passes as the first (a regression: the
+    decoder's rows per pass must not be confused with the rows of results gathered so far)."""
+    import shutil
+
+    from sam_cache.eval.runner import Request, load_decoders
+
+    root = tmp_path / "two"
+    shutil.copytree(crossing, root)
+    for sub in ("images", "labels"):
+        shutil.copy(root / sub / "a.png", root / sub / "b.png")
+    reader = _cache(root, tmp_path, micro_checkpoint)
+    decoder = load_decoders(reader, Request(("box",), ("base",)), "cpu")["base"]
+    ds = score_images(reader, decoder, "box", min_area=1)
+    assert sorted(set(ds.source.values.tolist())) == [0, 1]
+    assert ((ds.tp + ds.fn).values.ravel() == ds.area.values).all()

@@ -34,10 +34,10 @@ def score_images(reader, decoder, prompt: str, seed: int = 0, mask_mode: str = "
     `decode(embedding, PromptBatch, valid_size)` -> bool masks [K, h, w] replaces the decoder (tests use
     an oracle)."""
     if decode is None:
-        rows = rows_per_pass(device)
+        per_pass = rows_per_pass(device)
 
         def decode(emb, batch, size):
-            return decode_prompts(decoder, emb.to(device), batch, size, mask_mode, rows=rows).masks[0].cpu()
+            return decode_prompts(decoder, emb.to(device), batch, size, mask_mode, rows=per_pass).masks[0].cpu()
     tiles, img_size = Tiles(reader), reader.attrs["preprocessing"]["img_size"]
     wanted = None if samples is None else set(np.asarray(samples).tolist())
     rows, values = [], []
