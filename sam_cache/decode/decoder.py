@@ -150,17 +150,16 @@ def decode(
         # first block's image-side projections are then computed once, not K times, and no K-fold copy of
         # the embedding is made; the arithmetic of each row is the same.
         src = emb + dense[:1].to(dtype)
-        pos_src = image_pe.to(dtype)
     else:
         src = emb.unsqueeze(1).expand(B, K, *emb.shape[1:]).reshape(B * K, *emb.shape[1:])  # = repeat_interleave K
         src = src + dense.to(dtype)
-        pos_src = image_pe.to(dtype).expand(B * K, -1, -1, -1)
     c, h, w = src.shape[1:]
+    pos_src = image_pe.to(dtype)  # [1, C, h, w]
 
     if fast.applies(md.transformer):  # segment_anything's own transformer: the same, in fewer products
-        hs, src = fast.two_way(md.transformer, src, pos_src[:1], tokens)
-    else:  # any other class runs its own forward
-        hs, src = md.transformer(src, pos_src, tokens)
+        hs, src = fast.two_way(md.transformer, src, pos_src, tokens)
+    else:  # any other class runs its own forward, with one positional encoding per image row
+        hs, src = md.transformer(src, pos_src.expand(src.shape[0], -1, -1, -1), tokens)
     b = hs.shape[0]
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : (1 + md.num_mask_tokens), :]

@@ -140,13 +140,13 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
 
     if across is None:
         across = torch.device(device).type != "cpu"
-    rows = rows_per_pass(device)
+    per_pass = rows_per_pass(device)
     if across and In == 1 and tiles:
         embeddings = torch.from_numpy(np.stack([reader.embedding(t.index) for t in tiles])).to(device).float()
         sizes = torch.cat([t.size for t in tiles])
         for (p, s), (c, name) in itertools.product(np.ndindex(Pn, Sn), enumerate(names)):
             found = decode_tiles(decoders[name], embeddings, [t.prompts[p][s] for t in tiles], sizes,
-                                 request.mask_mode, rows)
+                                 request.mask_mode, per_pass)
             for t, masks in zip(tiles, found):
                 score(t, [masks.cpu()], p, c, s)
         for _ in tiles:
@@ -155,7 +155,7 @@ def score_samples(reader: CacheReader, indices, request: Request, decoders: dict
         for t in tiles:
             emb = torch.from_numpy(reader.embedding(t.index))[None].to(device).float()  # one read per sample
             for (p, s), (c, name) in itertools.product(np.ndindex(Pn, Sn), enumerate(names)):
-                predict = _predictor(decoders[name], emb, t.size, request.mask_mode, rows)
+                predict = _predictor(decoders[name], emb, t.size, request.mask_mode, per_pass)
                 score(t, corrective_rounds(predict, t.prompts[p][s], t.true, In, img_size), p, c, s)
             progress()
     rows, values, valid, kept = [], [], [], []

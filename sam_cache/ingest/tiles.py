@@ -216,7 +216,7 @@ class TileDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         index = int(self.indices[i])
         si, s, y0, x0, h, w, _, view, of = self.plan.tiles[index]
-        h0, w0 = self.plan.tiles[of, 4:6]  # the original tile's valid size; (h, w) is its view's
+        _, _, _, _, h0, w0, *_ = self.plan.tiles[of]  # the original tile's valid size; (h, w) is its view's
         src = self.plan.sources[si]
         image = self._image(si)
         if src.axis is not None:

@@ -96,6 +96,7 @@ class CacheReader:
         self.view, self.view_of = views.read(self.group, done.size)  # identity views only in a cache without views
         # the samples every command uses unless asked for views: the tiles themselves (their identity views), in order
         self.samples = self.written[self.view[self.written] == views.IDENTITY]
+        self.has_views = bool((self.view != views.IDENTITY).any())  # views besides identity (`embed --views`)
         self.coords = {name: np.asarray(self.group[name][:]) for name in S.SAMPLE_COORDS}
         self.canvas = tuple(int(v) for v in self.array(S.IMAGE).shape[1:3])  # (H, W) every tile is padded to
         if check_shards:
@@ -159,11 +160,6 @@ class CacheReader:
     @property
     def n_samples(self) -> int:
         return int(self.done.size)
-
-    @property
-    def has_views(self) -> bool:
-        """Whether the cache stores views besides identity (`embed --views`)."""
-        return bool((self.view != views.IDENTITY).any())
 
     def require_labels(self, purpose: str) -> None:
         if self.label_kind is None:
