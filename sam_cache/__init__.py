@@ -21,6 +21,7 @@ _EXPORTS = {
     "classify": None, "runs": None,
 }
 __all__ = [*_EXPORTS, "__version__"]
+_RECORDED = ("embed",)  # the cache it makes records the call as its `command` (`store.location.recorded`)
 
 
 def __getattr__(name: str):
@@ -28,5 +29,9 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'sam_cache' has no attribute {name!r}")
     module = import_module(f".{_EXPORTS[name] or name}", __name__)
     value = module if _EXPORTS[name] is None else getattr(module, name)
+    if name in _RECORDED:
+        from .store.location import recorded
+
+        value = recorded(f"sam_cache.{name}", value)
     globals()[name] = value
     return value

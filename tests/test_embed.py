@@ -166,3 +166,35 @@ def test_halo_overlaps_patches_by_twice_the_halo(tmp_path, micro_checkpoint):
     with pytest.raises(OptionError, match="needs --patch"):
         sam_cache.embed(data, tmp_path / "bad.zarr", **{**kw, "patch": None, "halo": 2})
     assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_a_cache_made_from_python_records_the_call(tmp_path, micro_checkpoint):
+    """Called from a script, a cache's `command` is the API call (was the script's own command line)."""
+    from .conftest import write_rectangles
+
+    data, out = write_rectangles(tmp_path / "data", n=2), tmp_path / "c.zarr"
+    sam_cache.embed(data, out, model="tiny", checkpoint=micro_checkpoint, read_workers=0, progress=False,
+                    log=lambda m: None)
+    assert sam_cache.CacheReader(out).attrs["command"] == (
+        f"sam_cache.embed({str(data)!r}, {str(out)!r}, model='tiny', checkpoint={str(micro_checkpoint)!r}, "
+        "read_workers=0, progress=False, log=<lambda>)")
+    from sam_cache.store.location import python_call
+
+    recorded = python_call("sam_cache.embed", ("s3://AKIA:s3cr3t@bucket/data",), {"output": "s3://bucket/em.zarr"})
+    assert recorded == "sam_cache.embed('s3://bucket/data', output='s3://bucket/em.zarr')"  # no credentials kept
+
+
+def test_a_cache_made_by_the_command_records_the_command(tmp_path, micro_checkpoint):
+    """From the samcache command the record stays `samcache embed ...`, however the command was started."""
+    from sam_cache.store.location import command_line
+
+    from .conftest import REPO, write_rectangles
+
+    data, out = write_rectangles(tmp_path / "data", n=2), tmp_path / "c.zarr"
+    args = ["embed", str(data), "-o", str(out), "--model", "tiny", "--checkpoint", str(micro_checkpoint), "-q"]
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "samcache"), *args], check=True,
+                   capture_output=True)
+    assert sam_cache.CacheReader(out).attrs["command"] == "samcache " + " ".join(args)
+    # `python -m sam_cache.cli` runs cli/__main__.py: the samcache command too; another script is not
+    assert command_line([str(REPO / "cli" / "__main__.py"), *args]) == "samcache " + " ".join(args)
+    assert command_line([str(tmp_path / "__main__.py"), "embed"]) == f"{tmp_path / '__main__.py'} embed"

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy import ndimage
-from segment_anything.utils.amg import mask_to_rle_pytorch
 
 from ..choices import AMG_OUTPUT_MODES as OUTPUT_MODES  # noqa: F401
 from ..store import schema as S
@@ -41,34 +39,64 @@ def write_label(path: Path, label: np.ndarray) -> Path:
     return path
 
 
-def encode(mask: np.ndarray, mode: str, png: Path | None = None, root: Path | None = None):
-    """One mask [h, w] bool in the JSON's `segmentation` form."""
-    if mode == "coco_rle":
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+def encode_crop(crop: np.ndarray, origin: tuple[int, int], size: tuple[int, int], mode: str, png: Path | None = None,
+                root: Path | None = None):
+    """The mask of a plane of `size` (H, W) that is `crop` [h, w] bool at `origin` (y0, x0) and empty
+    elsewhere, in the JSON's `segmentation` form. The RLEs are made from the crop alone (`crop_counts`), so an
+    object costs its box, not its plane; a binary mask is written whole, as a PNG of the plane."""
+    H, W = (int(v) for v in size)
+    if mode == "binary_mask":
+        mask = np.zeros((H, W), bool)
+        mask[origin[0]:origin[0] + crop.shape[0], origin[1]:origin[1] + crop.shape[1]] = crop
+        png.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(png)
+        return str(png.relative_to(root))
+    rle = {"size": [H, W], "counts": crop_counts(crop, origin, (H, W))}
     if mode == "uncompressed_rle":
-        return mask_to_rle_pytorch(torch.from_numpy(mask[None]))[0]
-    png.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.astype(np.uint8) * 255).save(png)
-    return str(png.relative_to(root))
+        return rle
+    return {"size": [H, W], "counts": mask_utils.frPyObjects(rle, H, W)["counts"].decode("ascii")}
+
+
+def crop_counts(crop: np.ndarray, origin: tuple[int, int], size: tuple[int, int]) -> list[int]:
+    """COCO's uncompressed RLE counts (runs in column-major order, the first a run of 0s, possibly empty) of
+    the plane of `size` that is `crop` at `origin` and 0 elsewhere: what `mask_to_rle_pytorch` and
+    pycocotools give for the whole plane, from the crop's own pixels."""
+    (y0, x0), (H, W) = origin, size
+    cols = np.zeros((crop.shape[1], crop.shape[0] + 2), np.int8)  # the crop's columns, a 0 above and below each
+    cols[:, 1:-1] = crop.T
+    x, y = np.nonzero(np.diff(cols, axis=1))  # column-major: where a run of 1s starts (+1) or ends (-1), in turn
+    edges = (x.astype(np.int64) + x0) * H + y + y0
+    same = edges[1:] == edges[:-1]  # a run that reaches a column's bottom and goes on at the next one's top
+    edges = edges[~(np.r_[same, False] | np.r_[False, same])] if len(edges) else edges
+    if not len(edges) or edges[-1] != H * W:
+        edges = np.r_[edges, H * W]
+    return np.diff(edges, prepend=0).tolist()
+
+
+def empty_annotation(size: tuple[int, int], mode: str, png: Path | None = None, root: Path | None = None) -> dict:
+    """The COCO record of a mask with no pixel in a plane of `size` (H, W): an empty segmentation, area 0,
+    bbox [0, 0, 0, 0]; pycocotools reads it (`annToMask` gives zeros, `area` 0)."""
+    return {"category_id": 1, "segmentation": encode_crop(np.zeros((0, 0), bool), (0, 0), size, mode, png, root),
+            "bbox": [0, 0, 0, 0], "area": 0, "iscrowd": 0}
 
 
 def annotations(label: np.ndarray, info: dict, mode: str, root: Path, stem: str) -> list[dict]:
     """COCO records of every object of one plane's label map (ids and image ids are given when the parts
     are joined); `info[id]` holds its predicted_iou, stability_score, point_coords and crop_box (source
-    frame). Binary masks are written as root/masks/<stem>_<id>.png."""
+    frame). Binary masks are written as root/masks/<stem>_<id>.png. Each object's RLE is made from its box
+    (`encode_crop`): the time is the objects' boxes, not one plane per object."""
     records = []
     for k, box in enumerate(ndimage.find_objects(label), start=1):
         if box is None:  # ids of other planes of the volume
             continue
-        mask = np.zeros(label.shape, bool)
-        mask[box] = label[box] == k  # compared within the object's box only
+        crop = label[box] == k  # compared within the object's box only
         ys, xs = box
         records.append({
             "category_id": 1,
-            "segmentation": encode(mask, mode, root / "masks" / f"{stem}_{k:05d}.png", root),
+            "segmentation": encode_crop(crop, (ys.start, xs.start), label.shape, mode,
+                                        root / "masks" / f"{stem}_{k:05d}.png", root),
             "bbox": [xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start],
-            "area": int(mask[box].sum()), "iscrowd": 0, **info.get(k, {}),
+            "area": int(crop.sum()), "iscrowd": 0, **info.get(k, {}),
         })
     return records
 

@@ -5,6 +5,13 @@ cache (the weak-label workflow: boxes -> SAM pseudo-masks -> `finetune --labels 
 Each prompt is one object, id = its number in the prompts file (1..N), decoded on the tile that holds
 it through the one decode path. Masks are painted into their source planes largest first, so a smaller
 object on a larger one stays visible; where masks overlap, the smaller keeps the pixel.
+
+masks.json holds one annotation per prompt (`prompt_id`: its id), under the image of its plane. A prompt
+whose mask has no pixel in the label images (the decoder gave none, smaller masks cover it, the annotated
+region leaves it out, or it was dropped) keeps its annotation, with `empty` true, area 0, bbox [0, 0, 0, 0]
+and an empty RLE, which pycocotools reads as a mask of zeros; `status` says whether it was decoded.
+prompts.csv gives both areas: `area`, the decoded mask's, and `label_area`, what it holds in the label
+images and masks.json.
 """
 
 from __future__ import annotations
@@ -48,8 +55,12 @@ class PredictResult:
     object_dice: float | None  # prompts from labels: mean Dice of each mask against the object it came from
 
     def __str__(self) -> str:
-        done = int((self.prompts.status == "decoded").sum())
-        text = f"{done} of {len(self.prompts)} prompts decoded into {self.out}"
+        decoded = self.prompts.status == "decoded"
+        text = f"{int(decoded.sum())} of {len(self.prompts)} prompts decoded into {self.out}"
+        empty = int((decoded & (self.prompts.label_area == 0)).sum())
+        if empty:
+            text += (f"; {empty} of their masks {'are' if empty > 1 else 'is'} empty (no pixel in the label images; "
+                     "`empty` in masks.json)")
         if self.layer:
             text += f"; label layer `{self.layer}` written into the cache"
         if self.weak_dice is not None:
@@ -125,17 +136,22 @@ def decode_placed(reader, decoder, placed: list[Placed], mask_mode: str, on_prom
     return masks, scores
 
 
+def _plane_of(reader, i: int) -> tuple[int, int]:
+    """The (source, plane) a tile lies in."""
+    return int(reader.coord(S.SOURCE)[i]), max(int(reader.coord(S.SLICE)[i]), 0)
+
+
 def _paint(reader, placed, masks, keep, regions: Regions) -> dict:
-    """Source -> [planes, H, W] uint32 ids (largest mask painted first), for the sources prompted."""
+    """Source -> [planes, H, W] uint32 ids (largest mask painted first), for every source prompted (all 0
+    where none of its prompts was decoded)."""
     planes = {}
+    for source in sorted({_plane_of(reader, p.sample)[0] for p in placed}):
+        n_planes, shape, _ = reader.planes(source)
+        planes[source] = np.zeros((n_planes, *shape), np.uint32)
     for n in sorted(keep, key=lambda n: -int(masks[n].sum())):
         p, m = placed[n], masks[n]
         i = p.sample
-        source = int(reader.coord(S.SOURCE)[i])
-        if source not in planes:
-            n_planes, shape, _ = reader.planes(source)
-            planes[source] = np.zeros((n_planes, *shape), np.uint32)
-        z, y0, x0 = max(int(reader.coord(S.SLICE)[i]), 0), int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
+        (source, z), y0, x0 = _plane_of(reader, i), int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
         region = regions.annotated(source, z, planes[source].shape[1:])
         if region is not None:
             m = m & region[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
@@ -161,7 +177,7 @@ def _centre(p: Placed) -> tuple[float, float]:
 
 
 def predict(cache, out, prompts=None, prompts_from_labels: str | None = None, checkpoint: str = "base",
-            mask_mode: str = "best-iou", output_mode: str = "coco_rle", write_layer: str | None = None,
+            mask_mode: str = "auto", output_mode: str = "coco_rle", write_layer: str | None = None,
             overwrite_layer: bool = False, annotated_fraction: float | None = None, annotated_region=None,
             zero_unannotated: bool = False, seed: int = 0, min_area: int = MIN_AREA, prompt_options=None,
             device: str | None = None, base_checkpoint=None, overwrite: bool = False, progress: bool = True,
@@ -211,8 +227,8 @@ def predict(cache, out, prompts=None, prompts_from_labels: str | None = None, ch
         bar.close()
     masks, scores = {keep[k]: v for k, v in masks.items()}, {keep[k]: v for k, v in scores.items()}
     planes = _paint(reader, placed, masks, keep, regions)
-    table = _table(reader, placed, status, masks, scores)
-    _write_outputs(reader, out, planes, placed, masks, scores, output_mode, checkpoint, origin)
+    annotations = _write_outputs(reader, out, planes, placed, status, scores, output_mode, checkpoint, origin)
+    table = _table(reader, placed, status, masks, scores, {a["prompt_id"]: a["area"] for a in annotations})
     table.to_csv(out / "prompts.csv", index=False)
     dropped = len(placed) - len(keep)
     if dropped:
@@ -245,7 +261,9 @@ def _foreground_dice(reader, planes, regions) -> float:
     return float(from_counts(np.array(tp), np.array(fp), np.array(fn))["dice"])
 
 
-def _table(reader, placed, status, masks, scores) -> pd.DataFrame:
+def _table(reader, placed, status, masks, scores, label_areas: dict) -> pd.DataFrame:
+    """prompts.csv: a row per prompt. `area` is its decoded mask's, `label_area` what it holds in the label
+    images (less where smaller masks cover part of it or the annotated region clips it)."""
     rows = []
     for n, p in enumerate(placed):
         q = p.prompt
@@ -253,35 +271,45 @@ def _table(reader, placed, status, masks, scores) -> pd.DataFrame:
                      "sample": p.sample, "tile": reader.tile_name(p.sample),
                      "kind": "+".join(k for k, v in (("box", p.box), ("points", p.points)) if v is not None),
                      "points_dropped": p.dropped_points, "status": status[n],
-                     "predicted_iou": scores.get(n, np.nan), "area": int(masks[n].sum()) if n in masks else 0})
+                     "predicted_iou": scores.get(n, np.nan), "area": int(masks[n].sum()) if n in masks else 0,
+                     "label_area": int(label_areas[q.id])})
     return pd.DataFrame(rows)
 
 
-def _write_outputs(reader, out: Path, planes, placed, masks, scores, output_mode, checkpoint, origin) -> None:
+def _write_outputs(reader, out: Path, planes, placed, status, scores, output_mode, checkpoint, origin) -> list[dict]:
+    """The label image of every source prompted, and masks.json: an image per plane holding a prompt, an
+    annotation per prompt (`empty` where it holds no pixel of the label image). Returns the annotations."""
     files = outputs.label_names(reader)
     classes = sorted({p.prompt.cls for p in placed if p.prompt.cls}, key=lambda c: (not c.isdigit(), c.zfill(12)))
     category = {c: k for k, c in enumerate(classes, start=2)}  # 1 is `object` (no class given)
-    info = {p.prompt.id: {"predicted_iou": scores[n], "prompt_id": p.prompt.id,
+    info = {p.prompt.id: {"predicted_iou": scores.get(n), "prompt_id": p.prompt.id, "status": status[n],
                           "category_id": category.get(p.prompt.cls, 1),
                           **({"box_prompt": p.prompt.box.tolist()} if p.prompt.box is not None else {}),
                           **({"point_coords": p.prompt.points.tolist(), "point_labels": p.prompt.labels.tolist()}
                              if p.prompt.points is not None else {})}
-            for n, p in enumerate(placed) if n in masks}
-    used = {int(reader.coord(S.SOURCE)[placed[n].sample]) for n in masks}
+            for n, p in enumerate(placed)}
+    on_plane = {}
+    for p in placed:
+        on_plane.setdefault(_plane_of(reader, p.sample), []).append(p.prompt.id)
     images, annotations = [], []
-    for source in sorted(used):
+    for source in sorted(planes):
         label = planes[source]
         n_planes, (h, w), axis = reader.planes(source)
         outputs.write_label(out / outputs.LABELS / files[source], label[0] if axis < 0 else np.moveaxis(label, 0, axis))
         for z in range(n_planes):
-            if axis >= 0 and not label[z].any():
+            if (source, z) not in on_plane:
                 continue
             image = {"id": len(images) + 1, "file_name": reader.source_name(source), "source": source, "height": h,
                      "width": w, **({"slice": z} if axis >= 0 else {})}
             images.append(image)
-            for a in outputs.annotations(label[z], info, output_mode, out, f"{source:06d}_{z:04d}"):
-                annotations.append({**a, "id": len(annotations) + 1, "image_id": image["id"]})
+            stem = f"{source:06d}_{z:04d}"
+            found = {a["prompt_id"]: a for a in outputs.annotations(label[z], info, output_mode, out, stem)}
+            for k in sorted(on_plane[source, z]):
+                png = out / "masks" / f"{stem}_{k:05d}.png"
+                a = found.get(k) or {**outputs.empty_annotation((h, w), output_mode, png, out), **info[k]}
+                annotations.append({**a, "empty": k not in found, "id": len(annotations) + 1, "image_id": image["id"]})
     categories = [{"id": 1, "name": "object"}] + [{"id": k, "name": c} for c, k in category.items()]
     outputs.write_coco(out / "masks.json", images, annotations, {
         "description": f"samcache predict on {reader.path}", "checkpoint": checkpoint_name(str(checkpoint)),
         **origin, "untrained": not reader.model["trained"]}, categories)
+    return annotations

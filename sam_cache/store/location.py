@@ -11,10 +11,13 @@ Object stores have no rename and no lock, so the writer's commit rule differs th
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import posixpath
 import re
 import shutil
 import sys
+from contextvars import ContextVar
 from pathlib import Path
 
 import zarr
@@ -42,11 +45,18 @@ def parse_storage_options(pairs) -> dict:
     return out
 
 
+_CALL: ContextVar[str | None] = ContextVar("sam_cache_call", default=None)  # the API call running (`recorded`)
+
+
 def command_line(argv=None) -> str:
-    """The command that is running, as recorded in a cache or a lock: `samcache …`, with every
-    --storage-option value (it may hold a secret) replaced by ***."""
+    """The command that is running, as recorded in a cache or a lock: `samcache …` when the process is the
+    samcache command (`is_cli`), else the Python call running (`sam_cache.embed('data', 'em.zarr', model='tiny')`,
+    see `recorded`), else the process's own command line (a script's). Every --storage-option value (it
+    may hold a secret) is replaced by ***, and a URL's user:password@ is left out."""
+    if argv is None and not (sys.argv and is_cli(sys.argv[0])) and _CALL.get() is not None:
+        return _CALL.get()
     argv = list(sys.argv if argv is None else argv)
-    if argv and Path(argv[0]).name in ("samcache", "__main__.py"):
+    if argv and is_cli(argv[0]):
         argv[0] = "samcache"
     out, hide = [], False
     for arg in argv:
@@ -54,8 +64,47 @@ def command_line(argv=None) -> str:
             key = arg.removeprefix("--storage-option=").partition("=")[0]
             arg = ("--storage-option=" if not hide else "") + f"{key}=***"
         hide = arg == "--storage-option"
-        out.append(arg)
+        out.append(_redact(arg))
     return " ".join(out)
+
+
+def is_cli(program: str) -> bool:
+    """Whether `program` (a process's argv[0]) is the samcache command: its entry-point script, or the
+    CLI package run as `python -m sam_cache.cli` (a file of that package)."""
+    path = Path(program)
+    if path.name in ("samcache", "samcache.exe", "samcache-script.py"):
+        return True
+    spec = importlib.util.find_spec("sam_cache.cli")
+    places = [Path(p).resolve() for p in (spec.submodule_search_locations or [])] if spec else []
+    return path.suffix == ".py" and path.resolve().parent in places
+
+
+def recorded(name: str, fn):
+    """`fn`, which while it runs is the command `command_line` records (unless the process is the samcache
+    command): `name(...)` with the arguments it was given (`python_call`). `sam_cache.embed` is `recorded`."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        token = _CALL.set(python_call(name, args, kwargs))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _CALL.reset(token)
+    return call
+
+
+def python_call(name: str, args=(), kwargs=None) -> str:
+    """A call as Python writes it, `name('data', 'em.zarr', model='tiny')`: paths as strings, a URL without
+    its user:password@, a function by its name. Storage options are never in it (`set_storage_options`)."""
+    parts = [_argument(a) for a in args] + [f"{k}={_argument(v)}" for k, v in (kwargs or {}).items()]
+    return f"{name}({', '.join(parts)})"
+
+
+def _argument(value) -> str:
+    if isinstance(value, (str, Path)):
+        return repr(_redact(str(value)))
+    if callable(value) and hasattr(value, "__name__"):
+        return value.__name__
+    return _redact(repr(value))
 
 
 def is_url(path) -> bool:
