@@ -182,7 +182,8 @@ def embed(
     window: Optional[str] = typer.Option(None, help="CT window: a preset (abdomen, soft-tissue, liver, lung, bone, "
                                          "brain) or LEVEL,WIDTH in HU.", rich_help_panel=INTENSITY),
     model: str = typer.Option("vit_h", help="SAM type: " + ", ".join(C.MODEL_TYPES) + " (vit_t: MobileSAM, needs "
-                              "the mobile_sam package; tiny: untrained, for smoke runs), auto (the type the "
+                              "the mobile_sam package; lite_medsam: LiteMedSAM, trained weights that ship with samcache, works offline; "
+                              "tiny: untrained, for smoke runs), auto (the type the "
                               "--checkpoint's shapes fit), or a type a package registers (`samcache.models` entry point).",
                               rich_help_panel=MODEL),
     checkpoint: Optional[Path] = typer.Option(None, help="SAM checkpoint; default $SAMCACHE_CHECKPOINT, the local "
@@ -272,7 +273,9 @@ def finetune(
     objects_per_sample: int = typer.Option(4, help="Objects drawn from each sample per step.", rich_help_panel=RECIPE),
     min_area: int = typer.Option(C.MIN_AREA, help="Ignore objects smaller than this many pixels (kept in the run: "
                                  "evaluate and ablate use it for the run).", rich_help_panel=RECIPE),
-    single_mask: bool = typer.Option(False, "--single-mask", metavar="", help="Train SAM's single-mask output, not best of 3.",
+    multimask: Optional[bool] = typer.Option(None, "--multimask/--single-mask", help="Train (and validate) the best "
+                                             "of SAM's 3 masks, or its single-mask output; default: the one the model "
+                                             "was trained to give (single for lite_medsam, best of 3 for SAM).",
                                      rich_help_panel=RECIPE),
     early_stopping: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val Dice.",
                                                  rich_help_panel=RECIPE),
@@ -301,7 +304,7 @@ def finetune(
         prompt=prompt, prompt_options={"jitter": jitter} if jitter is not None else {}, epochs=epochs, lr=lr,
         optimizer=optimizer, weight_decay=weight_decay, momentum=momentum, schedule=schedule,
         batch_size=batch_size, objects_per_sample=objects_per_sample, min_area=min_area,
-        multimask=not single_mask, val_fraction=val_fraction, split=split,
+        multimask=multimask, val_fraction=val_fraction, split=split,
         split_file=str(split_file) if split_file else None, early_stopping=early_stopping,
         seed=seed, workers=workers, labels=labels, views=views)
     result = sam_cache.finetune(cache, out, config, checkpoint=checkpoint, device=device, resume=resume,
@@ -326,7 +329,7 @@ def evaluate(
                                     rich_help_panel=SCORING),
     watershed: bool = typer.Option(False, "--watershed", metavar="", help="--prompt none: split touching objects by "
                                    "a distance-transform watershed before instance scores.", rich_help_panel=SCORING),
-    mask: str = typer.Option("best-iou", help="single (SAM's single-mask output) or best-iou (best of 3).",
+    mask: str = typer.Option("auto", help="auto (the output the model was trained to give: single for lite_medsam, best-iou for SAM), single (SAM's single-mask output) or best-iou (best of 3 by predicted IoU).",
                              rich_help_panel=SCORING),
     seed: int = typer.Option(0, help="Prompt seed.", rich_help_panel=SCORING),
     iterations: int = typer.Option(1, help="Rounds per object: the prompt, then N-1 corrective clicks at the "
@@ -423,7 +426,7 @@ def ablate(
     seeds: int = typer.Option(1, help="Number of prompt seeds (0..N-1).", rich_help_panel=SCORING),
     iterations: int = typer.Option(1, help="Rounds per object: the prompt, then N-1 corrective clicks at the "
                                    "largest error region; writes clicks.csv and clicks.png.", rich_help_panel=SCORING),
-    mask: str = typer.Option("best-iou", help=" or ".join(C.MASK_MODES) + " (best of 3 by predicted IoU).",
+    mask: str = typer.Option("auto", help="auto (the output the model was trained to give: single for lite_medsam, best-iou for SAM), single (SAM's single-mask output) or best-iou (best of 3 by predicted IoU).",
                              rich_help_panel=SCORING),
     min_area: Optional[int] = typer.Option(None, help=f"Ignore objects smaller than this many pixels; default the "
                                            f"runs' own, else {C.MIN_AREA}.", rich_help_panel=SCORING),
@@ -547,7 +550,7 @@ def predict(
                                    rich_help_panel=MODEL),
     base_checkpoint: Optional[Path] = typer.Option(None, help="The cache's SAM checkpoint, if it moved.",
                                                    rich_help_panel=MODEL),
-    mask: str = typer.Option("best-iou", help=" or ".join(C.MASK_MODES) + " (best of 3 by predicted IoU).",
+    mask: str = typer.Option("auto", help="auto (the output the model was trained to give: single for lite_medsam, best-iou for SAM), single (SAM's single-mask output) or best-iou (best of 3 by predicted IoU).",
                              rich_help_panel=MODEL),
     write_layer: Optional[str] = typer.Option(None, help="Also write the masks into the cache as label layer "
                                               "label_NAME, one id per prompt (never over the ground truth); train on "

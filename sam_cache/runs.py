@@ -77,6 +77,11 @@ class Run:
     def check_cache(self, reader, split: str = "all") -> str | None:
         """Refuse a cache of another model, and a train/val split of another cache; return a note when
         the run is scored on a cache other than its own."""
+        mine, theirs = self.config["model"].get("preprocess", "sam"), reader.model.get("preprocess", "sam")
+        if mine != theirs:
+            raise CheckpointError(
+                f"{self.path}: trained on embeddings made under the {mine!r} preprocessing policy; {reader.path} was "
+                f"made under {theirs!r}. Score it on a cache embedded the way it was trained")
         if self.config["model"] != reader.model:
             m, c = self.config["model"], reader.model
             raise CheckpointError(
@@ -191,6 +196,8 @@ def load_decoder(reader, spec: str, base_checkpoint=None):
         run = Run.open(path)
         run.check_cache(reader)
         state = run.decoder_weights()
+        if run.recipe.get("multimask") is not None:  # `auto` scores the output the run trained
+            decoder.mask_mode = "best-iou" if run.recipe["multimask"] else "single"
     elif path.is_file():
         state = load_state_dict(path)
         found = (detect_type(state, reader.model["type"]) if any(k.startswith("image_encoder.") for k in state)

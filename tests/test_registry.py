@@ -38,7 +38,8 @@ def test_a_registered_encoder_embeds_finetunes_and_evaluates(p8, tmp_path):
     summary = sam_cache.embed(data, cache, model=p8, checkpoint=ckpt, read_workers=0, progress=False)
     info = sam_cache.describe(cache)
     assert summary.model == p8 and info["embedding_shape"] == [256, 64, 64]
-    assert info["model"] == {"type": p8, "checkpoint_sha256": file_sha256(ckpt), "trained": True}
+    assert info["model"] == {"type": p8, "checkpoint_sha256": file_sha256(ckpt), "trained": True,
+                             "preprocess": "sam"}
 
     run = tmp_path / "run"
     sam_cache.finetune(cache, run, FinetuneConfig(epochs=1, val_fraction=0.25, min_area=1), progress=False)

@@ -54,7 +54,9 @@ def test_a_run_is_refused_on_the_split_of_another_cache(run, tmp_path, micro_che
 
 
 def test_evaluate_of_a_run_counts_the_objects_validation_counted(run, rect_cache):
-    first = metrics(run)[1]  # epoch 1, the run's decoder.pth, on the run's validation objects
+    # the kept epoch (decoder.pth: the best val Dice, the untrained decoder of epoch 0 included), on the run's
+    # validation objects
+    first = max(metrics(run), key=lambda row: float(row["val_dice"]))
     r = sam_cache.evaluate(rect_cache, str(run), "box", split="val")
     assert r.attrs["min_area"] == 300
     assert r.sizes["object"] == int(first["val_objects"])
@@ -118,7 +120,7 @@ def test_without_validation_the_lowest_train_loss_is_kept_and_named(rect_cache, 
     (["evaluate", "{cache}", "--prompt", "boxx"], "unknown prompt strategy 'boxx'; choose one of: box,"),
     (["ablate", "{cache}", "--prompts", "box,boxx", "-o", "{tmp}"], "unknown prompt strategy 'boxx'"),
     (["finetune", "{cache}", "--optimizer", "adamm"], "unknown --optimizer 'adamm'; choose one of: adam, adamw, sgd"),
-    (["evaluate", "{cache}", "--mask", "all"], "unknown --mask 'all'; choose one of: single, best-iou"),
+    (["evaluate", "{cache}", "--mask", "all"], "unknown --mask 'all'; choose one of: auto, single, best-iou"),
     (["evaluate", "{cache}", "--split", "test"], "unknown --split 'test'; choose one of: all, train, val"),
     (["evaluate", "{cache}", "--per", "organ"], "unknown --per 'organ'; choose one of: class, source, sample"),
     (["finetune", "{cache}", "--epochs", "0"], "--epochs must be >= 1, not 0"),
@@ -220,7 +222,9 @@ def test_outputs_are_never_silently_replaced(rect_cache, run, tmp_path):
     (out / "stale.txt").write_text("from before")
     sam_cache.finetune(rect_cache, out, sam_cache.FinetuneConfig(epochs=1, seed=1), progress=False,
                        log=lambda m: None, overwrite=True)
-    assert not (out / "stale.txt").exists() and (out / "decoder.pth").read_bytes() != before
+    # replaced whole: the stale file is gone and the run is the new one (its recipe's seed; both runs may keep
+    # the same untrained decoder as decoder.pth, when no epoch beats it)
+    assert not (out / "stale.txt").exists() and sam_cache.runs.Run.open(out).recipe["seed"] == 1
 
     abl = tmp_path / "abl"
     sam_cache.ablate(rect_cache, abl, prompts=["box"], progress=False, examples=1)
@@ -278,3 +282,32 @@ def test_resume_with_other_settings_leaves_the_run_as_it_was(rect_cache, tmp_pat
         sam_cache.finetune(rect_cache, out, sam_cache.FinetuneConfig(epochs=2, lr=1e-2), resume=True, progress=False,
                            log=lambda m: None)
     assert (out / "config.json").read_text() == config
+
+
+def test_ablate_auto_scores_a_run_of_another_cache_on_every_sample_and_says_so(run, rect_cache, tmp_path,
+                                                                               micro_checkpoint):
+    """README: on another cache a run is scored on every sample, with a note; `--split auto` refused it
+    (it asked for the run's val samples, which name samples of the run's own cache). train/val stay refused."""
+    other = tmp_path / "other.zarr"
+    sam_cache.embed(write_rectangles(tmp_path / "d", n=6, seed=1), other, model="tiny", checkpoint=micro_checkpoint,
+                    read_workers=0, progress=False)
+    said = []
+    r = sam_cache.ablate(other, tmp_path / "a", prompts=["box"], checkpoints=["base", str(run)], split="auto",
+                         min_area=1, progress=False, examples=0, log=said.append)
+    assert sorted(set(r.sample.values.tolist())) == list(range(6)) and r.sizes["checkpoint"] == 2
+    assert sum("run was trained on another cache" in s and "every sample" in s for s in said) == 1, said
+    assert "\nScored: all 6 samples (run: trained on another cache)\n" in (tmp_path / "a" / "summary.md").read_text()
+    for split in ("train", "val"):
+        with pytest.raises(SamCacheError, match=f"trained on another cache.*its {split} split.*--split all"):
+            sam_cache.ablate(other, tmp_path / split, prompts=["box"], checkpoints=["base", str(run)], split=split,
+                             progress=False, log=lambda m: None)
+    # a run of this cache beside one of another: every sample, and the note says it includes training samples
+    theirs = tmp_path / "theirs"
+    sam_cache.finetune(other, theirs, sam_cache.FinetuneConfig(epochs=1, val_fraction=0.5), progress=False,
+                       log=lambda m: None)
+    said = []
+    r = sam_cache.ablate(rect_cache, tmp_path / "b", prompts=["box"], checkpoints=[str(run), str(theirs)],
+                         min_area=1, progress=False, examples=0, log=said.append)
+    assert len(set(r.sample.values.tolist())) == 32
+    assert any("theirs was trained on another cache" in s for s in said)
+    assert any("for run that includes training samples" in s for s in said), said

@@ -236,6 +236,7 @@ class PromptDecoder(torch.nn.Module):
         self.img_size: tuple[int, int] = (
             tuple(prompt_encoder.input_image_size) if img_size is None else _img_size(img_size)
         )
+        self.mask_mode = "best-iou"  # the mask output its model was trained to give (`models.load_decoder` sets it)
 
     @classmethod
     def from_sam(cls, sam: Sam) -> "PromptDecoder":

@@ -57,7 +57,7 @@ class DecodeOutput:
 
 
 def decode_prompts(decoder, embeddings: torch.Tensor, prompts: PromptBatch, valid_size: torch.Tensor,
-                   mask_mode: str = "best-iou", mask_input: torch.Tensor | None = None,
+                   mask_mode: str = "auto", mask_input: torch.Tensor | None = None,
                    tile_masks: bool = True, rows: int | None = None) -> DecodeOutput:
     """Decode K prompts on each of B cached embeddings [B, C, h, w]; valid_size [B, 2] is each tile's (h, w).
 
@@ -65,6 +65,7 @@ def decode_prompts(decoder, embeddings: torch.Tensor, prompts: PromptBatch, vali
     gradient). `mask_input` [B, K, 1, L, L] feeds earlier logits back as SAM's mask prompt. `rows` caps
     the prompts per decoder pass (the K prompts go in slices of at most `rows`; None: all in one pass):
     the result is the same, only memory and speed change (`rows_per_pass`)."""
+    mask_mode = resolve_mask_mode(decoder, mask_mode)
     device = decoder.mask_decoder.iou_token.weight.device
     move = lambda t, k: None if t is None else t[:, k].to(device, non_blocking=True)  # noqa: E731
     step = prompts.n if not rows else max(1, int(rows))
@@ -84,8 +85,18 @@ def decode_prompts(decoder, embeddings: torch.Tensor, prompts: PromptBatch, vali
     return result
 
 
+def resolve_mask_mode(decoder, mask_mode: str) -> str:
+    """`auto` -> the mask output the decoder's model was trained to give (LiteMedSAM: `single`, SAM:
+    `best-iou`); `single` and `best-iou` as they are."""
+    if mask_mode == "auto":
+        return getattr(decoder, "mask_mode", "best-iou")
+    if mask_mode not in ("single", "best-iou"):
+        raise ValueError(f"mask_mode must be auto, single or best-iou, not {mask_mode!r}")
+    return mask_mode
+
+
 def decode_tiles(decoder, embeddings: torch.Tensor, prompts: list[Prompts], valid_size: torch.Tensor,
-                 mask_mode: str = "best-iou", rows: int | None = None) -> list[torch.Tensor]:
+                 mask_mode: str = "auto", rows: int | None = None) -> list[torch.Tensor]:
     """The prompts of many tiles in passes that cross tiles: tile n's prompts `prompts[n]` on its embedding
     `embeddings[n]` (all N on the device), every prompt a row, `rows` rows per pass (None: all at once).
     Per tile, its bool masks [K_n, h_n, w_n]: what `decode_prompts(...).masks[0]` gives tile by tile. For a

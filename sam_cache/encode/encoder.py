@@ -1,20 +1,16 @@
-"""The frozen image encoder, batched on the device, with SAM's exact preprocessing.
+"""The frozen image encoder, batched on the device, with its model's own preprocessing.
 
-Preprocessing is SamPredictor's, on the device: resize the longest side of each tile's valid region to
-the model's input size (bilinear, antialiased, to `ResizeLongestSide.get_preprocess_shape`), normalise with
-the model's pixel mean/std, pad bottom/right to a square. On CUDA the encoder runs under bf16 autocast.
-
-segment_anything's own `ResizeLongestSide.apply_image_torch` cannot be used: it reads the target size
-from `image.shape[0], image.shape[1]` (batch and channels) of its BCHW input, not from height and width.
+Preprocessing is the model's policy (`preprocess.py`): SamPredictor's for SAM (resize the longest side of
+each tile's valid region, pixel mean/std, zero pad), LiteMedSAM's for lite_medsam (INTER_AREA resize, then
+min-max to [0, 1], zero pad). On CUDA the encoder runs under bf16 autocast.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import Sam
-from segment_anything.utils.transforms import ResizeLongestSide
 
+from .preprocess import input_size, policy_for
 
 
 def default_device() -> torch.device:
@@ -38,48 +34,36 @@ class Encoder:
         self.precision = precision
         self.fast = self.device.type == "cuda" if fast is None else fast
         self.dtype = torch.bfloat16 if self.fast and precision == "bf16" else torch.float32
+        applied = None
         if place:
             self.model = sam.image_encoder.to(self.device).eval().requires_grad_(False)
             if self.fast:
                 from .fast_encoder import optimize
 
-                self.model = optimize(self.model).to(self.dtype)
+                self.model, applied = optimize(self.model)
+                self.model = self.model.to(self.dtype)
             self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
-            self.pixel_mean = sam.pixel_mean.to(self.device)
-            self.pixel_std = sam.pixel_std.to(self.device)
         self.img_size = sam.image_encoder.img_size
-        self.resize = ResizeLongestSide(self.img_size)
+        self.policy = policy_for(sam)
         self.embedding_shape = (sam.prompt_encoder.embed_dim, *sam.prompt_encoder.image_embedding_size)
         # what changes the stored values (part of the cache's identity) ...
-        self.identity = {
-            "img_size": self.img_size, "precision": precision,
-            "pixel_mean": sam.pixel_mean.flatten().tolist(), "pixel_std": sam.pixel_std.flatten().tolist(),
-            "resize": "longest side to img_size, bilinear, antialias, on the valid region",
-            "weights": str(self.dtype).replace("torch.", ""),
-        }
-        # ... and what does not (SDPA and eager attention agree to float rounding)
-        self.execution = {"attention": "sdpa" if self.fast else "eager", "compile": compile}
+        self.identity = {"img_size": self.img_size, "precision": precision, **self.policy.identity(),
+                         "weights": str(self.dtype).replace("torch.", "")}
+        # ... and what does not (the optimised modules and the originals agree to float rounding). Only what was
+        # really swapped is recorded: an encoder with nothing to optimise runs as it is ("eager")
+        self.execution = {"attention": applied or "eager", "compile": compile}
 
     def input_size(self, h: int, w: int) -> tuple[int, int]:
         """The resized (unpadded) size of a tile of valid size (h, w) in the model's input frame."""
-        return self.resize.get_preprocess_shape(h, w, self.img_size)
+        return input_size(h, w, self.img_size)
 
     def preprocess(self, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, H, W, 3] on the device -> normalised, padded float [B, 3, S, S]."""
-        x = images.permute(0, 3, 1, 2).float()
-        out = torch.zeros(x.shape[0], 3, self.img_size, self.img_size, device=x.device)
-        sizes = [tuple(v) for v in valid.tolist()]
-        for h, w in sorted(set(sizes)):  # tiles of one valid size resize together
-            idx = [i for i, s in enumerate(sizes) if s == (h, w)]
-            th, tw = self.input_size(h, w)
-            resized = F.interpolate(x[idx, :, :h, :w], (th, tw), mode="bilinear", align_corners=False, antialias=True)
-            out[idx, :, :th, :tw] = (resized - self.pixel_mean) / self.pixel_std
-        return out
+        """uint8 [B, H, W, 3] -> the model's input, float [B, 3, S, S] on the device (its policy)."""
+        return self.policy(images, valid, self.device)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Embeddings [B, C, h, w] (float32) of uint8 tiles."""
-        images = images.to(self.device, non_blocking=True)
         x = self.preprocess(images, valid).to(self.dtype)
         autocast = self.precision == "bf16" and self.dtype != torch.bfloat16
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):

@@ -32,18 +32,19 @@ from ..choices import ABLATE_SPLITS as SPLITS, DEFAULT_PROMPTS, MIN_AREA  # noqa
 
 
 def scored_samples(reader: CacheReader, checkpoints, split: str = "auto", log=print) -> tuple[np.ndarray, str]:
-    """The samples to score and a line saying which: `auto` is the runs' own held-out (val) samples when a run
-    folder is among the checkpoints, else every sample; `train`/`val` are the runs' own sets, which must agree."""
+    """The samples to score and a line saying which: `auto` is the runs' own held-out (val) samples when run
+    folders are among the checkpoints, all trained on this cache, else every sample (a run of another cache
+    is scored on every sample, with a note); `train`/`val` are the runs' own sets, which must agree, and are
+    refused for a run of another cache (they name that cache's samples)."""
     O.choice("--split", split, SPLITS)
     runs = [Run.open(c) for c in checkpoints if is_run(c)]
-    if split == "auto":
-        split = "val" if runs else "all"
-    if split == "all":
-        for run in runs:
-            note = run.check_cache(reader)
-            if note:
-                log(note)
-        return reader.samples, f"all {len(reader.samples)} samples"
+    if split in ("auto", "all"):
+        notes = {run.name: run.check_cache(reader) for run in runs}  # a note: the run is of another cache
+        foreign = [name for name, note in notes.items() if note]
+        if split == "auto" and runs and not foreign:
+            split = "val"
+        else:
+            return reader.samples, _all_samples(reader, notes, split, log)
     if not runs:
         raise O.OptionError(f"--split {split} scores a run's own {split} samples: name a run folder in --checkpoints, "
                             "or use --split all")
@@ -60,7 +61,21 @@ def scored_samples(reader: CacheReader, checkpoints, split: str = "auto", log=pr
                      f"{sources} source{'s' if sources != 1 else ''}")
 
 
-def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,), mask_mode: str = "best-iou",
+def _all_samples(reader: CacheReader, notes: dict, split: str, log) -> str:
+    """Say (in the log, and in the line returned) that every sample is scored, and why for the runs."""
+    foreign = [name for name, note in notes.items() if note]
+    for note in filter(None, notes.values()):
+        log(note)
+    own = [name for name, note in notes.items() if not note]
+    if split == "auto" and own:
+        log(f"note: --split auto scores every sample of {reader.path}, since {', '.join(foreign)} "
+            f"{'was' if len(foreign) == 1 else 'were'} trained on another cache; for {', '.join(own)} that includes "
+            "training samples (score a run with --split val on its own to leave them out)")
+    why = f" ({', '.join(foreign)}: trained on another cache)" if foreign else ""
+    return f"all {len(reader.samples)} samples{why}"
+
+
+def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,), mask_mode: str = "auto",
            min_area: int | None = None, prompt_options=None, partition_size: int = 64, scheduler: str | None = None,
            device: str | None = None, base_checkpoint=None, progress: bool = True, examples: int = 4,
            log=print, overwrite: bool = False, split: str = "auto", class_names=None, iterations: int = 1) -> xr.Dataset:
@@ -70,7 +85,8 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
     kept (see `grid`); a different call is refused.
     `scheduler`: None for dask's local threads, or the address of a dask.distributed
     scheduler. `split` (auto, all, train, val): which samples; auto scores the runs' held-out samples when
-    a run folder is among the checkpoints, every sample otherwise (see `scored_samples`). Objects smaller than the runs' own min_area (default 10 px) are left out unless
+    run folders are among the checkpoints, every sample otherwise, and every sample, with a note, when a
+    run was trained on another cache (see `scored_samples`). Objects smaller than the runs' own min_area (default 10 px) are left out unless
     `min_area` says otherwise. `iterations` > 1: each object gets iterations - 1 corrective clicks after its
     prompt (`runner.corrective_rounds`); the results gain an `iteration` dimension, the tables report the last
     round, and clicks.csv / clicks.png give Dice per round. Returns the results (lazily opened from results.nc)."""

@@ -20,7 +20,7 @@ from ..train.data import SEMANTIC  # noqa: E402  the prompt `none`
 
 
 def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = "all", seed: int = 0,
-             mask_mode: str = "best-iou", min_area: int | None = None, val_fraction: float = 0.2,
+             mask_mode: str = "auto", min_area: int | None = None, val_fraction: float = 0.2,
              split_seed: int = 0, prompt_options=None, device: str | None = None, base_checkpoint=None,
              log=print, progress: bool = False, class_names=None, labels: str | None = None,
              threshold: float = 0.5, watershed: bool = False, iterations: int = 1, per: str = "object",

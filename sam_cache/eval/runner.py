@@ -50,7 +50,7 @@ class Request:
     prompts: tuple[str, ...]
     checkpoints: tuple[str, ...]  # base, run folders, SAM .pth files
     seeds: tuple[int, ...] = (0,)
-    mask_mode: str = "best-iou"
+    mask_mode: str = "auto"
     min_area: int = MIN_AREA
     prompt_options: dict = field(default_factory=dict)
     labels: str | None = None  # a label layer to score against; None: the ground truth

@@ -83,7 +83,7 @@ def tile_scores(prob: np.ndarray, truth: np.ndarray, threshold: float = 0.5, wat
 
 
 def foreground_probability(decoder, embeddings: torch.Tensor, valid_size: torch.Tensor,
-                           mask_mode: str = "best-iou") -> list[np.ndarray]:
+                           mask_mode: str = "auto") -> list[np.ndarray]:
     """Prompt-free decoding of B embeddings [B, C, h, w]: per tile, sigmoid probabilities float32 [h, w] at
     its valid size (valid_size [B, 2]) of the chosen candidate (`best-iou` of 3, or `single`)."""
     with torch.no_grad():
@@ -95,7 +95,7 @@ def foreground_probability(decoder, embeddings: torch.Tensor, valid_size: torch.
 
 def score_tiles(reader, indices, decoders: dict, device="cpu", threshold: float = 0.5, watershed: bool = False,
                 min_distance: int = 3, min_area: int = 10, batch_size: int = 8, layer: str | None = None,
-                progress=None, mask_mode: str = "best-iou") -> xr.Dataset:
+                progress=None, mask_mode: str = "auto") -> xr.Dataset:
     """Score each decoder (name -> PromptDecoder) prompt-free on the samples `indices` of a cache, against
     its ground truth (or the label layer `layer`, read as instance ids). Returns a Dataset of dims (sample,
     checkpoint) with one variable per score of SCORES; `progress()` is called once per sample."""

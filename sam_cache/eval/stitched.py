@@ -25,7 +25,7 @@ from .metrics import COUNTS, METRICS, counts, from_counts
 
 
 @torch.no_grad()
-def score_images(reader, decoder, prompt: str, seed: int = 0, mask_mode: str = "best-iou", min_area: int = 10,
+def score_images(reader, decoder, prompt: str, seed: int = 0, mask_mode: str = "auto", min_area: int = 10,
                  device="cpu", prompt_options=None, layer=None, name: str = "base", progress=None,
                  decode=None, samples=None) -> xr.Dataset:
     """Counts and scores of every object of every plane, each decoded in its best tile and scored whole

@@ -91,6 +91,10 @@ def _intensity(p: dict) -> str:
     return i["mode"]
 
 
+def _short(values) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
 def format_info(r: dict) -> str:
     m, p = r["model"], r["preprocessing"]
     emb = r["arrays"][S.EMBEDDING]
@@ -110,6 +114,8 @@ def format_info(r: dict) -> str:
         + (", ".join("none (2D)" if a < 0 else str(a) for a in axes) or "-")
         + (f", stored views identity, {', '.join(p['views'])} (embed --views)" if p.get("views") else ""),
         f"  intensity {_intensity(p)}",
+        f"  policy    {p.get('policy', 'sam')}: {p.get('resize', '')}"
+        + (f", pixel mean {_short(p['pixel_mean'])} std {_short(p['pixel_std'])}" if p.get("pixel_mean") else ""),
         f"  encoder   input {p['img_size']}, precision {p['precision']}, stored {p['dtype']}"
         + (f" as {p['store']}" if p.get("store") else ""),
         f"  made by   samcache {r['version']} (format {r['format']}{', checksummed' if r['format'] >= 2 else ''}), "

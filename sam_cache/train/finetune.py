@@ -1,9 +1,11 @@
 """`samcache finetune`: train SAM's mask decoder from the cache; the image encoder is never run.
 
 Default recipe (the EM mitochondria study): MONAI Dice + cross-entropy (sigmoid, squared_pred) on the
-mask, MSE for the IoU head, Adam lr 1e-5, weight decay 0, 5 epochs. With multimask, each object trains the
-best of SAM's 3 masks (lowest loss). Train/validation split by source file, never by tile, with the
-validation files drawn among those that hold objects.
+mask, MSE for the IoU head, Adam lr 1e-5, weight decay 0, 5 epochs. The mask output trained (and
+validated) is the one the model was trained to give, unless told: SAM's best of 3 masks (each object trains
+the candidate of lowest loss), or the single-mask token for a model trained single-mask (LiteMedSAM).
+Train/validation split by source file, never by tile, with the validation files drawn among those that
+hold objects. The untrained decoder is epoch 0: a run keeps it when no epoch beats it on validation.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +56,7 @@ class FinetuneConfig:
     batch_size: int = 8  # samples per step
     objects_per_sample: int = 4
     min_area: int = MIN_AREA
-    multimask: bool = True
+    multimask: bool | None = None  # None: the output the model was trained to give (its registry entry's mask_mode)
     iou_loss_weight: float = 1.0
     val_fraction: float = 0.2
     split: str = S.SOURCE
@@ -103,8 +105,11 @@ class FinetuneResult:
         if self.selected_by == "train_loss":
             return (f"{self.run}: no validation split; kept epoch {self.best_epoch}, the lowest train loss "
                     f"({self.best_train_loss:.4f}), {speed}")
+        if self.best_epoch == 0:
+            return (f"{self.run}: no epoch beat the untrained decoder on validation (val Dice {self.base_val_dice:.4f}); "
+                    f"kept it (epoch 0) as decoder.pth, {speed}")
         return (f"{self.run}: best val Dice {self.best_val_dice:.4f} at epoch {self.best_epoch} "
-                f"(untrained decoder {self.base_val_dice:.4f}), {speed}")
+                f"(untrained decoder {self.base_val_dice:.4f}, {self.best_val_dice - self.base_val_dice:+.4f}), {speed}")
 
 
 def object_counts(reader: CacheReader, layer: str | None = None) -> np.ndarray:
@@ -314,6 +319,9 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         V.require(reader, f"--views {c.views}")
     device = torch.device(device) if device else default_device()
     decoder, spec = load_decoder(reader.model, checkpoint or reader.attrs.get("checkpoint"))
+    followed = c.multimask is None
+    if followed:  # follow the model: a model trained single-mask is finetuned single-mask
+        c = replace(c, multimask=decoder.mask_mode == "best-iou")
     decoder.to(device)
     decoder.prompt_encoder.requires_grad_(False)
     counts = object_counts(reader, val_layer)
@@ -326,6 +334,9 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         raise SamCacheError(f"{cache}: the validation split is empty; pass --val-fraction 0 to train without one")
     log(describe_split(reader, train_idx, val_idx, f"file {c.split_file}" if c.split_file else c.split) +
         ("" if len(val_idx) else " (no validation: the epoch with the lowest train loss is kept)"))
+    if followed:
+        log(f"mask output: {'best of 3' if c.multimask else 'single-mask'}, as model {reader.model['type']} was "
+            "trained (--multimask or --single-mask to choose)")
     if resume and not (Path(out) / CONFIG).is_file():
         resume = False  # nothing to continue yet: a new run
     claim(out, "finetune", RUN_FILES, overwrite=overwrite, resume=resume)
@@ -384,6 +395,9 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         base = validate(decoder, val_data, c.multimask) if len(val_idx) else {}
         history.append({"epoch": 0, "train_loss": math.nan, "val_dice": math.nan, **base, "seconds": 0.0,
                         "read_wait_s": 0.0, "lr": c.lr})
+        if selected_by == "val_dice":  # the untrained decoder is the one to beat
+            best = {"epoch": 0, "value": history[0]["val_dice"]}
+            run.save_decoder(decoder, DECODER)
 
     for epoch in range(start, c.epochs + 1):
         decoder.train()
@@ -415,7 +429,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
                 + f", {seconds:.1f} s")
         run.save_decoder(decoder, LAST)
         better = (row["val_dice"] > best["value"]) if selected_by == "val_dice" else (row["train_loss"] < best["value"])
-        if best["epoch"] == 0 or better:
+        if better or (best["epoch"] == 0 and math.isnan(best["value"])):
             best = {"epoch": epoch, "value": row[selected_by]}
             run.save_decoder(decoder, DECODER)
         run.save_state({"epoch": epoch, "mask_decoder": decoder.mask_decoder.state_dict(),
