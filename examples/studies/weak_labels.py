@@ -1,8 +1,11 @@
 """All-in-SAM's table from the cache: full against weak labels × 100% / 4% / 0.5% of each image annotated,
 each decoder trained prompt-free and scored prompt-free on held-out images.
 
-    python examples/weak_labels.py                       # tiny random-init SAM on the bundled nuclei (minutes)
-    python examples/weak_labels.py --model vit_b --checkpoint sam_vit_b_01ec64.pth --patch 256 --out wl-vit_b
+    python examples/studies/weak_labels.py                 # LiteMedSAM on the shared nuclei (minutes on a CPU)
+    python examples/studies/weak_labels.py --model tiny --patch 64   # the random-init smoke run
+    python examples/studies/weak_labels.py --model vit_b --checkpoint sam_vit_b_01ec64.pth --patch 256 --out wl-vit_b
+
+The published figure (All-in-SAM, nuclei): weak ≈ full, 82.46 against 82.54 Dice.
 
 Weak labels are SAM's pseudo-masks of the objects' boxes (`predict --prompts-from-labels box --write-layer`).
 They are made by `--teacher` (default `base`: the cache's own SAM, as in the study). A random-init SAM
@@ -22,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 import sam_cache
+from common import data_root
 from sam_cache.infer.regions import Regions
 from sam_cache.store import schema as S
 from sam_cache.store.reader import CacheReader
@@ -47,16 +51,16 @@ def full_layer(cache, name: str, fraction: float, seed: int, zero: bool) -> None
             (h, w), y0, x0 = label.shape, int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
             label[~region[y0:y0 + h, x0:x0 + w]] = 0 if zero else -1
         tiles[i] = label
-    write_label_layer(cache, name, tiles, {"made_by": "examples/weak_labels.py", "labels": "ground truth",
+    write_label_layer(cache, name, tiles, {"made_by": "examples/studies/weak_labels.py", "labels": "ground truth",
                                            **regions.describe(), "zero_unannotated": zero}, overwrite=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/nuclei-stardist")
-    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--data", type=Path, default=data_root() / "nuclei-stardist")
+    ap.add_argument("--model", default="lite_medsam")
     ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--patch", type=int, default=256)
     ap.add_argument("--teacher", default=None, help="base, a run folder or a .pth; default base (tiny: trained)")
     ap.add_argument("--fractions", default="1,0.04,0.005")
     ap.add_argument("--epochs", type=int, default=5)
@@ -111,6 +115,7 @@ def main() -> None:
                    ["| " + " | ".join(cells(v) for v in row) + " |" for row in table.astype(object).fillna("-").itertuples(index=False)])
     (a.out / "table.md").write_text(f"Prompt-free Dice etc. on held-out images ({a.model}); teacher {teacher}\n\n{md}\n")
     print(md)
+    print("published (All-in-SAM): full 82.54 Dice, weak 82.46")
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = ["untrained"] + [f"{r['labels']}\n{r['annotated']}" for r in rows[1:]]
     bars = ax.bar(labels, table["dice"], color=["grey"] + ["tab:blue", "tab:orange"] * (len(rows) // 2))
