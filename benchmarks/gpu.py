@@ -25,6 +25,8 @@ HERE = Path(__file__).resolve().parent
 # (step, script, GPU arguments, dry-run arguments, the JSON it writes: name template)
 STEPS = [
     ("encoder vit_h", "encoder.py", "--model vit_h --batch-sizes 1,8,16,32 --compile", "--model tiny --batch-sizes 1,2 --repeats 1", "encoder_{m}_{d}"),
+    ("LiteMedSAM encoder", "lite_medsam_encoder.py", "--device cuda --n 64 --batch-sizes 1,16,64 --repeats 5 --ablate",
+     "--n 2 --batch-sizes 1 --repeats 1 --warmup 0", "lite_medsam_encoder_{d}"),
     ("encoder vit_b", "encoder.py", "--model vit_b --batch-sizes 1,16,64 --compile", None, "encoder_{m}_{d}"),
     ("embed end to end", "embed_e2e.py", "--model vit_h --n 256 --batch-size 32", "--model tiny --n 4 --batch-size 2", "embed_e2e_{m}_{d}"),
     ("cache reads", "reads.py", "--n 1024 --workers 0,4", "--n 16 --workers 0", "reads"),
@@ -50,6 +52,9 @@ def headline(step: str, rows: list[dict]) -> list[tuple[str, str]]:
         stock = best["SamPredictor.set_image"]["images_per_s"]
         top = max(r["images_per_s"] for p, r in best.items() if p != "SamPredictor.set_image")
         return out + [("best samcache path vs SamPredictor.set_image fp32", f"{top / stock:.2f}x")]
+    if step == "LiteMedSAM encoder":
+        return [(f"{r['path']} (batch {r['batch']})", f"{1 / r['s_per_tile']:.1f} tiles/s ({r['speedup']:.2f}x the package)")
+                for r in rows]
     if step == "embed end to end":
         return [(r["what"], f"{r['images_per_s']:.1f} images/s ({r['vs_encoder_only']:.2f} of encoder only)") for r in rows]
     if step == "cache reads":
@@ -114,7 +119,10 @@ def main():
         model = argv.split("--model ")[1].split()[0] if "--model " in argv else ""
         entry = {"step": step, "command": f"python benchmarks/{script} {argv}", "seconds": round(seconds, 1), "ok": ok}
         if ok:
-            rows = json.loads((out / (name.format(m=model, d=dev) + ".json")).read_text())["rows"]
+            path = out / (name.format(m=model, d=dev) + ".json")
+            if not path.exists():  # scripts that keep each run under a timestamped name: the newest
+                path = max(out.glob(name.format(m=model, d=dev) + "_*.json"))
+            rows = json.loads(path.read_text())["rows"]
             entry["figures"] = headline(step, rows)
         else:
             entry["error"] = log.strip().splitlines()[-1] if log.strip() else "failed"

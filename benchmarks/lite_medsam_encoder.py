@@ -40,6 +40,8 @@ def lite_medsam_encoder() -> torch.nn.Module:
 def passes(fn, tiles, bs):
     for i in range(0, len(tiles), bs):
         fn(tiles[i:i + bs])
+    if tiles.is_cuda:
+        torch.cuda.synchronize()
 
 
 def top_ops(fn, x, rows) -> str:
@@ -58,13 +60,14 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (gpu.sh's LiteMedSAM step)")
     ap.add_argument("--ablate", action="store_true", help="also time each optimisation step, cumulated")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the optimised module")
     ap.add_argument("--profile", action="store_true", help="print the top torch.profiler ops of each path")
     ap.add_argument("--profile-rows", type=int, default=12)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    stock = lite_medsam_encoder()
+    stock = lite_medsam_encoder().to(args.device)
     fast, applied = optimize(copy.deepcopy(stock))
     paths = {"package": stock}
     if args.ablate:
@@ -74,7 +77,7 @@ def main():
     if args.compile:
         paths["samcache+compile"] = torch.compile(fast, dynamic=False)
     torch.manual_seed(0)
-    tiles = torch.rand(args.n, 3, 256, 256)  # LiteMedSAM's input: min-max to [0, 1]
+    tiles = torch.rand(args.n, 3, 256, 256).to(args.device)  # LiteMedSAM's input: min-max to [0, 1]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     load = [os.getloadavg()[0]]
     with torch.inference_mode():
@@ -112,7 +115,7 @@ def main():
     print(f"LiteMedSAM image encoder, {args.n} tiles 256², {args.threads} threads, {args.repeats} interleaved "
           f"repeats, THP_MEM_ALLOC_ENABLE={thp}; load average {load[0]:.1f} before, {load[1]:.1f} after")
     print(table(rows, ["path", "batch", "s_per_tile", "min_s_per_tile", "speedup", "rel_l2_vs_package"]))
-    print("results:", save(f"lite_medsam_encoder_cpu_{time.strftime('%Y%m%d-%H%M%S')}",
+    print("results:", save(f"lite_medsam_encoder_{torch.device(args.device).type}_{time.strftime('%Y%m%d-%H%M%S')}",
                            {**vars(args), "applied": applied, "load_average": load,
                             "THP_MEM_ALLOC_ENABLE": thp}, rows))
 
