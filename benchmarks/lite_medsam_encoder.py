@@ -6,6 +6,7 @@ repeat so that load from other processes hits both alike. Trained weights (medsa
     python benchmarks/lite_medsam_encoder.py --ablate            # also each step of the optimisation alone, cumulated
     python benchmarks/lite_medsam_encoder.py --profile           # top torch.profiler ops of each path
     python benchmarks/lite_medsam_encoder.py --compile           # also torch.compile of the optimised module
+    python benchmarks/lite_medsam_encoder.py --compile --freezing  # ... with inductor's freezing
     THP_MEM_ALLOC_ENABLE=1 python benchmarks/lite_medsam_encoder.py  # huge pages: fewer page faults on big maps
 
 Seconds per tile are the median (and the minimum: the least disturbed) over repeats of a pass over all n tiles.
@@ -63,6 +64,8 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda (gpu.sh's LiteMedSAM step)")
     ap.add_argument("--ablate", action="store_true", help="also time each optimisation step, cumulated")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the optimised module")
+    ap.add_argument("--freezing", action="store_true", help="with --compile: inductor's freezing (weights as "
+                    "constants, oneDNN conv/linear fusions)")
     ap.add_argument("--profile", action="store_true", help="print the top torch.profiler ops of each path")
     ap.add_argument("--profile-rows", type=int, default=12)
     args = ap.parse_args()
@@ -75,7 +78,11 @@ def main():
             paths[",".join(STEPS[:i])] = optimize_tiny_vit(stock, STEPS[:i])[0]
     paths[f"samcache ({applied})"] = fast
     if args.compile:
-        paths["samcache+compile"] = torch.compile(fast, dynamic=False)
+        if args.freezing:
+            from torch._inductor import config as inductor_config
+
+            inductor_config.freezing = True
+        paths["samcache+compile" + ("+freezing" if args.freezing else "")] = torch.compile(fast, dynamic=False)
     torch.manual_seed(0)
     tiles = torch.rand(args.n, 3, 256, 256).to(args.device)  # LiteMedSAM's input: min-max to [0, 1]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -88,7 +95,7 @@ def main():
             for bs in batch_sizes:
                 for _ in range(args.warmup):
                     passes(fn, tiles, bs)
-            if name == "samcache+compile":
+            if "compile" in name:
                 print(f"torch.compile and warm-up: {time.perf_counter() - t:.0f} s")
             y = fn(tiles[:2])
             agree[name] = ((y - ref).norm() / ref.norm()).item()

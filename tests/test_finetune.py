@@ -101,7 +101,7 @@ def test_sam_finetuned_loads_in_stock_segment_anything(tmp_path):
     cache = tmp_path / "b.zarr"
     sam_cache.embed(data, cache, model="vit_b", random_init=True, read_workers=0, progress=False, batch_size=2)
     run = tmp_path / "run"
-    sam_cache.finetune(cache, run, FinetuneConfig(epochs=1, lr=1e-2, val_fraction=0.5, batch_size=1,
+    sam_cache.finetune(cache, run, FinetuneConfig(epochs=1, lr=1e-2, val_fraction=0, batch_size=1,
                                                   min_area=1), progress=False)
     sam = sam_model_registry["vit_b"](checkpoint=str(run / "sam_finetuned.pth"))
     base, _ = load_sam("vit_b", random_init=True)
