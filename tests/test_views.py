@@ -150,8 +150,10 @@ def test_finetune_views_random_is_seeded_and_keeps_to_the_training_side(view_cac
     assert seen_c == seen_d and "views" not in json.loads((tmp_path / "c" / "config.json").read_text())["recipe"]
     for (k, vc), vd in zip(c.decoder.state_dict().items(), d.decoder.state_dict().values()):
         assert torch.equal(vc, vd), k
-    assert not torch.equal(a.decoder.mask_decoder.output_upscaling[0].weight,
-                           c.decoder.mask_decoder.output_upscaling[0].weight)
+    # what was learned differs (the last epochs: either run may keep its untrained epoch 0 as decoder.pth)
+    last = lambda result: sam_cache.runs.Run.open(result.run).decoder_weights("decoder_last.pth")  # noqa: E731
+    key = "mask_decoder.output_upscaling.0.weight"
+    assert not torch.equal(last(a)[key], last(c)[key])
 
 
 def test_evaluate_all_views_reports_the_spread(view_cache):
