@@ -9,12 +9,14 @@ PyTorch can pick a fused kernel instead of materialising softmax(QKᵀ) in separ
 is neither edited nor vendored: its `get_rel_pos` is reused. On CUDA, `Encoder(fast=True)` also keeps the
 weights in bf16 and can `torch.compile` the model.
 
-TinyViT (MobileSAM's, LiteMedSAM's): an eval-mode copy, the original left as it is, with
+TinyViT (MobileSAM's, LiteMedSAM's): a frozen eval-mode copy for inference, the original left as it is, with
 - fused-bn: every `Conv2d_BN` replaced by its own `.fuse()` (one conv with a bias);
 - channels-last: the convolutions run in NHWC, which oneDNN handles without reordering;
-- sdpa: `TinyViTSDPA` for each block's `Attention`, its cached bias table as the mask;
+- sdpa: `TinyViTSDPA` for each block's `Attention`, the bias table gathered from its parameters as the mask;
 - gelu-inplace: every `nn.GELU` computed in place (`GELUInPlace`): fewer full-resolution maps allocated;
 - layer-norm: the neck's `LayerNorm2d` as one `F.layer_norm` (`ChannelLayerNorm`).
+LiteMedSAM on a 2-core CPU: 1.7-1.9x the package's own forward, embeddings within 4e-6 relative L2
+(benchmarks/lite_medsam_encoder.py).
 """
 
 from __future__ import annotations
