@@ -12,20 +12,14 @@ model is the one that works from a click.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import sam_cache
-from common import data_root, report, scores
+from common import parser, report, scores
 from nuclei_common import nuclei_cache
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=data_root() / "nuclei-stardist")
-    ap.add_argument("--out", type=Path, default=Path("studies/cells"))
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap = parser(__doc__, "nuclei-stardist", "studies/cells", epochs=30, lr=1e-4)
     a = ap.parse_args()
     cache = nuclei_cache(a.data, a.out)
     runs = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -13,6 +14,18 @@ REPO = Path(__file__).resolve().parents[2]
 def data_root() -> Path:
     """$SAMCACHE_DATA, else ../shared/data beside the repository (the project machines' real data)."""
     return Path(os.environ.get("SAMCACHE_DATA", REPO.parent / "shared" / "data"))
+
+
+def parser(doc: str, dataset: str, out: str, epochs: int | None = None, lr: float | None = None):
+    """A study's options: --data (its shared dataset, overridable), --out, and the recipe's --epochs/--lr."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=data_root() / dataset)
+    ap.add_argument("--out", type=Path, default=Path(out))
+    if epochs is not None:
+        ap.add_argument("--epochs", type=int, default=epochs)
+    if lr is not None:
+        ap.add_argument("--lr", type=float, default=lr)
+    return ap
 
 
 def markdown(table: pd.DataFrame, digits: int = 4) -> str:

@@ -12,21 +12,15 @@ base and both. Published (SAM on abdominal CT organs): box 0.865 -> 0.916, cente
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import sam_cache
-from common import data_root, markdown, report, scores
+from common import parser, markdown, report, scores
 
 PROMPTS = ("center-point", "random-point", "random-3-points", "box", "box-larger")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=data_root() / "ct-totalseg")
-    ap.add_argument("--out", type=Path, default=Path("studies/ct"))
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap = parser(__doc__, "ct-totalseg", "studies/ct", epochs=5, lr=1e-4)
     a = ap.parse_args()
     cache = a.out / "ct.zarr"
     sam_cache.embed(a.data, cache, images="example_ct_sm.nii.gz", labels="example_seg.nii.gz", model="lite_medsam",

@@ -11,20 +11,14 @@ ViT-B): 0.55 -> 0.85 Dice. ISBI's objects are cells, not mitochondria: same moda
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import sam_cache
-from common import data_root, report, scores
+from common import parser, report, scores
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=data_root() / "em-isbi2012")
-    ap.add_argument("--out", type=Path, default=Path("studies/em"))
+    ap = parser(__doc__, "em-isbi2012", "studies/em", epochs=5, lr=1e-5)
     ap.add_argument("--slices", type=int, default=30, help="use the first N slices")
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=1e-5)
     a = ap.parse_args()
     data = a.out / "data"
     for d in ("images", "labels"):  # the first N slices, linked (the data is read in place)
