@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from common import save, table
 from finetune_speed import em_cache
-from sam_cache.eval import runner
-from sam_cache.eval.runner import Request, load_decoders, score_samples
+from sam_cache.scoring import runner
+from sam_cache.scoring.runner import Request, load_decoders, score_samples
 from sam_cache.store.reader import CacheReader
 
 

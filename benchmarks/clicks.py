@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from common import save, table
 from finetune_speed import em_cache
-from sam_cache.eval import clicks
-from sam_cache.eval.runner import Request, load_decoders, score_samples
+from sam_cache.scoring import clicks
+from sam_cache.scoring.runner import Request, load_decoders, score_samples
 from sam_cache.store.reader import CacheReader
 
 

@@ -20,10 +20,11 @@ import torch
 from common import DATA, OUT, save, sync, table
 import sam_cache
 from sam_cache.encode.encoder import Encoder
-from sam_cache.models import load_decoder, load_sam
+from sam_cache.decode.load import load_decoder
+from sam_cache.models import load_sam
 from sam_cache.store.reader import CacheReader
-from sam_cache.train.data import ObjectSamples, Timed, loader
-from sam_cache.train.finetune import FinetuneConfig, make_optimizer, train_step
+from sam_cache.samples import ObjectSamples, Timed, loader
+from sam_cache.commands.finetune import FinetuneConfig, make_optimizer, train_step
 
 
 def em_data(n: int):

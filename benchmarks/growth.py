@@ -26,7 +26,8 @@ MICRO = dict(img_size=256, embed_dim=32, mlp_dim=64, iou_hidden=32, decoder_dept
 
 def stage(name: str, n: int) -> None:
     import sam_cache
-    from sam_cache.models import build_tiny, save_checkpoint
+    from sam_cache.tiny import build_tiny
+    from sam_cache.models import save_checkpoint
 
     base = OUT / f"growth_{n}"
     ckpt = OUT / "growth_micro.pth"

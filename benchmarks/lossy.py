@@ -39,10 +39,11 @@ from common import DATA, OUT, save, table
 from finetune_speed import em_data
 import sam_cache
 from sam_cache.choices import MIN_AREA
-from sam_cache.eval.runner import Request, score_samples
+from sam_cache.scoring.runner import Request, score_samples
 from sam_cache.runs import Run, load_decoder
-from sam_cache.store import fingerprint, lossy
-from sam_cache.store import schema as S
+from sam_cache import identity as fingerprint
+from sam_cache.store import lossy
+from sam_cache import schema as S
 from sam_cache.store.reader import CacheReader
 from sam_cache.store.writer import CacheWriter, Layout
 

@@ -22,7 +22,7 @@ from common import save, table
 from reads import tiny_cache
 from sam_cache.store.location import Location, set_storage_options
 from sam_cache.store.reader import CacheReader
-from sam_cache.train.data import ObjectSamples, loader
+from sam_cache.samples import ObjectSamples, loader
 
 
 def s3_endpoint(endpoint: str | None) -> dict:

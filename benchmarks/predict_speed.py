@@ -23,7 +23,7 @@ from segment_anything import SamPredictor
 
 import sam_cache
 from sam_cache.choices import MIN_AREA
-from sam_cache.infer.predict import from_labels
+from sam_cache.commands.predict import from_labels
 from sam_cache.models import load_sam
 from sam_cache.store.reader import CacheReader
 

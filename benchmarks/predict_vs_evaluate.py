@@ -22,7 +22,8 @@ import torch
 from common import save, table
 
 import sam_cache
-from sam_cache.models import build_tiny, save_checkpoint
+from sam_cache.tiny import build_tiny
+from sam_cache.models import save_checkpoint
 
 
 def large_image_cache(root: Path, size: int, objects: int, patch: int) -> Path:

@@ -19,9 +19,9 @@ import zarr
 
 from common import OUT, rectangles, save, table
 import sam_cache
-from sam_cache.store import schema as S
+from sam_cache import schema as S
 from sam_cache.store.reader import CacheReader
-from sam_cache.train.data import ObjectSamples, loader
+from sam_cache.samples import ObjectSamples, loader
 
 
 def tiny_cache(n: int, size: int = 256) -> Path:

@@ -25,7 +25,8 @@ from common import DATA, OUT, save, table
 import sam_cache
 from sam_cache.ingest.sources import discover
 from sam_cache.ingest.tiles import TileDataset, TileSpec, plan
-from sam_cache.models import build_tiny, save_checkpoint
+from sam_cache.tiny import build_tiny
+from sam_cache.models import save_checkpoint
 from sam_cache.store.reader import size_on_disk
 
 VIEWS = "flip-h,flip-v,rot90"

@@ -1,3 +1,3 @@
-from .main import main
+from sam_cache.cli.main import main
 
 main()

@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from sam_cache import __version__
+from sam_cache.version import __version__
 from sam_cache import choices as C
 from sam_cache.amg.knobs import Settings
 from sam_cache.errors import OptionError, SamCacheError
@@ -376,7 +376,7 @@ def evaluate(
     if not results.attrs["trained"]:
         _say(UNTRAINED)
     if results.attrs.get("scoring") == "volume":
-        from sam_cache.eval import volume
+        from sam_cache.scoring import volume
 
         typer.echo(f"scored in 3D, prompt {results.attrs['prompt']}, surface Dice at {results.attrs['tolerance_mm']:g} mm; "
                    f"spacing {results.attrs['spacing']} from {results.attrs['spacing_from']}")
@@ -393,14 +393,14 @@ def evaluate(
         _save(results, out, "object")
         return
     if results.attrs.get("scoring") == "tile":
-        from sam_cache.eval.semantic import summary
+        from sam_cache.scoring.semantic import summary
 
         typer.echo(summary(results).to_string(float_format=fmt))
         _save(results, out, "tile")
         return
     typer.echo(sam_cache.summarize(results).drop(columns=["seed"]).to_string(index=False, float_format=fmt))
     if iterations > 1:
-        from sam_cache.eval.aggregate import click_curve
+        from sam_cache.metrics.aggregate import click_curve
 
         typer.echo(f"the last of {iterations} rounds above; Dice per round of corrective clicks:")
         typer.echo(click_curve(results).to_string(index=False, float_format=fmt))
@@ -448,8 +448,6 @@ def ablate(
     """Score prompt strategies × checkpoints × seeds on every object, in one pass over the cache.
     Rerunning the same command after a crash resumes it (the partitions already done are kept); a
     different command into the same --out is refused unless --overwrite."""
-    if seeds < 1:
-        raise OptionError(f"--seeds must be >= 1, not {seeds}")
     import sam_cache
 
     results = sam_cache.ablate(
@@ -626,7 +624,7 @@ def classify(
 ):
     """Train a class head on the decoder's mask token (and optionally the two-way transformer) to name the
     class of each prompted object; report per-class and balanced accuracy and the confusion matrix."""
-    from sam_cache.classify import classify as run_classify
+    from sam_cache.commands.classify import classify as run_classify
 
     result = run_classify(
         cache, out, prompt=prompt, epochs=epochs, lr=lr, train_transformer=train_transformer, checkpoint=checkpoint,

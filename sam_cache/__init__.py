@@ -9,16 +9,17 @@ first use, so `import sam_cache` (and `samcache --help`) does not load torch.
 
 from importlib import import_module
 
-__version__ = "0.2.0"
+from .version import __version__
 
 _EXPORTS = {
-    "embed": "encode.embed", "EmbedSummary": "encode.embed", "ablate": "eval.ablate", "evaluate": "eval.evaluate",
-    "per_group": "eval.aggregate", "per_view": "eval.aggregate", "summarize": "eval.aggregate", "Intensity": "ingest.intensity",
+    "embed": "commands.embed", "EmbedSummary": "commands.embed", "ablate": "commands.ablate", "evaluate": "commands.evaluate",
+    "per_group": "metrics.aggregate", "per_view": "metrics.aggregate", "summarize": "metrics.aggregate", "Intensity": "ingest.intensity",
     "describe": "store.info", "format_info": "store.info", "verify": "store.info", "CacheReader": "store.reader",
-    "open_cache": "store.reader", "FinetuneConfig": "train.finetune", "FinetuneResult": "train.finetune",
-    "finetune": "train.finetune", "segment": "amg.segment", "SegmentResult": "amg.segment",
-    "predict": "infer.predict", "PredictResult": "infer.predict", "register_model": "registry",
-    "classify": None, "runs": None,
+    "open_cache": "store.reader", "FinetuneConfig": "commands.finetune", "FinetuneResult": "commands.finetune",
+    "finetune": "commands.finetune", "segment": "commands.segment", "SegmentResult": "commands.segment",
+    "predict": "commands.predict", "PredictResult": "commands.predict", "register_model": "registry",
+    "register_prompt": "decode.prompts", "unregister_prompt": "decode.prompts",
+    "classify": "commands.classify", "ClassifyResult": "classify.report", "runs": None,
 }
 __all__ = [*_EXPORTS, "__version__"]
 _RECORDED = ("embed",)  # the cache it makes records the call as its `command` (`store.location.recorded`)

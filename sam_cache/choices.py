@@ -23,8 +23,8 @@ PRELOADS = ("auto", "device", "host", "off")  # finetune: where the samples live
 EVAL_SPLITS = ("all", "train", "val")
 ABLATE_SPLITS = ("auto", "all", "train", "val")
 GROUPINGS = ("class", "source", "sample")  # evaluate --per
-# evaluate: each object of each tile; each object of an image whole across its tiles (eval.stitched); each
-# object of a volume in 3D (eval.volume)
+# evaluate: each object of each tile; each object of an image whole across its tiles (scoring.stitched); each
+# object of a volume in 3D (scoring.volume)
 SCORINGS = ("object", "image", "volume")
 PROPAGATE = "propagate"  # evaluate --per volume --prompt propagate: the middle slice's prompt carried through
 PROPAGATE_FROM = ("box", "center-point")  # how propagation prompts the middle slice

@@ -13,14 +13,14 @@ import os
 import pickle
 import zipfile
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import Sam
 
 from . import registry
 from .errors import CheckpointError
+from .files import file_sha256
 from .registry import AUTO, CHECKPOINTS, SEED, register_model, registered_models, unregister_model  # noqa: F401
 
 
@@ -43,59 +43,6 @@ def cache_dir() -> Path:
     """Where downloaded checkpoints live: $SAMCACHE_HOME/checkpoints or ~/.cache/samcache/checkpoints."""
     root = os.environ.get("SAMCACHE_HOME") or Path.home() / ".cache" / "samcache"
     return Path(root) / "checkpoints"
-
-
-TINY = dict(img_size=1024, patch_size=16, encoder_dim=32, encoder_depth=1, embed_dim=256, decoder_depth=2,
-            mlp_dim=256, iou_hidden=64)
-
-
-def build_tiny(**config) -> Sam:
-    """A tiny SAM from segment_anything's classes, random init. By default SAM's input size and embedding
-    shape (1024², 256×64×64); smaller settings (e.g. img_size=256, embed_dim=32) make test models whose
-    shapes all follow from the model."""
-    c = {**TINY, **config}
-    size, patch, embed = c["img_size"], c["patch_size"], c["embed_dim"]
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=size, patch_size=patch, embed_dim=c["encoder_dim"], depth=c["encoder_depth"], num_heads=1,
-            mlp_ratio=4, out_chans=embed, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=False, window_size=14, global_attn_indexes=(),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=embed, image_embedding_size=(size // patch, size // patch),
-            input_image_size=(size, size), mask_in_chans=16,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=c["decoder_depth"], embedding_dim=embed, mlp_dim=c["mlp_dim"],
-                                          num_heads=8),
-            transformer_dim=embed, iou_head_depth=3, iou_head_hidden_dim=c["iou_hidden"],
-        ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
-    )
-
-
-def tiny_config(state: dict) -> dict:
-    """Read a tiny checkpoint's settings back from its tensor shapes."""
-    proj = state["image_encoder.patch_embed.proj.weight"]  # [encoder_dim, 3, patch, patch]
-    grid = state["image_encoder.pos_embed"].shape[1]
-    count = lambda prefix: len({k[len(prefix):].split(".")[0] for k in state if k.startswith(prefix)})  # noqa: E731
-    return dict(
-        img_size=grid * proj.shape[-1], patch_size=proj.shape[-1], encoder_dim=proj.shape[0],
-        encoder_depth=count("image_encoder.blocks."), embed_dim=state["image_encoder.neck.0.weight"].shape[0],
-        decoder_depth=count("mask_decoder.transformer.layers."),
-        mlp_dim=state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
-        iou_hidden=state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
-    )
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_sha256(sam: torch.nn.Module) -> str:
@@ -247,51 +194,3 @@ def save_checkpoint(sam: torch.nn.Module, path: str | Path) -> Path:
     return path
 
 
-def _prompt_modules(model_type: str, state: dict | None):
-    """PromptEncoder + MaskDecoder as the registered builder makes them for `model_type` (or as the
-    checkpoint's shapes say, for tiny), with uninitialised weights for the caller to load. Built on the
-    meta device where the builder allows, so the image encoder costs no memory and no time."""
-    sam = registry.get(model_type).skeleton(state)
-    return sam.prompt_encoder.to_empty(device="cpu"), sam.mask_decoder.to_empty(device="cpu")
-
-
-def load_decoder(model: dict, checkpoint: str | Path | None = None):
-    """The prompt encoder and mask decoder that match a cache's model fingerprint, from the same weights.
-
-    `model` is the cache's `model` attribute. A real checkpoint is checked by sha256 against it. Random-init
-    models are rebuilt from their seed (the whole model once, to replay the seeded init; its image
-    encoder is dropped at once and never run). Returns (PromptDecoder, ModelSpec).
-    """
-    from .decode.decoder import PromptDecoder
-
-    model_type, want = model["type"], model["checkpoint_sha256"]
-    if model_type not in registry.registered_models():
-        raise CheckpointError(
-            f"this cache was embedded with model {model_type!r}, which is not registered in this process: call "
-            f"sam_cache.register_model({model_type!r}, builder) with the builder it was embedded with before "
-            f"finetuning or scoring it (or install the package that registers it under `{registry.ENTRY_POINTS}`)")
-    entry = registry.get(model_type)
-    policy = model.get("preprocess", "sam")  # caches made before policies existed were all SAM's
-    if policy != entry.preprocess:
-        raise CheckpointError(
-            f"this cache's embeddings were made under the {policy!r} preprocessing policy; model {model_type!r} is "
-            f"registered here with the {entry.preprocess!r} policy, so its decoder would not match them. Embed the "
-            "data again, or register the model with the policy the cache was made with")
-    if want.startswith("random-init:"):
-        sam, spec = load_sam(model_type, random_init=True)
-        decoder = PromptDecoder.from_sam(sam)
-    else:
-        path = resolve_checkpoint(model_type, checkpoint, download=False)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint file not found; pass --checkpoint with the cache's checkpoint")
-        sha = file_sha256(path)
-        if sha != want:
-            raise CheckpointError(
-                f"{path}: sha256 {sha[:16]}… is not the checkpoint the cache was embedded with ({want[:16]}…); "
-                "pass --checkpoint with that file")
-        state = load_state_dict(path)
-        decoder = PromptDecoder(*_prompt_modules(model_type, state))
-        decoder.load_state_dict(PromptDecoder.sam_state_dict_subset(state))
-        spec = ModelSpec(model_type, str(path), sha, model["trained"], model.get("preprocess", "sam"))
-    decoder.mask_mode = entry.mask_mode  # the output it was trained to give: what mask_mode="auto" picks
-    return decoder.eval(), spec

@@ -35,6 +35,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from . import plugins
 from .choices import MODEL_TYPES
 from .errors import CheckpointError, OptionError
 
@@ -272,7 +273,7 @@ def _lite_medsam() -> torch.nn.Module:
 
 
 def _tiny(state: Mapping | None = None) -> torch.nn.Module:
-    from .models import build_tiny, tiny_config
+    from .tiny import build_tiny, tiny_config
 
     return build_tiny(**(tiny_config(state) if state is not None else {}))
 
@@ -288,16 +289,5 @@ _LOADED: set[str] = set()
 
 def _load_entry_points() -> None:
     """Load each `samcache.models` entry point once: a module registers on import, a function is called."""
-    from importlib.metadata import entry_points
-
     _entries()
-    for ep in entry_points(group=ENTRY_POINTS):
-        if ep.value in _LOADED:
-            continue
-        _LOADED.add(ep.value)
-        try:
-            target = ep.load()
-            if callable(target):
-                target()
-        except Exception as e:  # a broken plugin must not break the built-in models
-            warnings.warn(f"{ENTRY_POINTS} entry point {ep.name} = {ep.value} failed to register: {e}", stacklevel=2)
+    plugins.load(ENTRY_POINTS, _LOADED)

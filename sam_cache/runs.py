@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .decode.load import load_decoder as _cache_decoder
 from .errors import CheckpointError, SamCacheError
-from .models import detect_type, load_decoder as _cache_decoder, load_sam, load_state_dict, resolve_checkpoint
+from .files import atomic
+from .models import detect_type, load_sam, load_state_dict, resolve_checkpoint
 
 CONFIG, DECODER, LAST, STATE = "config.json", "decoder.pth", "decoder_last.pth", "state.pth"
 FULL, METRICS, CURVES = "sam_finetuned.pth", "metrics.csv", "curves.png"
@@ -56,9 +58,8 @@ class Run:
     def start(cls, path: str | Path, config: dict) -> "Run":
         run = cls(Path(path), config)
         run.path.mkdir(parents=True, exist_ok=True)
-        tmp = run.path / (CONFIG + ".tmp")
-        tmp.write_text(json.dumps(config, indent=2))
-        tmp.replace(run.path / CONFIG)
+        with atomic(run.path / CONFIG) as tmp:
+            tmp.write_text(json.dumps(config, indent=2))
         return run
 
     @property
@@ -106,7 +107,8 @@ class Run:
     def save_decoder(self, decoder, which: str = DECODER) -> None:
         """Decoder weights only, under SAM's key names (`mask_decoder.*`)."""
         state = {f"mask_decoder.{k}": v.detach().cpu() for k, v in decoder.mask_decoder.state_dict().items()}
-        torch.save(state, self.path / which)
+        with atomic(self.path / which) as tmp:  # grid.weights hashes this file: never half written
+            torch.save(state, tmp)
 
     def save_full_sam(self, model: dict, checkpoint, weights: dict) -> None:
         """sam_finetuned.pth: the cache's SAM (`model`, its checkpoint file, or rebuilt from its seed when it
@@ -117,15 +119,15 @@ class Run:
         else:
             state = load_state_dict(resolve_checkpoint(model["type"], checkpoint, download=False))
         state.update(weights)
-        torch.save(state, self.path / FULL)
+        with atomic(self.path / FULL) as tmp:
+            torch.save(state, tmp)
 
     def decoder_weights(self, which: str = DECODER) -> dict:
         return _safe_load(self.path / which)
 
     def save_state(self, state: dict) -> None:
-        tmp = self.path / (STATE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path / STATE)
+        with atomic(self.path / STATE) as tmp:
+            torch.save(state, tmp)
 
     def load_state(self, device) -> dict | None:
         """What --resume needs, or None if the run has not finished an epoch."""

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sam_cache.models import build_tiny, save_checkpoint
+from sam_cache.tiny import build_tiny
+from sam_cache.models import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from sam_cache.amg import generator, stitch
 from sam_cache.amg.knobs import Settings, Sweep, parse_sweep
 from sam_cache.cli.main import app
 from sam_cache.errors import OptionError
-from sam_cache.eval.instances import scores
+from sam_cache.metrics.instances import scores
 from sam_cache.models import load_sam
 from sam_cache.runs import load_decoder
 from sam_cache.store.reader import CacheReader
@@ -305,7 +305,7 @@ def test_masks_written_back_as_a_label_layer_whole_or_not_at_all(tmp_path, micro
 
     import xarray as xr
 
-    from sam_cache.amg.outputs import TileLabels
+    from sam_cache.reports.outputs import TileLabels
     from sam_cache.store import layers
 
     data = write_rectangles(tmp_path / "data", n=2)
@@ -375,7 +375,7 @@ def test_an_interrupted_sweep_resumes_to_the_same_output(amg_cache, tmp_path, mo
     import pandas as pd
     import xarray as xr
 
-    from sam_cache.amg import segment as seg
+    from sam_cache.commands import segment as seg
     from sam_cache.errors import SamCacheError
 
     knobs = dict(settings=dict(points_per_side=4, **RANDOM_INIT), sweep={"stability_score_thresh": [0.6, 0.8]},

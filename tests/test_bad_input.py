@@ -116,7 +116,7 @@ def test_corrupt_checkpoint(tmp_path, tiny_checkpoint):
 def test_tiny_checkpoint_loads_and_is_fingerprinted(tmp_path, tiny_checkpoint):
     data = write_dataset(tmp_path / "data", [(64, 96)])
     embed(data, tmp_path / "c.zarr", checkpoint=tiny_checkpoint)
-    from sam_cache.models import file_sha256
+    from sam_cache.files import file_sha256
 
     assert sam_cache.describe(tmp_path / "c.zarr")["model"]["checkpoint_sha256"] == file_sha256(tiny_checkpoint)
 

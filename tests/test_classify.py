@@ -15,9 +15,10 @@ from segment_anything.modeling import ImageEncoderViT
 import sam_cache
 from sam_cache.classify.head import ClassHead
 from sam_cache.classify.objects import IGNORE, ObjectClasses
-from sam_cache.classify.train import classify
+from sam_cache.commands.classify import classify
 from sam_cache.errors import SamCacheError
-from sam_cache.models import build_tiny, load_sam, save_checkpoint
+from sam_cache.tiny import build_tiny
+from sam_cache.models import load_sam, save_checkpoint
 from sam_cache.runs import load_decoder
 from sam_cache.store.reader import CacheReader
 

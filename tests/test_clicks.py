@@ -15,9 +15,9 @@ import sam_cache
 from sam_cache.cli.main import app
 from sam_cache.decode import prompts as P
 from sam_cache.errors import SamCacheError
-from sam_cache.eval import clicks, runner
-from sam_cache.eval.metrics import scores
-from sam_cache.train.data import sample_generator
+from sam_cache.scoring import clicks, runner
+from sam_cache.metrics.masks import scores
+from sam_cache.samples import sample_generator
 
 
 def rect(h, w, r0, r1, c0, c1):

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 import sam_cache
 from sam_cache.cli.main import app
 from sam_cache.errors import CheckpointError, SamCacheError
-from sam_cache.eval.aggregate import summarize
-from sam_cache.eval.metrics import scores
+from sam_cache.metrics.aggregate import summarize
+from sam_cache.metrics.masks import scores
 
 
 def m(*rows):
@@ -87,7 +87,7 @@ def test_scores_equal_hand_computed_dice_of_stock_sam_predictor_masks(rect_cache
     from segment_anything import SamPredictor
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from sam_cache.models import build_tiny, tiny_config
+    from sam_cache.tiny import build_tiny, tiny_config
 
     state = torch.load(micro_checkpoint, weights_only=True)
     sam = build_tiny(**tiny_config(state)).eval()
@@ -152,7 +152,7 @@ def test_counts_are_kept_and_scores_derive_from_them(grid):
 def test_passes_across_samples_score_as_sample_by_sample(rect_cache, run):
     """How a GPU decodes (one round's prompts of all samples together, `decode_tiles`) gives the counts and
     example masks that decoding sample by sample gives (CPU)."""
-    from sam_cache.eval.runner import Request, load_decoders, score_samples
+    from sam_cache.scoring.runner import Request, load_decoders, score_samples
     from sam_cache.store.reader import CacheReader
 
     reader = CacheReader(rect_cache)
@@ -238,7 +238,7 @@ def test_cli_evaluate_and_ablate(rect_cache, run, tmp_path):
 
 
 def test_val_split_of_a_run_is_the_runs_own(rect_cache, tmp_path):
-    from sam_cache.train.finetune import split_samples
+    from sam_cache.samples import split_samples
 
     run = tmp_path / "run"
     sam_cache.finetune(rect_cache, run, sam_cache.FinetuneConfig(epochs=1, val_fraction=0.5, seed=3), progress=False)
@@ -281,7 +281,7 @@ def test_figures_cover_their_data_and_name_the_cache(grid, tmp_path):
 
 
 def test_tables_sort_classes_name_them_and_show_files(grid, tmp_path):
-    from sam_cache.eval.aggregate import name_classes, per_group, read_class_names
+    from sam_cache.metrics.aggregate import name_classes, per_group, read_class_names
 
     r = xr.open_dataset(grid / "results.nc", engine="h5netcdf").load()
     fake = r.assign_coords({"class": ("object", np.where(r.object_id.values == 1, "10", "2"))})
@@ -294,3 +294,15 @@ def test_tables_sort_classes_name_them_and_show_files(grid, tmp_path):
     assert set(named["class"]) == {"nucleus", "mitochondrion"}
     by_file = per_group(r, "source")
     assert by_file["source"].str.endswith(".png").all() and by_file["source"].nunique() == 32
+
+
+def test_seeds_are_checked_by_the_engine_not_only_the_cli(rect_cache, tmp_path):
+    """`--seeds 0` was refused only by the CLI; a library caller got an empty grid. Now the engine refuses it."""
+    from sam_cache.errors import OptionError
+
+    for seeds, why in (([], "at least one prompt seed"), ([0, 0], "distinct"), ([-1], ">= 0")):
+        with pytest.raises(OptionError, match=why):
+            sam_cache.ablate(rect_cache, tmp_path / "abl", prompts=["box"], seeds=seeds, progress=False, log=lambda m: None)
+    assert not (tmp_path / "abl").exists()  # refused before OUT is made
+    r = CliRunner().invoke(app, ["ablate", str(rect_cache), "--seeds", "0", "-o", str(tmp_path / "cli")])
+    assert r.exit_code == 2 and "--seeds must be >= 1" in r.output and not (tmp_path / "cli").exists()

@@ -10,12 +10,15 @@ from typer.testing import CliRunner
 
 import sam_cache
 from sam_cache.cli.main import app
-from sam_cache.train.data import ObjectSamples, loader
+from sam_cache.samples import ObjectSamples, loader
 from sam_cache.errors import CheckpointError, SamCacheError
-from sam_cache.train.finetune import FinetuneConfig, mask_losses, split_samples
+from sam_cache.commands.finetune import FinetuneConfig, mask_losses
+from sam_cache.samples import split_samples
 from sam_cache.decode.pipeline import PromptBatch, decode_prompts
 from sam_cache.store.reader import CacheReader
-from sam_cache.models import build_tiny, load_decoder, load_sam, save_checkpoint
+from sam_cache.tiny import build_tiny
+from sam_cache.decode.load import load_decoder
+from sam_cache.models import load_sam, save_checkpoint
 
 from .conftest import write_dataset
 

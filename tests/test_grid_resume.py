@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import sam_cache
 from sam_cache.cli.main import app
 from sam_cache.errors import SamCacheError
-from sam_cache.eval import runner
+from sam_cache.scoring import runner
 
 GRID = dict(prompts=["box", "center-point", "random-3-points"], checkpoints=["base"], seeds=[0, 1], partition_size=4,
             examples=3, split="all", progress=False)  # 32 samples: 8 partitions
@@ -164,7 +164,7 @@ def test_a_killed_dask_worker_loses_and_duplicates_nothing(rect_cache, tmp_path)
     sam_cache.ablate(rect_cache, reference, log=lambda m: None, **grid)  # local threads, uninterrupted
     with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
                       silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
-        client.run(importlib.import_module, "sam_cache.eval.runner")  # so the kill lands while tasks score
+        client.run(importlib.import_module, "sam_cache.scoring.runner")  # so the kill lands while tasks score
         pids = client.run(os.getpid)  # {worker address: pid}
         with ThreadPoolExecutor(1) as pool:
             running = pool.submit(sam_cache.ablate, rect_cache, out, scheduler=cluster.scheduler_address,

@@ -21,9 +21,9 @@ from sam_cache.encode.encoder import Encoder
 from sam_cache.errors import CheckpointError
 from sam_cache.models import detect_type, load_sam, load_state_dict
 from sam_cache.runs import load_decoder
-from sam_cache.store import schema as S
+from sam_cache import schema as S
 from sam_cache.store.reader import CacheReader, layer_objects
-from sam_cache.train.finetune import FinetuneConfig, finetune
+from sam_cache.commands.finetune import FinetuneConfig, finetune
 
 from .conftest import write_rectangles
 
@@ -107,7 +107,7 @@ def test_the_policy_is_the_models_and_part_of_the_cache(tmp_path, lite):
 @pytest.fixture
 def medsam_tiny():
     """A tiny model registered with LiteMedSAM's policy and single-mask output, as a user registers one."""
-    from sam_cache.models import build_tiny
+    from sam_cache.tiny import build_tiny
 
     sam_cache.register_model("tiny_medsam", lambda: build_tiny(img_size=256, embed_dim=32, mlp_dim=64, iou_hidden=32,
                                                                decoder_depth=1),

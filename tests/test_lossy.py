@@ -13,7 +13,7 @@ import sam_cache
 from sam_cache.cli.main import app
 from sam_cache.errors import CacheMismatchError
 from sam_cache.store import lossy
-from sam_cache.store import schema as S
+from sam_cache import schema as S
 from sam_cache.store.writer import ShardWriter
 
 from .conftest import write_rectangles

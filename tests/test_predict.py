@@ -20,11 +20,12 @@ from typer.testing import CliRunner
 import sam_cache
 from sam_cache.cli.main import app
 from sam_cache.decode.pipeline import PromptBatch, decode_prompts
-from sam_cache.models import build_tiny, save_checkpoint
+from sam_cache.tiny import build_tiny
+from sam_cache.models import save_checkpoint
 from sam_cache.runs import load_decoder
-from sam_cache.store import schema as S
+from sam_cache import schema as S
 from sam_cache.store.reader import CacheReader
-from sam_cache.train.finetune import FinetuneConfig, mask_losses
+from sam_cache.commands.finetune import FinetuneConfig, mask_losses
 
 from .conftest import write_rectangles
 
@@ -275,7 +276,7 @@ def test_coco_records_are_made_from_each_objects_box_not_its_plane(tmp_path):
 
     from segment_anything.utils.amg import mask_to_rle_pytorch
 
-    from sam_cache.amg import outputs
+    from sam_cache.reports import outputs
 
     rng = np.random.default_rng(0)
     label = np.zeros((2048, 2048), np.uint16)
@@ -305,7 +306,7 @@ def test_every_prompt_has_its_annotation_and_empty_masks_say_so(patched, tmp_pat
     `empty` true, and pycocotools reads the file and its masks."""
     from pycocotools.coco import COCO
 
-    from sam_cache.infer import predict as module
+    from sam_cache.commands import predict as module
 
     real = module.decode_placed
 

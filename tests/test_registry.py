@@ -12,9 +12,11 @@ import sam_cache
 from sam_cache import registry
 from sam_cache.cli.main import app
 from sam_cache.errors import CheckpointError, OptionError
-from sam_cache.models import build_tiny, detect_type, file_sha256, load_sam, save_checkpoint
+from sam_cache.tiny import build_tiny
+from sam_cache.models import detect_type, load_sam, save_checkpoint
+from sam_cache.files import file_sha256
 from sam_cache.registry import register_model, unregister_model
-from sam_cache.train.finetune import FinetuneConfig
+from sam_cache.commands.finetune import FinetuneConfig
 
 from .conftest import write_dataset, write_rectangles
 
@@ -55,7 +57,7 @@ def test_a_random_init_custom_model_rebuilds_its_decoder_from_the_seed(p8, tmp_p
     cache = tmp_path / "r.zarr"
     sam_cache.embed(write_dataset(tmp_path / "data", [(40, 40)]), cache, model=p8, random_init=True,
                     read_workers=0, progress=False)
-    from sam_cache.models import load_decoder
+    from sam_cache.decode.load import load_decoder
 
     decoder, spec = load_decoder(sam_cache.describe(cache)["model"])
     sam, _ = load_sam(p8, random_init=True)

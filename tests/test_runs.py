@@ -239,7 +239,7 @@ def test_outputs_are_never_silently_replaced(rect_cache, run, tmp_path):
 
 def test_split_by_slice_tile_and_file(data_root, tmp_path, micro_checkpoint):
     """A single CT volume: no split by source is possible; slices in one contiguous block, tiles, or a file."""
-    from sam_cache.train.finetune import split_samples
+    from sam_cache.samples import split_samples
 
     cache = tmp_path / "ct.zarr"
     ct = data_root / "ct-totalseg"

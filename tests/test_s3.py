@@ -15,7 +15,7 @@ import sam_cache
 from sam_cache.cli.main import app
 from sam_cache.errors import CacheMismatchError, SamCacheError
 from sam_cache.store.location import Location, set_storage_options
-from sam_cache.train.finetune import FinetuneConfig
+from sam_cache.commands.finetune import FinetuneConfig
 
 from .conftest import write_dataset
 from .test_embed import assert_same_embeddings

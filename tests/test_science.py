@@ -15,7 +15,7 @@ from scipy import ndimage
 
 import sam_cache
 from sam_cache.store.reader import CacheReader, layer_objects
-from sam_cache.train.finetune import FinetuneConfig, finetune
+from sam_cache.commands.finetune import FinetuneConfig, finetune
 
 pytestmark = pytest.mark.slow
 QUIET = dict(progress=False, log=lambda m: None)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from sam_cache.eval import semantic
-from sam_cache.eval.semantic import SCORES, foreground_probability, instances, score_tiles, summary, tile_scores
+from sam_cache.scoring import semantic
+from sam_cache.scoring.semantic import SCORES, foreground_probability, instances, score_tiles, summary, tile_scores
 from sam_cache.ingest.labels import instance_map
 from sam_cache.runs import load_decoder
 from sam_cache.store.reader import CacheReader

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 import sam_cache
-from sam_cache.eval.stitched import score_images
-from sam_cache.infer.place import Tiles
+from sam_cache.scoring.stitched import score_images
+from sam_cache.decode.place import Tiles
 from sam_cache.store.reader import CacheReader
 
 
@@ -79,7 +79,7 @@ def test_with_a_halo_every_object_is_whole_in_its_most_central_tile(crossing, tm
 
 
 def test_per_image_scores_with_the_tiny_decoder_are_counts_of_whole_objects(crossing, tmp_path, micro_checkpoint):
-    from sam_cache.eval.runner import Request, load_decoders
+    from sam_cache.scoring.runner import Request, load_decoders
 
     reader = _cache(crossing, tmp_path, micro_checkpoint, halo=8)
     decoder = load_decoders(reader, Request(("box",), ("base",)), "cpu")["base"]
@@ -111,7 +111,7 @@ def test_per_image_with_the_decoder_scores_every_image(crossing, tmp_path, micro
     decoder's rows per pass must not be confused with the rows of results gathered so far)."""
     import shutil
 
-    from sam_cache.eval.runner import Request, load_decoders
+    from sam_cache.scoring.runner import Request, load_decoders
 
     root = tmp_path / "two"
     shutil.copytree(crossing, root)

@@ -16,13 +16,12 @@ from typer.testing import CliRunner
 
 import sam_cache
 from sam_cache.cli.main import app
-from sam_cache.errors import (CacheCorruptError, CacheIncompleteError, CacheLockedError, CacheMismatchError,
-                              DiskFullError)
+from sam_cache.errors import (CacheCorruptError, CacheIncompleteError, CacheLockedError, CacheMismatchError, DiskFullError)
 from sam_cache.ingest.labels import objects
-from sam_cache.store import fingerprint
-from sam_cache.store import schema as S
+from sam_cache import identity as fingerprint
+from sam_cache import schema as S
 from sam_cache.store.reader import CacheReader
-from sam_cache.train.data import ObjectSamples
+from sam_cache.samples import ObjectSamples
 
 from .conftest import write_dataset
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import sam_cache
 from sam_cache.cli.main import app
 from sam_cache.errors import CacheMismatchError, OptionError, SamCacheError
-from sam_cache.store import schema as S
+from sam_cache import schema as S
 from sam_cache.store.reader import CacheReader
 
 from .conftest import write_rectangles
@@ -115,7 +115,7 @@ def test_mapping_views_back_into_their_source(small_dataset, tmp_path, micro_che
 
 def _trained(cache, out, **kw):
     """Finetune for one epoch, recording the samples each training batch reads."""
-    import sam_cache.train.finetune as F
+    import sam_cache.commands.finetune as F
 
     seen, step = [], F.train_step
 

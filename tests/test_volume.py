@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 import sam_cache
 from sam_cache.cli.main import app
 from sam_cache.errors import SamCacheError
-from sam_cache.eval import volume
-from sam_cache.eval.propagate import propagate
-from sam_cache.store import schema as S
+from sam_cache.scoring import volume, volumes
+from sam_cache.scoring.propagate import propagate
+from sam_cache import schema as S
 from sam_cache.store.reader import CacheReader
 
 QUIET = dict(progress=False, log=lambda *a: None)
@@ -48,7 +48,7 @@ def dice(a, b):
 def tiled(pred, size=16):
     """A prediction [planes, H, W] cut into the pieces of 16² tiles, as per-tile predictions come."""
     return [p for z in range(pred.shape[0]) for y in range(0, pred.shape[1], size) for x in range(0, pred.shape[2], size)
-            if (p := volume.piece(z, y, x, pred[z, y:y + size, x:x + size])) is not None]
+            if (p := volumes.piece(z, y, x, pred[z, y:y + size, x:x + size])) is not None]
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI 1.6 about its own internals
@@ -56,10 +56,10 @@ def test_stacked_truth_and_3d_scores_match_a_direct_computation(blobs):
     cache, label = blobs
     reader = CacheReader(cache)
     assert {int(z) for z in reader.coord(S.SLICE)} == {1, 2, 3, 4}  # slices 0 and 5 were skipped
-    [vol] = volume.volumes(reader, reader.samples)
+    [vol] = volumes.volumes(reader, reader.samples)
     assert vol.shape == (6, 32, 32) and vol.spacing == (3.0, 1.0, 1.0) and vol.spacing_from.startswith("NIfTI")
-    np.testing.assert_array_equal(volume.stack_labels(reader, vol), label)
-    objects, ids = volume.truth_objects(reader, vol, None, min_area=10)
+    np.testing.assert_array_equal(volumes.stack_labels(reader, vol), label)
+    objects, ids = volumes.truth_objects(reader, vol, None, min_area=10)
     assert ids.tolist() == [1, 2]  # one 3D component per blob, whatever the patches and slices cut
     truth = {i: objects == i for i in ids}
     # hand-built predictions: blob 1 one slice deeper (into slice 4, and blob 2's slice 5, which the cache skipped);
@@ -89,15 +89,15 @@ def test_each_tile_component_is_scored_as_part_of_its_3d_component(blobs):
     """Perfect per-tile predictions (the runner's kept samples, filled with the true masks) stack back into
     each 3D blob exactly, across the patch border and the slices."""
     reader = CacheReader(blobs[0])
-    [vol] = volume.volumes(reader, reader.samples)
-    objects, ids = volume.truth_objects(reader, vol, None, 10)
+    [vol] = volumes.volumes(reader, reader.samples)
+    objects, ids = volumes.truth_objects(reader, vol, None, 10)
     kept = []
     for i in vol.samples:
         masks, tile_ids = reader.objects(int(i), 1)
         if len(tile_ids):
             kept.append((int(i), masks, tile_ids, {"prompts": {"valid": np.ones(len(tile_ids), bool)}, "base": masks}))
     assert len(kept) > 6  # two blobs, several tiles and slices each
-    rows = volume.score_objects(vol, objects, ids, volume.tile_pieces(reader, kept, objects, "base"), 2.0)
+    rows = volume.score_objects(vol, objects, ids, volumes.tile_pieces(reader, kept, objects, "base"), 2.0)
     assert [r["dice"] for r in rows] == [1.0, 1.0] and [r["nsd"] for r in rows] == [1.0, 1.0]
 
 
@@ -210,8 +210,8 @@ def test_totalsegmentator_volume_per_organ(data_root, micro_checkpoint, tmp_path
     print(f"TotalSegmentator, tiny model, mean volume Dice: box {means['box']:.4f}")
     # a hand-built prediction on the real volume: the liver one slice off, scored as numpy scores it in 3D
     reader = CacheReader(cache)
-    [vol] = volume.volumes(reader, reader.samples)
-    objects, ids = volume.truth_objects(reader, vol, None, 1)
+    [vol] = volumes.volumes(reader, reader.samples)
+    objects, ids = volumes.truth_objects(reader, vol, None, 1)
     seg = np.moveaxis(seg, 2, 0)  # NIfTI's slicing axis (the last) first
     np.testing.assert_array_equal(objects, seg)  # class labels: the stacked truth is the volume itself
     liver = seg == 5

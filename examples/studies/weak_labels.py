@@ -26,8 +26,8 @@ import pandas as pd
 
 import sam_cache
 from common import data_root
-from sam_cache.infer.regions import Regions
-from sam_cache.store import schema as S
+from sam_cache.decode.regions import Regions
+from sam_cache import schema as S
 from sam_cache.store.reader import CacheReader
 from sam_cache.store.writer import write_label_layer
 
@@ -75,7 +75,8 @@ def main() -> None:
     if a.model == "tiny" and not a.checkpoint:  # the SAM-width tiny model that learns on CPU (see tests)
         import torch
 
-        from sam_cache.models import build_tiny, save_checkpoint
+        from sam_cache.tiny import build_tiny
+        from sam_cache.models import save_checkpoint
 
         torch.manual_seed(7)
         extra = {"checkpoint": save_checkpoint(build_tiny(img_size=256), a.out / "tiny256.pth")}

@@ -1,7 +1,3 @@
-"""A class head on SAM's decoder tokens: which class (organ) is the prompted object? Trained and scored from
-the cache alone: `classify` (in train.py) trains it, `report` scores it per prompt strategy, `head` holds the model."""
-
-from .report import ClassifyResult
-from .train import classify
-
-__all__ = ["ClassifyResult", "classify"]
+"""The parts of `classify` (a class head on SAM's decoder tokens: which class, or organ, is the prompted
+object?): `head` holds the model, `objects` the class of each object, `report` scores the head per prompt
+strategy. The command that trains it is `commands.classify`."""

@@ -21,7 +21,7 @@ def _order(key: str):
 
 class ObjectClasses:
     """Per sample, object id -> class index, over every usable sample of `reader`; objects under `min_area`
-    pixels are left out, as `train.data.ObjectSamples` leaves them out."""
+    pixels are left out, as `samples.ObjectSamples` leaves them out."""
 
     def __init__(self, reader, min_area: int, names: dict[str, str] | None = None):
         if reader.label_kind != "class" and not reader.attrs.get("class_names"):

@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from .. import schema as S
 from ..decode.pipeline import PromptBatch, decode_prompts
-from ..store import schema as S
-from ..train.data import loader
+from ..samples import loader
 
 PER_CLASS, REPORT = "per_class.csv", "report.md"
 

@@ -36,7 +36,7 @@ class PromptBatch:
 
     @classmethod
     def collated(cls, batch: dict) -> "PromptBatch":
-        """From a collated batch of `train.data.ObjectSamples` (empty tensors where a kind is absent)."""
+        """From a collated batch of `samples.ObjectSamples` (empty tensors where a kind is absent)."""
         points = batch["points"] if batch["points"].shape[-2] else None
         return cls(points, batch["labels"] if points is not None else None,
                    batch["boxes"] if batch["boxes"].shape[-1] else None, batch["prompt_valid"].shape[1])

@@ -158,7 +158,7 @@ def encoder_for(job: Job):
 def shard_task(job: Job, k: int) -> int:
     """Encode and write shard k of the plan, unless it is already committed. Returns the samples encoded."""
     from ..store.writer import ShardWriter
-    from .embed import encode_samples
+    from .stage import encode_samples
 
     writer = ShardWriter(job.location)
     start, stop = k * writer.shard, min(writer.n, (k + 1) * writer.shard)

@@ -10,11 +10,8 @@ from __future__ import annotations
 import torch
 from segment_anything.modeling import Sam
 
+from ..device import default_device
 from .preprocess import input_size, policy_for
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Encoder:

@@ -7,18 +7,17 @@ aspect ratios are never distorted. `TileDataset` reads tiles back in DataLoader 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch.utils.data
 
+from .. import schema as S
 from ..errors import InputError
-from ..store import schema as S
+from ..files import file_sha256
 from . import labels as L
 from . import views as V
 from .intensity import Intensity, to_uint8
@@ -83,17 +82,6 @@ def origins(length: int, patch: int, stride: int) -> list[int]:
     return starts
 
 
-def _hash_files(paths) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        p = Path(p)
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(block)
-    return h.hexdigest()
-
 
 def _spatial(source: Source, spec: TileSpec):
     """Read and validate one source: image (spatial, channels), label, slicing axis."""
@@ -141,7 +129,7 @@ def scan(source: Source, index: int, spec: TileSpec) -> ScannedSource:
                         continue
                 rows.append((index, s, y0, x0, th, tw, n_ids, n_cc))
     return ScannedSource(
-        source, spatial, axis, spec.intensity.range(image), _hash_files((source.image, *source.labels)),
+        source, spatial, axis, spec.intensity.range(image), file_sha256(*(source.image, *source.labels)),
         values, np.array(rows, dtype=np.int64).reshape(-1, 8),
     )
 

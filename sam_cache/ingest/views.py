@@ -17,9 +17,9 @@ from functools import lru_cache
 
 import numpy as np
 
+from .. import schema as S
 from ..choices import VIEWS
 from ..errors import OptionError, SamCacheError
-from ..store import schema as S
 
 IDENTITY = VIEWS[0]
 # view -> (MONAI array transform, its arguments, its inverse's arguments); images are channel-first there
@@ -136,7 +136,7 @@ def of(reader, originals) -> dict[int, np.ndarray]:
 
 
 def tag(results, reader):
-    """Results with a row per object (`eval.runner`) -> with the `view` and `view_of` of each row's sample, for a
+    """Results with a row per object (`scoring.runner`) -> with the `view` and `view_of` of each row's sample, for a
     cache with stored views (a cache without them gets no such coordinates, as before views existed)."""
     if not reader.has_views:
         return results

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from ..store import schema as S
+from .. import schema as S
 from .tables import summary_table
 
 DPI = 150

@@ -10,11 +10,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..amg.outputs import TileLabels
-from ..eval.instances import scores
+from .. import schema as S
 from ..ingest.labels import instance_map
-from ..store import schema as S
+from ..metrics.instances import scores
 from .figures import UNTRAINED, _outlines, _save
+from .outputs import TileLabels
 
 ENGINE = "h5netcdf"
 METRICS = {"msa": "mSA (IoU 0.50-0.95)", "sa50": "SA50", "sa75": "SA75", "f1": "F1 at IoU 0.5",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from ..eval.aggregate import ITERATION, click_curve, summarize
+from ..metrics.aggregate import ITERATION, click_curve, summarize
 from .figures import bar_chart, clicks_figure, examples_figure
 from .tables import markdown
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import schema as S
+from .. import schema as S
 from .reader import CacheReader, shard_key, size_on_disk
 
 

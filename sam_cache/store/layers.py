@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .. import schema as S
 from ..errors import CacheMismatchError, OptionError
-from . import schema as S
 from .location import Location
 from .writer import consolidate, lock_for, new_array, space_checked
 

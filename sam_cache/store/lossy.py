@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import schema as S
 from ..errors import OptionError
-from . import schema as S
 
 MANTISSA_BITS = {"float16": 10, "float32": 23}
 SCALES = (S.EMBEDDING_SCALE, S.EMBEDDING_OFFSET)  # the int8 store's variables beside the embedding

@@ -21,11 +21,11 @@ import xarray as xr
 import zarr
 from zarr.core.sync import sync
 
+from .. import schema as S
 from ..errors import CacheCorruptError, CacheIncompleteError, SamCacheError
 from ..ingest import views
 from ..ingest.labels import objects
 from . import lossy
-from . import schema as S
 from .location import Location
 
 

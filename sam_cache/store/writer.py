@@ -34,9 +34,10 @@ import filelock
 import numpy as np
 import zarr
 
+from .. import identity as fingerprint
+from .. import schema as S
 from ..errors import CacheLockedError, CacheMismatchError, DiskFullError, OptionError, SamCacheError
-from . import fingerprint, lossy
-from . import schema as S
+from . import lossy
 from .location import Location, command_line
 from .reader import read_attrs
 

@@ -3,9 +3,9 @@
 A Dask task takes whole sources (a source's tiles must meet to be stitched). For each `points_per_side`
 it decodes the point grid of every tile once (`amg.candidates`); every setting of the sweep then only
 filters those candidates (`amg.select`), paints and stitches them into the source's label image
-(`stitch`), scores it against the cache's labels (`eval.instances`) and writes it under OUT/.parts;
+(`stitch`), scores it against the cache's labels (`metrics.instances`) and writes it under OUT/.parts;
 its score rows, written last, mark the task done, so the same call resumes an interrupted run with the
-tasks not yet done (`eval.grid`; another call is refused). At the end the scores of all settings become
+tasks not yet done (`scoring.grid`; another call is refused). At the end the scores of all settings become
 sweep.csv, per_image.csv, sweep.md, results.nc and the plots; the masks of one setting (the only one,
 or the best by mSA in a sweep, or `keep`) become OUT/labels/*.tif and OUT/masks.json, and the other
 settings' masks are dropped.
@@ -27,18 +27,20 @@ import tifffile
 import torch
 
 from .. import options as O
-from ..encode.encoder import default_device
+from .. import schema as S
+from ..amg import generator as amg, stitch
+from ..amg.knobs import KNOBS, Settings, Sweep
+from ..device import default_device
 from ..errors import SamCacheError
-from ..eval import grid
-from ..eval.instances import SCORES, scores
+from ..files import atomic
 from ..ingest.labels import instance_map
+from ..metrics.instances import SCORES, scores
 from ..progress import Progress
+from ..reports import outputs
 from ..runs import checkpoint_name, load_decoder
-from ..store import schema as S
-from ..store.reader import CacheReader
+from ..scoring import grid
 from ..store.layers import check_label_layer, write_label_layer
-from . import generator as amg, outputs, stitch
-from .knobs import KNOBS, Settings, Sweep
+from ..store.reader import CacheReader
 
 OUTPUTS = ("labels", "masks.json", "masks", "sweep.csv", "per_image.csv", "sweep.md", "results.nc", "sweep.png",
            "overlays.png", ".parts")
@@ -123,7 +125,7 @@ def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, po
                     row["n_pred"] = int(len(np.unique(label[z])) - (label[z] == 0).any())
                 rows.append(row)
     _rows_file(parts, t).parent.mkdir(exist_ok=True)
-    with grid.atomic(_rows_file(parts, t)) as tmp:
+    with atomic(_rows_file(parts, t)) as tmp:
         tmp.write_text(json.dumps(rows, default=lambda v: v.item()))  # numpy scalars as Python numbers
     return t
 

@@ -15,15 +15,16 @@ import numpy as np
 import xarray as xr
 
 from .. import options as O
-from ..encode.encoder import default_device
+from ..device import default_device
 from ..errors import SamCacheError
+from ..files import atomic
 
+from ..metrics.aggregate import name_classes, read_class_names
 from ..reports.write import write_reports
 from ..runs import Run, is_run, min_area_of
+from ..scoring import grid, runner
+from ..scoring.runner import ENGINE
 from ..store.reader import CacheReader
-from . import grid, runner
-from .aggregate import name_classes, read_class_names
-from .runner import ENGINE
 
 PARTS = "parts"
 OUTPUTS = ("results.nc", "examples.nc", "summary.csv", "summary.md", "ablation.png", "examples.png", "clicks.csv",
@@ -118,11 +119,11 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
                          trained=int(reader.model["trained"]))
     if names:
         results = name_classes(results, names)
-    with grid.atomic(out / "results.nc") as tmp:
+    with atomic(out / "results.nc") as tmp:
         results.to_netcdf(tmp, engine=ENGINE)
     results.close()
     if shown is not None:
-        with grid.atomic(out / "examples.nc") as tmp:
+        with atomic(out / "examples.nc") as tmp:
             shown.to_netcdf(tmp, engine=ENGINE, encoding={v: {"zlib": True} for v in shown.data_vars})
     final = xr.open_dataset(out / "results.nc", engine=ENGINE)
     write_reports(out)

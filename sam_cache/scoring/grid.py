@@ -16,37 +16,21 @@ so a partition is done exactly when its file is there.
 from __future__ import annotations
 
 import json
-import os
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import SamCacheError
+from ..files import TMP, atomic, file_sha256
 from ..runs import DECODER, claim, is_run
 
 RECORD = "grid.json"
-TMP = ".*.tmp"  # the temporary names of `atomic`
 
 
-@contextmanager
-def atomic(path: str | Path):
-    """Yield a temporary path beside `path`; when the block ends without error it replaces `path` at once,
-    so `path` is never seen half written (a killed writer leaves only a temporary file behind)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def weights(spec: str, reader) -> dict:
     """What identifies a checkpoint's weights: `base` is the cache's own SAM (its sha256, checked when it is
     loaded); a run folder's decoder.pth or a .pth file is known by its content's sha256, so a copied or
     moved file still resumes and a retrained one does not."""
-    from ..models import file_sha256
-
     if spec == "base":
         return {"sha256": reader.model["checkpoint_sha256"]}
     return {"sha256": file_sha256(Path(spec) / DECODER if is_run(spec) else Path(spec))}

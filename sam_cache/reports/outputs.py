@@ -19,8 +19,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
+from .. import schema as S
 from ..choices import AMG_OUTPUT_MODES as OUTPUT_MODES  # noqa: F401
-from ..store import schema as S
+from ..files import atomic
 
 LABELS = "labels"
 
@@ -32,10 +33,9 @@ def label_dtype(n: int):
 def write_label(path: Path, label: np.ndarray) -> Path:
     """An instance label image (2D, or a volume in the source's axis order), uint16 when the ids fit."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tifffile.imwrite(tmp, label.astype(label_dtype(int(label.max()) if label.size else 0)), compression="zlib",
-                    photometric="minisblack")
-    tmp.replace(path)
+    with atomic(path) as tmp:
+        tifffile.imwrite(tmp, label.astype(label_dtype(int(label.max()) if label.size else 0)), compression="zlib",
+                        photometric="minisblack")
     return path
 
 
@@ -105,9 +105,8 @@ def write_coco(path: Path, images: list[dict], annotations: list[dict], info: di
                categories: list[dict] | None = None) -> Path:
     doc = {"info": info, "images": images, "annotations": annotations,
            "categories": categories or [{"id": 1, "name": "object"}]}
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)
+    with atomic(path) as tmp:
+        tmp.write_text(json.dumps(doc))
     return path
 
 

@@ -10,7 +10,9 @@ event loop is not fork-safe, so workers are spawned).
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,12 +20,14 @@ import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch.utils.data import DataLoader
 
-from ..decode.prompts import make_prompts
-from ..ingest import views as V
-from ..store import schema as S
-from ..store.reader import CacheReader, Preloaded, layer_objects
+from . import options as O
+from . import schema as S
+from .decode.prompts import make_prompts
+from .errors import SamCacheError
+from .ingest import views as V
+from .store.reader import CacheReader, Preloaded, layer_objects
 
-from ..choices import MIN_AREA
+from .choices import MIN_AREA, PRELOADS, SPLITS
 
 SEMANTIC = "none"  # the prompt-free strategy: one target per tile, the union of its objects
 
@@ -140,3 +144,107 @@ def loader(dataset, batch_size: int, shuffle_generator=None, workers: int = 0, p
         num_workers=workers, multiprocessing_context="spawn" if workers else None, pin_memory=pin,
         prefetch_factor=4 if workers else None, persistent_workers=False,
     )
+
+
+def object_counts(reader: CacheReader, layer: str | None = None) -> np.ndarray:
+    """Objects per sample: the cache's own count for the ground truth, counted from a label layer otherwise."""
+    if layer is None:
+        return reader.coord(S.OBJECTS)
+    counts = np.zeros(reader.n_samples, np.int64)
+    for i in reader.samples:
+        counts[i] = len(reader.objects(int(i), 1, layer)[1])
+    return counts
+
+
+def split_samples(reader: CacheReader, val_fraction: float, seed: int, how: str = S.SOURCE,
+                  split_file: str | Path | None = None, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation sample indices.
+
+    - `source`: a seeded share of the source files; `tile`: a seeded share of the tiles; `slice`: a share of
+      the slices in one contiguous block (at a seeded place), so neighbouring slices of a volume do not
+      straddle the split. Validation is drawn among the files, tiles or slices that hold objects.
+    - `column`: the cache's `split` variable; `split_file`: a CSV of `source,split` or `sample,split` rows
+      (split train, val or test; test and unlisted samples are used for neither)."""
+    O.choice("--split", how, SPLITS)
+    samples = reader.samples
+    if split_file is not None:
+        return _from_file(reader, Path(split_file))
+    if how == "column":
+        if S.SPLIT not in reader.group:
+            raise SamCacheError(f"{reader.path}: no `{S.SPLIT}` variable in the cache; use --split source, slice or "
+                                "tile, or --split-file")
+        split = np.asarray(reader.group[S.SPLIT][:]).astype(str)[samples]
+        return samples[split == "train"], samples[split == "val"]
+    unit = {S.SOURCE: reader.sources(samples), "tile": samples,
+            S.SLICE: reader.sources(samples) * (1 + int(reader.coord(S.SLICE).max())) + reader.coord(S.SLICE)[samples]}[how]
+    objects = (reader.coord(S.OBJECTS) if counts is None else counts)[samples]
+    units = np.unique(unit)
+    pool = np.unique(unit[objects > 0])  # the units holding objects, in (source, slice) order
+    n_val = int(round(len(pool) * val_fraction))
+    if val_fraction > 0 and n_val == 0:
+        n_val = 1
+    name = {S.SOURCE: "source file(s)", "tile": "tile(s)", S.SLICE: "slice(s)"}[how]
+    if val_fraction > 0 and n_val >= len(pool):
+        raise SamCacheError(
+            f"{reader.path}: {len(units)} {name}, {len(pool)} of them with objects, cannot be split into train and "
+            f"validation by {how}; try --split slice or tile, a --split-file, or pass --val-fraction 0")
+    rng = np.random.default_rng(seed)
+    if how == S.SLICE:
+        begin = int(rng.integers(0, len(pool) - n_val + 1)) if n_val else 0
+        val_units = pool[begin:begin + n_val]
+        val_units = units[(units >= val_units.min()) & (units <= val_units.max())] if n_val else val_units
+    else:
+        val_units = rng.permutation(pool)[:n_val]
+    is_val = np.isin(unit, val_units)
+    return samples[~is_val], samples[is_val]
+
+
+def _from_file(reader: CacheReader, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise SamCacheError(f"{path}: unreadable split file: {e}") from e
+    key = next((k for k in (S.SOURCE, S.SAMPLE) if rows and k in rows[0]), None)
+    if key is None or "split" not in rows[0]:
+        raise SamCacheError(f"{path}: a split file needs a header `source,split` or `sample,split`")
+    names = reader.source_aliases()  # a source is named by its index, path, file name or stem
+    side = np.full(reader.n_samples, "", dtype=object)
+    for n, row in enumerate(rows, start=2):
+        value, split = (row.get(key) or "").strip(), (row.get("split") or "").strip()
+        if split not in ("train", "val", "test"):
+            raise SamCacheError(f"{path}, line {n}: split {split!r} is not one of train, val, test")
+        if key == S.SOURCE:
+            if value not in names:
+                raise SamCacheError(f"{path}, line {n}: no source {value!r} in {reader.path}")
+            side[reader.coord(S.SOURCE) == names[value]] = split
+        else:
+            if not value.isdigit() or int(value) >= reader.n_samples:
+                raise SamCacheError(f"{path}, line {n}: no sample {value!r} in {reader.path}")
+            side[int(value)] = split
+    samples = reader.samples
+    return samples[side[samples] == "train"], samples[side[samples] == "val"]
+
+
+def describe_split(reader: CacheReader, train, val, how: str) -> str:
+    def side(idx):
+        n_src = len(np.unique(reader.sources(idx))) if len(idx) else 0
+        return f"{len(idx)} samples from {n_src} sources, {int(reader.coord(S.OBJECTS)[idx].sum())} objects"
+
+    return f"split by {how}: train {side(train)}; validation {side(val) if len(val) else 'none'}"
+
+
+def choose_preload(mode: str, nbytes: int, device: torch.device) -> str:
+    """`auto`: device memory if the samples take under half of what is free there, else host memory on the
+    same terms, else stream from the cache. On a CPU, device and host memory are the same."""
+    O.choice("--preload", mode, PRELOADS)
+    if mode == "device" and device.type != "cuda":
+        mode = "host"
+    if mode != "auto":
+        return mode
+    if device.type == "cuda" and nbytes < 0.5 * torch.cuda.mem_get_info(device)[0]:
+        return "device"
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return "host" if nbytes < 0.5 * free else "off"

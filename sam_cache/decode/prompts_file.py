@@ -16,7 +16,6 @@ Each prompt gets an id 1..N in file order: its object's id in the label images a
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +35,6 @@ class Prompt:
     labels: np.ndarray | None  # [P] 1 object, 0 background
     cls: str  # the class the file names, or ""
     where: str  # "file, line n": for messages
-
-
-def sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_prompts(path: str | Path) -> list[Prompt]:

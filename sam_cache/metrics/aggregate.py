@@ -7,8 +7,8 @@ import pandas as pd
 import xarray as xr
 
 from .. import options as O
-from ..store import schema as S
-from .metrics import ITERATION, METRICS
+from .. import schema as S
+from .masks import ITERATION, METRICS
 
 from ..choices import GROUPINGS  # noqa: E402  class, source (image file), sample (tile)
 

@@ -1,5 +1,5 @@
 """`samcache evaluate`: one decoder and one prompt strategy, scored on every object of a split; or, with
-the prompt `none`, the decoder's prompt-free foreground scored on every tile (`eval.semantic`)."""
+the prompt `none`, the decoder's prompt-free foreground scored on every tile (`scoring.semantic`)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import xarray as xr
 
 from .. import options as O
 from ..choices import MIN_AREA, PROPAGATE, PROPAGATE_FROM, SCORINGS, TOLERANCE_MM
-from ..encode.encoder import default_device
+from ..device import default_device
 from ..ingest import views as V
+from ..metrics.aggregate import name_classes, read_class_names
 from ..runs import Run, checkpoint_name, is_run, min_area_of
+from ..samples import split_samples
+from ..scoring import runner
 from ..store.reader import CacheReader
-from ..train.finetune import split_samples
-from . import runner
-from .aggregate import name_classes, read_class_names
 
 from ..choices import EVAL_SPLITS as SPLITS, EVAL_VIEWS  # noqa: E402
-from ..train.data import SEMANTIC  # noqa: E402  the prompt `none`
+from ..samples import SEMANTIC  # noqa: E402  the prompt `none`
 
 
 def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = "all", seed: int = 0,
@@ -39,11 +39,11 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
     (`runner.corrective_rounds`); the results gain an `iteration` dimension (1..N).
 
     `per="image"`: each object of each image (or slice) scored whole across overlapping tiles (`embed
-    --halo`), decoded in the tile that holds it with the most margin (`eval.stitched`; dims object).
+    --halo`), decoded in the tile that holds it with the most margin (`scoring.stitched`; dims object).
     `per="volume"` (caches of volumes): each volume's per-slice predictions stacked back into the volume
-    and scored in 3D (`eval.volume`: Dice, IoU, surface Dice at `tolerance` mm; dims object); the prompt
+    and scored in 3D (`scoring.volume`: Dice, IoU, surface Dice at `tolerance` mm; dims object); the prompt
     `propagate` prompts only each object's middle slice (with `propagate_from`) and carries it through the
-    volume (`eval.propagate`).
+    volume (`scoring.propagate`).
 
     Every command scores the tiles themselves (their identity views). `views="all"` (a cache made with `embed
     --views`) scores every stored view of the split's samples too (test-time augmentation): each object row gets
@@ -89,15 +89,15 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
         V.require(reader, f"--views {views}")
         indices = V.every(reader, indices)
     if per == "volume":
-        from . import volume
+        from ..scoring import volume, volumes
 
-        vols = volume.volumes(reader, indices, log)  # a cache of 2D images is refused before any work
+        vols = volumes.volumes(reader, indices, log)  # a cache of 2D images is refused before any work
         results = volume.score(reader, vols, request, runner.load_decoders(reader, request, device, base_checkpoint),
                                device, prompt, tolerance, propagate_from, labels, progress)
         results.attrs.update(cache=str(cache), trained=int(reader.model["trained"]))
         return name_classes(results, names) if names else results
     if per == "image":
-        from .stitched import score_images
+        from ..scoring.stitched import score_images
 
         decoder = runner.load_decoders(reader, request, device, base_checkpoint)[checkpoint_name(str(checkpoint))]
         results = score_images(reader, decoder, prompt, seed, mask_mode, request.min_area, device, prompt_options,
@@ -106,7 +106,7 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
         return name_classes(results, names) if names else results
     if prompt == SEMANTIC:
         from ..progress import Progress
-        from . import semantic
+        from ..scoring import semantic
 
         bar = Progress(len(indices), "score", "tiles", enabled=progress)
         try:

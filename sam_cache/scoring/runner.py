@@ -1,7 +1,7 @@
 """The evaluation runner: every (sample × task × decoder) of a cache, on Dask.
 
 A task is what is decoded on a sample: today a prompt strategy with a seed, decoded in one round or in
-`iterations` rounds of corrective clicks (`corrective_rounds`, `eval.clicks`); a threshold sweep or a
+`iterations` rounds of corrective clicks (`corrective_rounds`, `scoring.clicks`); a threshold sweep or a
 semantic map later. Each sample's embedding and label are read once, through the cache
 reader; its objects are found once; every task and decoder then runs on them through the one decode
 path (`decode.pipeline.decode_prompts`). Prompts come from a generator seeded by (seed, sample), so a
@@ -26,18 +26,18 @@ import torch
 import xarray as xr
 
 from .. import options as O
-from ..decode import prompts as P
+from .. import schema as S
 from ..choices import MASK_MODES, MIN_AREA
+from ..decode import prompts as P
 from ..decode.pipeline import PromptBatch, decode_prompts, decode_tiles, rows_per_pass
+from ..files import atomic
 from ..ingest import views as V
+from ..metrics.masks import COUNTS, ITERATION, METRICS, counts, from_counts
 from ..progress import Progress
 from ..runs import checkpoint_name, load_decoder
-from ..store import schema as S
+from ..samples import sample_generator
 from ..store.reader import CacheReader
-from ..train.data import sample_generator
 from . import clicks
-from . import grid
-from .metrics import COUNTS, ITERATION, METRICS, counts, from_counts
 
 ENGINE = "h5netcdf"
 DIMS = ("object", "prompt", "checkpoint", "seed")
@@ -63,6 +63,11 @@ class Request:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, (int, np.integer)):
             raise O.OptionError(f"--iterations must be a whole number >= 1, not {self.iterations!r}")
         O.at_least("--iterations", self.iterations, 1)
+        if not self.seeds:
+            raise O.OptionError("--seeds must be >= 1: give at least one prompt seed")
+        bad = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0]
+        if bad or len(set(self.seeds)) != len(self.seeds):
+            raise O.OptionError(f"seeds must be distinct whole numbers >= 0, not {list(self.seeds)}")
         if not self.checkpoints:
             raise O.OptionError("give at least one checkpoint (base, a run folder or a .pth file)")
         names = [checkpoint_name(c) for c in self.checkpoints]
@@ -314,9 +319,9 @@ def write_part(parts_dir, k: int, results: xr.Dataset, kept: list, names: list[s
         arrays.update({f"{e}.index": np.int64(index), f"{e}.masks": masks, f"{e}.ids": ids,
                        f"{e}.pred": np.stack([shown[n] for n in names])})
         arrays.update({f"{e}.prompt.{key}": v for key, v in shown["prompts"].items()})
-    with grid.atomic(npz) as tmp, open(tmp, "wb") as f:
+    with atomic(npz) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    with grid.atomic(nc) as tmp:
+    with atomic(nc) as tmp:
         results.to_netcdf(tmp, engine=ENGINE)
 
 

@@ -22,28 +22,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from segment_anything.utils.transforms import ResizeLongestSide
 
 from .. import options as O
-from ..amg import outputs
-from ..choices import MASK_MODES, MIN_AREA, PROMPTS
+from .. import schema as S
+from ..choices import MASK_MODES, MIN_AREA
 from ..decode import prompts as P
-from ..decode.pipeline import PromptBatch, decode_prompts, rows_per_pass
-from ..encode.encoder import default_device
-from ..eval.metrics import counts, from_counts, scores as mask_scores
+from ..decode.place import Placed, Tiles, decode_placed
+from ..decode.prompts_file import Prompt, read_prompts
+from ..decode.regions import Regions
+from ..device import default_device
+from ..files import file_sha256
 from ..ingest.labels import instance_map
+from ..metrics.masks import counts, from_counts, scores as mask_scores
 from ..progress import Progress
+from ..reports import outputs
 from ..runs import checkpoint_name, claim, load_decoder
-from ..store import schema as S
-from ..store.reader import CacheReader
+from ..samples import sample_generator
 from ..store.layers import check_label_layer, write_label_layer
-from ..train.data import sample_generator
-from .place import Placed, Tiles
-from .prompts_file import Prompt, read_prompts, sha256
-from .regions import Regions
+from ..store.reader import CacheReader
 
 OUTPUTS = (outputs.LABELS, "masks.json", "masks", "prompts.csv")
-FROM_LABELS = tuple(p for p in PROMPTS if p != "none")  # strategies that give each object a prompt
 
 
 @dataclass
@@ -96,44 +94,6 @@ def from_labels(reader: CacheReader, strategy: str, seed: int, min_area: int, op
             placed.append(Placed(prompt, int(i), box, pts, lab))
             truth[prompt.id] = masks[k]
     return placed, truth
-
-
-def _groups(placed: list[Placed]) -> dict:
-    """Prompts decoded together: the same tile and the same kind (box, points, both)."""
-    groups = {}
-    for n, p in enumerate(placed):
-        key = (p.sample, p.box is not None, p.points is not None)
-        groups.setdefault(key, []).append(n)
-    return groups
-
-
-@torch.no_grad()
-def decode_placed(reader, decoder, placed: list[Placed], mask_mode: str, on_prompt) -> tuple[dict, dict]:
-    """Every prompt's mask at its tile's size, and its predicted IoU."""
-    img = decoder.img_size[0]
-    resize, masks, scores = ResizeLongestSide(img), {}, {}
-    rows = rows_per_pass(next(decoder.parameters()).device)
-    for (i, has_box, has_points), members in _groups(placed).items():
-        h, w = reader.valid_size(i)
-        boxes = points = labels = None
-        if has_box:
-            boxes = torch.from_numpy(resize.apply_boxes(np.stack([placed[n].box for n in members]), (h, w))).float()
-        if has_points:
-            n_pts = max(len(placed[n].points) for n in members)
-            points, labels = torch.zeros(len(members), n_pts, 2), torch.full((len(members), n_pts), -1)
-            for r, n in enumerate(members):
-                k = len(placed[n].points)
-                points[r, :k] = torch.from_numpy(resize.apply_coords(placed[n].points, (h, w))).float()
-                labels[r, :k] = torch.from_numpy(placed[n].labels)
-        batch = PromptBatch(None if points is None else points[None], None if labels is None else labels[None],
-                            None if boxes is None else boxes[None], len(members))
-        emb = torch.from_numpy(reader.embedding(i))[None].float()
-        out = decode_prompts(decoder, emb, batch, torch.tensor([[h, w]]), mask_mode, rows=rows)
-        iou = torch.take_along_dim(out.iou[0], out.best[0][:, None], 1)[:, 0].float().cpu().numpy()
-        for r, n in enumerate(members):
-            masks[n], scores[n] = out.masks[0][r].cpu().numpy(), float(iou[r])
-        on_prompt(len(members))
-    return masks, scores
 
 
 def _plane_of(reader, i: int) -> tuple[int, int]:
@@ -193,7 +153,7 @@ def predict(cache, out, prompts=None, prompts_from_labels: str | None = None, ch
     O.choice("--mask", mask_mode, MASK_MODES)
     O.choice("--output-mode", output_mode, outputs.OUTPUT_MODES)
     if prompts_from_labels is not None:
-        O.choice("--prompts-from-labels", prompts_from_labels, FROM_LABELS)
+        O.choice("--prompts-from-labels", prompts_from_labels, [p for p in P.prompt_names() if p != "none"])
         P.check([prompts_from_labels], prompt_options or {})
     reader = CacheReader(cache)
     if write_layer is not None:
@@ -202,7 +162,7 @@ def predict(cache, out, prompts=None, prompts_from_labels: str | None = None, ch
     if prompts is not None:
         tiles = Tiles(reader)
         placed, truth = [tiles.place(p, prompts) for p in read_prompts(prompts)], {}
-        origin = {"prompts": str(prompts), "prompts_sha256": sha256(prompts)}
+        origin = {"prompts": str(prompts), "prompts_sha256": file_sha256(prompts)}
     else:
         reader.require_labels("to draw prompts from")
         placed, truth = from_labels(reader, prompts_from_labels, seed, min_area, prompt_options or {})

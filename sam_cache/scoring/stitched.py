@@ -4,7 +4,7 @@ Tiles cut with a halo (`embed --halo H`) or an overlapping stride hold most obje
 tile. Here each object of each (source, plane) is found on the plane's label, put together from its
 tiles through the cache's provenance (source, slice, y0/x0, valid size); binary labels get their
 connected components on the whole plane, so an object that crosses a tile border is one object. Each
-object is prompted in the tile that holds it with the most margin (`infer.place.Tiles.best_tile`),
+object is prompted in the tile that holds it with the most margin (`decode.place.Tiles.best_tile`),
 decoded through the one decode path, and its mask is pasted back into the plane and scored against the
 whole object: the parts of it that no tile holds count as missed.
 """
@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import xarray as xr
 
+from .. import schema as S
 from ..decode import prompts as P
 from ..decode.pipeline import PromptBatch, decode_prompts, rows_per_pass
-from ..infer.place import Tiles
+from ..decode.place import Tiles
 from ..ingest.labels import objects
-from ..store import schema as S
-from ..train.data import sample_generator
-from .metrics import COUNTS, METRICS, counts, from_counts
+from ..metrics.masks import COUNTS, METRICS, counts, from_counts
+from ..samples import sample_generator
 
 
 @torch.no_grad()

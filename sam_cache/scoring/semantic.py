@@ -25,8 +25,8 @@ from scipy import ndimage
 
 from ..decode.pipeline import PromptBatch, decode_prompts, tile_logits
 from ..ingest.labels import instance_map
-from . import instances as inst
-from .metrics import from_counts
+from ..metrics import instances as inst
+from ..metrics.masks import from_counts
 
 SCORES = ("dice", "iou", "precision", "recall", "auc", "best_f1", "ari",
           "msa", "sa50", "sa75", "f1_50", "mean_iou", "n_pred", "n_true")

@@ -20,11 +20,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..decode.place import Tiles
+from ..decode.place import decode_placed  # the decode of placed prompts that `predict` uses
 from ..decode.prompts import Prompts, make_prompts
-from ..infer.place import Tiles
-from ..infer.predict import decode_placed  # the decode of placed prompts that `predict` uses
-from ..infer.prompts_file import Prompt
-from .volume import Piece, Volume, piece
+from ..decode.prompts_file import Prompt
+from .volumes import Piece, Volume, piece
 
 Step = Callable[[int, Prompts], np.ndarray]  # (plane, K prompts in the plane's pixels) -> masks [K, H, W] bool
 
@@ -68,7 +68,7 @@ def propagate(objects: np.ndarray, ids, step: Step, start: str = "box", seed: in
 
 class PlaneDecoder:
     """The real step: K prompts in a plane's pixels, each decoded on the cached tile that holds most of it
-    (`infer.place.Tiles`, as `predict` places prompts; those of one tile in one call), back in the plane's
+    (`decode.place.Tiles`, as `predict` places prompts; those of one tile in one call), back in the plane's
     pixels. A plane with no tile (skipped at embed time, or outside the split) predicts nothing."""
 
     def __init__(self, reader, decoder, mask_mode: str, samples):

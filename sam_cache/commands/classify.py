@@ -16,23 +16,23 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
 from .. import options as O
+from .. import schema as S
 from ..choices import MIN_AREA, SPLITS
+from ..classify import report
+from ..classify.head import HEAD, ClassHead
+from ..classify.objects import ObjectClasses
+from ..classify.report import ClassifyResult
 from ..decode import prompts as P
 from ..decode.pipeline import PromptBatch, decode_prompts
-from ..encode.encoder import default_device
+from ..device import default_device
 from ..errors import SamCacheError
-from ..eval.aggregate import read_class_names
+from ..metrics.aggregate import read_class_names
 from ..runs import CONFIG, DECODER, FULL, METRICS, Run, claim, load_decoder
-from ..store import schema as S
+from ..samples import ObjectSamples, loader
+from ..samples import choose_preload, split_samples
 from ..store.reader import CacheReader
-from ..train.data import ObjectSamples, loader
-from ..train.finetune import choose_preload, split_samples
-from . import report
-from .report import ClassifyResult
-from .head import HEAD, ClassHead
-from .objects import ObjectClasses
+from ..version import __version__
 
 FILES = (CONFIG, DECODER, HEAD, FULL, METRICS, report.PER_CLASS, report.REPORT)
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from segment_anything.utils.transforms import ResizeLongestSide
 
+from .. import schema as S
 from ..errors import InputError
-from ..store import schema as S
+from .pipeline import PromptBatch, decode_prompts, rows_per_pass
 from .prompts_file import Prompt
 
 
@@ -115,3 +118,41 @@ def _overlap(rects: np.ndarray, box: np.ndarray) -> np.ndarray:
 def _inside(rects: np.ndarray, points: np.ndarray) -> np.ndarray:
     x, y = points[None, :, 0], points[None, :, 1]
     return (x >= rects[:, :1]) & (x <= rects[:, 2:3] + 0.999) & (y >= rects[:, 1:2]) & (y <= rects[:, 3:4] + 0.999)
+
+
+def _groups(placed: list[Placed]) -> dict:
+    """Prompts decoded together: the same tile and the same kind (box, points, both)."""
+    groups = {}
+    for n, p in enumerate(placed):
+        key = (p.sample, p.box is not None, p.points is not None)
+        groups.setdefault(key, []).append(n)
+    return groups
+
+
+@torch.no_grad()
+def decode_placed(reader, decoder, placed: list[Placed], mask_mode: str, on_prompt) -> tuple[dict, dict]:
+    """Every prompt's mask at its tile's size, and its predicted IoU."""
+    img = decoder.img_size[0]
+    resize, masks, scores = ResizeLongestSide(img), {}, {}
+    rows = rows_per_pass(next(decoder.parameters()).device)
+    for (i, has_box, has_points), members in _groups(placed).items():
+        h, w = reader.valid_size(i)
+        boxes = points = labels = None
+        if has_box:
+            boxes = torch.from_numpy(resize.apply_boxes(np.stack([placed[n].box for n in members]), (h, w))).float()
+        if has_points:
+            n_pts = max(len(placed[n].points) for n in members)
+            points, labels = torch.zeros(len(members), n_pts, 2), torch.full((len(members), n_pts), -1)
+            for r, n in enumerate(members):
+                k = len(placed[n].points)
+                points[r, :k] = torch.from_numpy(resize.apply_coords(placed[n].points, (h, w))).float()
+                labels[r, :k] = torch.from_numpy(placed[n].labels)
+        batch = PromptBatch(None if points is None else points[None], None if labels is None else labels[None],
+                            None if boxes is None else boxes[None], len(members))
+        emb = torch.from_numpy(reader.embedding(i))[None].float()
+        out = decode_prompts(decoder, emb, batch, torch.tensor([[h, w]]), mask_mode, rows=rows)
+        iou = torch.take_along_dim(out.iou[0], out.best[0][:, None], 1)[:, 0].float().cpu().numpy()
+        for r, n in enumerate(members):
+            masks[n], scores[n] = out.masks[0][r].cpu().numpy(), float(iou[r])
+        on_prompt(len(members))
+    return masks, scores

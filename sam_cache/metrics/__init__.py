@@ -1,0 +1,1 @@
+"""Metrics: per-object mask counts and scores, instance-matching scores (mSA, SA50…), and aggregates."""

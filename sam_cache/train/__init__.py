@@ -1,1 +1,0 @@
-"""Decoder-only finetuning from the cache: cached samples with their objects and prompts, the training loop."""
