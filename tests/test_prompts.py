@@ -10,7 +10,11 @@ from hypothesis import strategies as st
 from scipy.ndimage import distance_transform_edt
 from segment_anything.utils.transforms import ResizeLongestSide
 
+import xarray as xr
+
+import sam_cache
 from sam_cache.decode.prompts import PROMPTS, Prompts, make_prompts, prompt_names
+from sam_cache.errors import OptionError
 
 NAMES = ["box", "box-jitter", "box-larger", "center-point", "random-point", "random-3-points",
          "points-neg", "box+point", "none"]
@@ -312,3 +316,87 @@ def test_frame_change_by_hand():
     p = make_prompts("box+point", masks, gen(0), target_length=1024)  # resized to 1024 x 379
     assert torch.allclose(p.points[0, 0], torch.tensor([36 * 379 / 37, 50 * 1024 / 100]))
     assert torch.allclose(p.boxes[0], torch.tensor([36 * 379 / 37, 512.0, 36 * 379 / 37, 512.0]))
+
+
+# ---- register_prompt: a strategy added from Python, used by the library and the CLI ------------------------
+
+
+def _my_box(masks, generator, **_):
+    """The built-in box again, written as a user would: from segment_anything's mask-to-box, in tile pixels."""
+    from segment_anything.utils.amg import batched_mask_to_box
+
+    valid = masks.flatten(1).any(1)
+    return Prompts(None, None, batched_mask_to_box(masks).float(), valid)
+
+
+@pytest.fixture
+def my_box():
+    sam_cache.register_prompt("my-box", _my_box)
+    yield "my-box"
+    sam_cache.unregister_prompt("my-box")
+
+
+def test_a_registered_strategy_makes_prompts_in_the_model_frame(my_box):
+    masks = torch.zeros(2, 40, 80, dtype=torch.bool)
+    masks[0, 5:10, 20:30] = True
+    g = torch.Generator().manual_seed(0)
+    mine, builtin = make_prompts(my_box, masks, g, 1024), make_prompts("box", masks, g, 1024)
+    assert torch.equal(mine.valid, torch.tensor([True, False]))
+    torch.testing.assert_close(mine.boxes[0], builtin.boxes[0])  # mapped by ResizeLongestSide, as the built-ins
+    assert mine.boxes[0, 2] > 80  # 29 px of a tile 80 wide, in a 1024 frame
+    assert prompt_names()[-1] == my_box and prompt_names()[:len(NAMES)] == NAMES
+
+
+def test_a_registered_strategy_scores_like_the_builtin_it_copies(my_box, rect_cache):
+    import sam_cache.decode.prompts as P
+
+    ours = sam_cache.evaluate(rect_cache, prompt=my_box, log=lambda m: None)
+    box = sam_cache.evaluate(rect_cache, prompt="box", log=lambda m: None)
+    assert list(ours["prompt"].values) == [my_box] and ours.sizes["object"] == box.sizes["object"] > 0
+    np.testing.assert_allclose(ours["dice"].values, box["dice"].values, atol=1e-6)
+    assert P.PROMPTS[my_box] is not P.PROMPTS["box"]
+
+
+def test_the_cli_takes_a_registered_strategy(my_box, rect_cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from sam_cache.cli.main import app
+
+    r = CliRunner().invoke(app, ["ablate", str(rect_cache), "--prompts", f"box,{my_box}", "-o", str(tmp_path / "abl")])
+    assert r.exit_code == 0, r.output
+    results = xr.open_dataset(tmp_path / "abl" / "results.nc")
+    dice = results["dice"].sel(checkpoint="base", seed=0)
+    assert list(results["prompt"].values) == ["box", my_box]
+    np.testing.assert_allclose(dice.sel(prompt=my_box).values, dice.sel(prompt="box").values, atol=1e-6)
+    r = CliRunner().invoke(app, ["evaluate", str(rect_cache), "--prompt", "no-such-strategy"])
+    assert r.exit_code == 2 and my_box in r.output and "no-such-strategy" in r.output
+
+
+def test_register_prompt_refuses_what_would_break_a_name(my_box):
+    for name, why in ((my_box, "already registered; pass replace=True"), ("box", "already registered"),
+                      ("a,b", "without commas"), ("", "non-empty")):
+        with pytest.raises(OptionError, match=why):
+            sam_cache.register_prompt(name, _my_box)
+    with pytest.raises(OptionError, match="not callable"):
+        sam_cache.register_prompt("other", "not a function")
+    with pytest.raises(OptionError, match="built-in"):
+        sam_cache.unregister_prompt("box")
+    sam_cache.register_prompt(my_box, _my_box, replace=True)
+
+
+def test_an_entry_point_registers_a_strategy_in_any_process(monkeypatch):
+    import sam_cache.decode.prompts as P
+
+    class EntryPoint:
+        name, value = "mine", "somepkg.samcache:prompts"
+
+        def load(self):
+            return lambda: sam_cache.register_prompt("from-ep", _my_box)
+
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [EntryPoint()] if group == P.ENTRY_POINTS else [])
+    monkeypatch.setattr(P, "_LOADED", set())
+    try:
+        masks = torch.ones(1, 8, 8, dtype=torch.bool)
+        assert make_prompts("from-ep", masks, torch.Generator(), 8).boxes.tolist() == [[0, 0, 7, 7]]
+    finally:
+        sam_cache.unregister_prompt("from-ep")

@@ -13,6 +13,10 @@ the same masks and the same seed give the same prompts.
 Use :func:`make_prompts` (or ``PROMPTS[name](masks, generator, target_length, **options)``,
 which is the same thing). Options a strategy does not use are ignored, so one option set
 can be passed to every strategy; option names no strategy knows raise ``TypeError``.
+
+:func:`register_prompt` adds a strategy (``sam_cache.register_prompt``), as ``register_model`` adds a
+model; its name then works wherever a strategy is named, the CLI included. Other processes (the CLI,
+spawned loader workers, cluster workers) find it through a ``samcache.prompts`` entry point.
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ import torch.nn.functional as F
 from monai.transforms.utils import distance_transform_edt
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from .. import options as O
+from .. import options as O, plugins
+from ..choices import PROMPTS as BUILTIN
 from ..errors import OptionError
+
+ENTRY_POINTS = "samcache.prompts"  # a module that calls register_prompt on import, or a function that is called
 
 OPTIONS = {"jitter": 0.1, "margin": 5, "n_pos": 1, "n_neg": 1, "neg_margin": 10}
 """Every option a strategy accepts, with its default."""
@@ -63,8 +70,52 @@ PROMPTS: dict[str, PromptStrategy] = {}
 
 
 def prompt_names() -> list[str]:
-    """The registered strategy names, in registration order."""
+    """The registered strategy names, in registration order (the built-ins first)."""
+    _load_entry_points()
     return list(PROMPTS)
+
+
+def register_prompt(name: str, strategy: Callable[..., Prompts], replace: bool = False) -> None:
+    """Register a prompt strategy under `name`.
+
+    `strategy(masks, generator, **options) -> Prompts` gets one tile's K object masks ([K, H, W] bool) and
+    returns their prompts **in the tile's pixels** (points [K, P, 2] as (x, y), labels [K, P] with 1
+    positive, 0 negative, -1 padding; boxes [K, 4] inclusive XYXY; valid [K]), drawing any randomness from
+    `generator`. It is called with every option of `OPTIONS` (accept `**_` for those it does not use).
+    samcache checks its input and maps its output to the model's input frame, as for the built-ins.
+
+    A strategy registered here exists only in this process. For the `samcache` command line and for
+    spawned workers, expose a module or function that registers it under the `samcache.prompts` entry point."""
+    if not isinstance(name, str) or not name or name != name.strip() or "," in name:
+        raise OptionError(f"a prompt strategy's name must be a non-empty string without commas or outer spaces, "
+                          f"not {name!r}")
+    if not callable(strategy):
+        raise OptionError(f"prompt strategy {name!r}: {strategy!r} is not callable")
+    if name in BUILTIN or (name in PROMPTS and not replace):
+        raise OptionError(f"prompt strategy {name!r} is already registered"
+                          + ("" if name in BUILTIN else "; pass replace=True to replace it"))
+    _register(name)(strategy)
+
+
+def unregister_prompt(name: str) -> None:
+    """Remove a strategy added with register_prompt (the built-ins stay)."""
+    if name in BUILTIN:
+        raise OptionError(f"{name!r} is a built-in prompt strategy and cannot be unregistered")
+    PROMPTS.pop(name, None)
+
+
+_LOADED: set[str] = set()
+
+
+def _load_entry_points() -> None:
+    plugins.load(ENTRY_POINTS, _LOADED)
+
+
+def _known(names) -> None:
+    """Refuse unknown strategy names (entry points are loaded first), naming the registered ones."""
+    if any(n not in PROMPTS for n in ([names] if isinstance(names, str) else names)):
+        _load_entry_points()
+    O.choices("prompt strategy", [names] if isinstance(names, str) else names, PROMPTS)
 
 
 def make_prompts(
@@ -73,7 +124,7 @@ def make_prompts(
     """Prompts of strategy ``name`` for ``masks`` ([K, H, W] bool, tile frame, original size
     (H, W)), in the frame of ``ResizeLongestSide(target_length)``. Raises OptionError (a ValueError) for an
     unknown name, TypeError for an unknown option."""
-    O.choice("prompt strategy", name, PROMPTS)
+    _known(name)
     return PROMPTS[name](masks, generator, target_length, **options)
 
 
@@ -84,7 +135,7 @@ LIMITS = {"jitter": (0, "a fraction (< 1) or pixels"), "margin": (0, "pixels"), 
 
 def check(names, options: dict | None = None) -> None:
     """Check strategy names and option values before any work, with the valid choices in the message."""
-    O.choices("prompt strategy", names, PROMPTS)
+    _known(names)
     unknown = sorted(set(options or {}) - set(OPTIONS))
     if unknown:
         raise OptionError(f"unknown prompt option(s) {unknown}; known: {sorted(OPTIONS)}")
@@ -280,6 +331,6 @@ def _no_prompt(masks, generator, **_):
     return Prompts(None, None, None, valid)
 
 
-from ..choices import PROMPTS as _NAMES  # noqa: E402
-
-assert tuple(PROMPTS) == _NAMES, "sam_cache.choices.PROMPTS must list the registered strategies, in order"
+if tuple(PROMPTS) != BUILTIN:  # choices.PROMPTS is what the CLI's help lists without importing torch
+    raise ImportError(f"sam_cache.choices.PROMPTS {BUILTIN} must list the built-in strategies in the order this "
+                      f"module registers them: {tuple(PROMPTS)}")
