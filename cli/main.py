@@ -619,6 +619,13 @@ def classify(
                                        rich_help_panel=INPUT),
     eval_prompts: str = typer.Option("random-point,box", help="Strategies the head is also scored with.",
                                      rich_help_panel=SCORING),
+    schedule: str = typer.Option("constant", help="Learning-rate schedule: " + ", ".join(C.SCHEDULES) + ".",
+                                 rich_help_panel=RECIPE),
+    early_stopping: Optional[int] = typer.Option(None, help="Keep the epoch of the best validation balanced accuracy "
+                                                 "and stop after this many epochs without a better one (default: "
+                                                 "train every epoch, keep the last).", rich_help_panel=RECIPE),
+    resume: bool = typer.Option(False, "--resume", metavar="", help="Continue the run in --out (same settings; "
+                                "--epochs may grow).", rich_help_panel=OUTPUT),
     device: Optional[str] = DEVICE,
     quiet: bool = QUIET,
 ):
@@ -630,7 +637,8 @@ def classify(
         cache, out, prompt=prompt, epochs=epochs, lr=lr, train_transformer=train_transformer, checkpoint=checkpoint,
         class_names=class_names, balanced=balanced, eval_prompts=_list(eval_prompts), val_fraction=val_fraction,
         split=split, seed=seed, batch_size=batch_size, objects_per_sample=objects_per_sample, min_area=min_area,
-        device=device, progress=not quiet, log=_say, overwrite=overwrite)
+        device=device, progress=not quiet, log=_say, overwrite=overwrite, resume=resume, early_stopping=early_stopping,
+        schedule=schedule)
     typer.echo(str(result))
     typer.echo(f"report: {out}/report.md, per_class.csv, confusion_*.csv/png")
 

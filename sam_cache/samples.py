@@ -236,6 +236,13 @@ def describe_split(reader: CacheReader, train, val, how: str) -> str:
     return f"split by {how}: train {side(train)}; validation {side(val) if len(val) else 'none'}"
 
 
+def sample_bytes(reader: CacheReader, layers=(None,)) -> int:
+    """The bytes one sample takes in memory once preloaded: its embedding and its labels (`layers`: None for
+    the ground truth, or label layer names), as `CacheReader.preload` holds them."""
+    names = (S.EMBEDDING, *(reader.layer_variable(v) for v in layers))
+    return sum(int(np.prod(reader.array(n).shape[1:])) * reader.array(n).dtype.itemsize for n in names)
+
+
 def choose_preload(mode: str, nbytes: int, device: torch.device) -> str:
     """`auto`: device memory if the samples take under half of what is free there, else host memory on the
     same terms, else stream from the cache. On a CPU, device and host memory are the same."""

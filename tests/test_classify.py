@@ -16,9 +16,9 @@ import sam_cache
 from sam_cache.classify.head import ClassHead
 from sam_cache.classify.objects import IGNORE, ObjectClasses
 from sam_cache.commands.classify import classify
-from sam_cache.errors import SamCacheError
-from sam_cache.tiny import build_tiny
+from sam_cache.errors import OptionError, SamCacheError
 from sam_cache.models import load_sam, save_checkpoint
+from sam_cache.tiny import build_tiny
 from sam_cache.runs import load_decoder
 from sam_cache.store.reader import CacheReader
 
@@ -144,3 +144,28 @@ def test_object_classes_targets_and_balanced_weights(ct_micro):
              "prompt_valid": torch.tensor([[True, False, False]])}
     t = classes.targets(batch)
     assert t[0, 0] == classes.ids.index(reader.classes(index, ids[:1])[0]) and (t[0, 1:] == IGNORE).all()
+
+
+def test_classify_resumes_where_it_stopped(ct_micro, tmp_path):
+    """The shared training loop gives classify --resume: 1 epoch, then resumed to 3, equals 3 epochs at once."""
+    kw = dict(prompt="box", lr=1e-2, objects_per_sample=4, progress=False, eval_prompts=[])
+    whole = classify(ct_micro, tmp_path / "whole", epochs=3, **kw)
+    classify(ct_micro, tmp_path / "part", epochs=1, **kw)
+    resumed = classify(ct_micro, tmp_path / "part", epochs=3, resume=True, **kw)
+    np.testing.assert_allclose(resumed.history["train_loss"], whole.history["train_loss"], rtol=1e-5)
+    assert list(resumed.history["epoch"]) == [1, 2, 3]
+    heads = [torch.load(tmp_path / r / "class_head.pth", weights_only=True) for r in ("whole", "part")]
+    assert all(torch.allclose(heads[0][k], heads[1][k], atol=1e-6) for k in heads[0])
+    with pytest.raises(SamCacheError, match="other settings"):
+        classify(ct_micro, tmp_path / "part", epochs=4, resume=True, **{**kw, "lr": 1e-3})
+
+
+def test_classify_early_stopping_keeps_the_best_epoch(ct_micro, tmp_path):
+    """With a learning rate too small to change anything, epoch 2 is no better than epoch 1: patience 1 stops
+    there, and the head kept (and scored) is epoch 1's."""
+    r = classify(ct_micro, tmp_path / "run", prompt="box", epochs=6, lr=1e-12, objects_per_sample=4, progress=False,
+                 eval_prompts=[], early_stopping=1)
+    assert list(r.history["epoch"]) == [1, 2]
+    assert r.balanced_accuracy == pytest.approx(r.history["val_balanced_accuracy"].iloc[0])
+    with pytest.raises(OptionError, match="--val-fraction > 0"):
+        classify(ct_micro, tmp_path / "none", epochs=2, val_fraction=0, early_stopping=1, progress=False)

@@ -25,7 +25,7 @@ LAYERS = [
     {"runs"},  # run folders and their decoders
     {"samples"},  # sample selection, splits and loading
     {"metrics"},  # mask and instance scores, aggregates
-    {"scoring", "amg", "classify"},  # the engines of evaluation, automatic masks and class heads
+    {"scoring", "amg", "classify", "training"},  # evaluation, automatic masks, class heads; the training loop
     {"reports"},  # tables, figures, output files
     {"commands"},  # embed, finetune, evaluate, ablate, segment, predict, classify
     {"__init__"},  # the public API (sam_cache.embed, …), imported lazily by name

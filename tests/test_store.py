@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 import sam_cache
 from sam_cache.cli.main import app
-from sam_cache.errors import (CacheCorruptError, CacheIncompleteError, CacheLockedError, CacheMismatchError, DiskFullError)
+from sam_cache.errors import (CacheCorruptError, CacheIncompleteError, CacheLockedError, CacheMismatchError,
+                              DiskFullError)
 from sam_cache.ingest.labels import objects
 from sam_cache import identity as fingerprint
 from sam_cache import schema as S

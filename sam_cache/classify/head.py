@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from segment_anything.modeling.mask_decoder import MLP
 
+from ..files import atomic
+
 HEAD = "class_head.pth"
 MASK_TOKEN = 1  # tokens[..., 0, :] is the IoU token; 1.. are the mask tokens
 
@@ -40,7 +42,8 @@ class ClassHead(torch.nn.Module):
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, path)
+        with atomic(path) as tmp:
+            torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, tmp)
         return path
 
     @classmethod

@@ -2,13 +2,14 @@
 Adam lr 1e-5, 50 epochs) and report per-organ accuracy per prompt strategy. The image encoder never runs.
 
 Trained: the head always, and with `train_transformer` the mask decoder's two-way transformer; the prompt
-encoder, the IoU head, the hypernetwork MLPs and the upscaling stay as they were. The last epoch is kept
-(no selection on the validation split, so the validation scores are not tuned to it).
+encoder, the IoU head, the hypernetwork MLPs and the upscaling stay as they were. The loop is finetune's
+(`training.fit`): seeded epochs, resume, a schedule. The last epoch is kept (no selection on the validation
+split, so the validation scores are not tuned to it), unless `early_stopping` is given: then the epoch of
+the best validation balanced accuracy is kept, and training stops after that many epochs without a better one.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from .. import options as O
 from .. import schema as S
-from ..choices import MIN_AREA, SPLITS
+from ..choices import MIN_AREA, SCHEDULES, SPLITS
 from ..classify import report
 from ..classify.head import HEAD, ClassHead
 from ..classify.objects import ObjectClasses
@@ -28,13 +29,15 @@ from ..decode.pipeline import PromptBatch, decode_prompts
 from ..device import default_device
 from ..errors import SamCacheError
 from ..metrics.aggregate import read_class_names
-from ..runs import CONFIG, DECODER, FULL, METRICS, Run, claim, load_decoder
+from ..runs import CONFIG, DECODER, FULL, METRICS, STATE, Run, claim, load_decoder
 from ..samples import ObjectSamples, loader
-from ..samples import choose_preload, split_samples
+from ..samples import choose_preload, sample_bytes, split_samples
 from ..store.reader import CacheReader
+from ..training import LAST_EPOCH, Plan, Task, fit, resume_state, schedule as make_schedule
 from ..version import __version__
 
-FILES = (CONFIG, DECODER, HEAD, FULL, METRICS, report.PER_CLASS, report.REPORT)
+FILES = (CONFIG, DECODER, HEAD, FULL, METRICS, STATE, report.PER_CLASS, report.REPORT)
+COLUMNS = ["epoch", "train_loss", "val_accuracy", "val_balanced_accuracy", "seconds"]  # metrics.csv
 
 
 def _split(reader, val_fraction: float, seed: int, how: str):
@@ -52,7 +55,8 @@ def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: flo
              train_transformer: bool = False, checkpoint: str = "base", class_names=None, balanced: bool = False,
              eval_prompts=None, val_fraction: float = 0.2, split: str = "auto", seed: int = 0, batch_size: int = 8,
              objects_per_sample: int | None = 8, min_area: int = MIN_AREA, device=None, progress: bool = True,
-             log=print, overwrite: bool = False) -> ClassifyResult:
+             log=print, overwrite: bool = False, resume: bool = False, early_stopping: int | None = None,
+             schedule: str = "constant") -> ClassifyResult:
     """Train a class head (and optionally the two-way transformer) of `checkpoint` (`base`, a finetune run
     folder or a SAM .pth) on the classes of `cache`, into the run folder `out`; score it per prompt of
     `prompt` and `eval_prompts` (default: random-point, box) on the validation split, or on every sample when
@@ -61,7 +65,9 @@ def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: flo
     `balanced`: the cross-entropy weighs each class by its inverse frequency among the training objects
     (n / (classes * count)); the samples are still drawn uniformly. `split`: auto (by source file, falling back to a
     block of slices, then tiles, when the cache cannot be split so), or one of source, slice, tile, column.
-    `objects_per_sample`: objects drawn per sample and step (None: all)."""
+    `objects_per_sample`: objects drawn per sample and step (None: all). `resume`: continue the run in `out`
+    (same settings and cache; `epochs` may grow). `early_stopping`: keep the epoch of the best validation
+    balanced accuracy and stop after that many epochs without a better one. `schedule`: constant, cosine or step."""
     eval_prompts = list(dict.fromkeys([prompt, *(["random-point", "box"] if eval_prompts is None else eval_prompts)]))
     P.check([prompt, *eval_prompts])
     O.choice("--split", split, ("auto", *SPLITS))
@@ -72,6 +78,11 @@ def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: flo
     if not lr > 0:
         raise O.OptionError(f"--lr must be > 0, not {lr!r}")
     O.at_least("--val-fraction", val_fraction, 0, 0.95)
+    O.choice("--schedule", schedule, SCHEDULES)
+    if early_stopping is not None:
+        O.at_least("--early-stopping", early_stopping, 1)
+        if not val_fraction > 0:
+            raise O.OptionError("--early-stopping selects epochs on the validation split: give --val-fraction > 0")
     reader = CacheReader(cache)
     reader.require_labels("to train a class head")
     classes = ObjectClasses(reader, min_area, read_class_names(class_names) if class_names else None)
@@ -82,24 +93,31 @@ def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: flo
                             "objects; change --seed or --val-fraction")
     device = torch.device(device) if device else default_device()
     decoder = load_decoder(reader, checkpoint).to(device)
-    claim(out, "classify", FILES, overwrite=overwrite)
+    if resume and not (Path(out) / CONFIG).is_file():
+        resume = False  # nothing to continue yet: a new run
+    claim(out, "classify", FILES, overwrite=overwrite, resume=resume)
     recipe = {"prompt": prompt, "epochs": epochs, "lr": lr, "optimizer": "adam", "train_transformer": train_transformer,
               "balanced": balanced, "batch_size": batch_size, "objects_per_sample": objects_per_sample,
               "min_area": min_area, "checkpoint": str(checkpoint), "seed": seed, "eval_prompts": eval_prompts}
+    if early_stopping is not None or schedule != "constant":  # runs without them keep the recipe they had before
+        recipe.update(early_stopping=early_stopping, schedule=schedule)
+    state = resume_state(out, recipe, reader, device) if resume else None
     run = Run.start(out, {
         "recipe": recipe, "cache": str(cache), "cache_fingerprint": reader.fingerprint, "model": reader.model,
         "classes": classes.names, "class_ids": classes.ids,
         "sets": {"how": how, "val_fraction": val_fraction, "seed": seed, "train": train_idx.tolist(),
                  "val": val_idx.tolist()}, "samcache": __version__})
-    head = ClassHead.for_decoder(decoder, classes.names)
+    with torch.random.fork_rng(devices=[]):  # the head's init is seeded: the same call gives the same run
+        torch.manual_seed(seed)
+        head = ClassHead.for_decoder(decoder, classes.names)
     decoder.requires_grad_(False)
     decoder.mask_decoder.transformer.requires_grad_(train_transformer)
     params = [*head.parameters(), *(decoder.mask_decoder.transformer.parameters() if train_transformer else [])]
     opt = torch.optim.Adam(params, lr=lr)
+    sched = make_schedule(opt, schedule, epochs)
     weight = classes.balanced_weights(train_idx).to(device) if balanced else None
     both = np.concatenate([train_idx, val_idx])
-    nbytes = len(both) * int(np.prod(reader.array(S.EMBEDDING).shape[1:])) * reader.array(S.EMBEDDING).dtype.itemsize
-    where = choose_preload("auto", nbytes, device)
+    where = choose_preload("auto", len(both) * sample_bytes(reader), device)
     source = reader if where == "off" else reader.preload(both, device if where == "device" else "cpu")
     img_size = decoder.img_size[0]
     samples = lambda idx, p, k: ObjectSamples(source, idx, p, k, img_size, seed, min_area)  # noqa: E731
@@ -108,26 +126,40 @@ def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: flo
     val_set = samples(val_idx, prompt, classes.most(val_idx)) if len(val_idx) else None
     log(f"{len(classes)} classes; split by {how}: {len(train_idx)} training samples, {len(val_idx)} validation "
         f"samples; training the head{' and the two-way transformer' if train_transformer else ''}")
-    history = []
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
+
+    def train_mode():
+        head.train()
+        decoder.train(train_transformer)
+
+    def batches(epoch, generator):
         train_set.epoch = epoch
-        data = loader(train_set, batch_size, torch.Generator().manual_seed(seed * 100_003 + epoch))
-        total, count = train_epoch(decoder, head, data, classes, opt, weight, train_transformer, device)
-        row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_accuracy": float("nan"),
-               "val_balanced_accuracy": float("nan")}
-        if val_set is not None:
-            s = report.score(*report.predict(decoder, head, val_set, classes, batch_size), classes.names, 0)
-            row.update(val_accuracy=s["accuracy"], val_balanced_accuracy=s["balanced_accuracy"])
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        run.write_metrics(history, list(row))
-        if progress:
-            log(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, val accuracy {row['val_accuracy']:.3f} "
-                f"(balanced {row['val_balanced_accuracy']:.3f}), {row['seconds']:.1f} s")
+        return loader(train_set, batch_size, generator)
+
+    def validate():
+        s = report.score(*report.predict(decoder, head, val_set, classes, batch_size), classes.names, 0)
+        return {"val_accuracy": s["accuracy"], "val_balanced_accuracy": s["balanced_accuracy"]}
+
+    def save(which):
+        run.save_decoder(decoder, which)
+        if which == DECODER:
+            head.save(run.path / HEAD)
+
+    def describe(row):
+        return (f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, val accuracy "
+                f"{row['val_accuracy']:.3f} (balanced {row['val_balanced_accuracy']:.3f}), {row['seconds']:.1f} s")
+
+    modules = {"head": head, **({"transformer": decoder.mask_decoder.transformer} if train_transformer else {})}
+    task = Task(modules, lambda batch: train_step(decoder, head, batch, classes, weight, train_transformer, device),
+                batches, save, describe, validate if val_set is not None else None,
+                {"val_accuracy": float("nan"), "val_balanced_accuracy": float("nan")}, train_mode)
+    select = LAST_EPOCH if early_stopping is None else "val_balanced_accuracy"
+    history, best = fit(run, task, Plan(epochs, seed, select, early_stopping, COLUMNS), opt, sched, recipe, state,
+                        progress=progress, log=log)
+    if best["epoch"] != history[-1]["epoch"]:  # early stopping kept an earlier epoch: score that one
+        head.load_state_dict(torch.load(run.path / HEAD, map_location=device, weights_only=True))
+        decoder.mask_decoder.load_state_dict({k[len("mask_decoder."):]: v.to(device)
+                                              for k, v in run.decoder_weights().items()})
     decoder.eval()
-    run.save_decoder(decoder)
-    head.save(run.path / HEAD)
     run.save_full_sam(reader.model, reader.attrs.get("checkpoint"), run.decoder_weights())
     majority = int(np.argmax(classes.counts(train_idx)))
     scored = {p: report.score(*report.predict(decoder, head, samples(eval_idx, p, classes.most(eval_idx)), classes,
@@ -142,23 +174,14 @@ def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: flo
                           {p: s["per_class"] for p, s in scored.items()}, pd.DataFrame(history), head.eval().cpu())
 
 
-def train_epoch(decoder, head, data, classes, opt, weight, train_transformer: bool, device) -> tuple[float, int]:
-    """One pass over `data`: cross-entropy on every prompted object; returns (summed loss, objects)."""
-    head.train()
-    decoder.train(train_transformer)
-    total, count = 0.0, 0
-    for batch in data:
-        target = classes.targets(batch).to(device)
-        n = int((target >= 0).sum())
-        if not n:
-            continue
-        with torch.set_grad_enabled(train_transformer), \
-                torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            tokens = decode_prompts(decoder, batch[S.EMBEDDING], PromptBatch.collated(batch), batch["valid_size"],
-                                    "best-iou", tile_masks=False).tokens
-        loss = F.cross_entropy(head(tokens.float()).flatten(0, 1), target.flatten(), weight=weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total, count = total + float(loss.detach()) * n, count + n
-    return total, count
+def train_step(decoder, head, batch, classes, weight, train_transformer: bool, device) -> tuple[torch.Tensor | None, int]:
+    """Cross-entropy on every prompted object of one batch, and the objects it counted."""
+    target = classes.targets(batch).to(device)
+    n = int((target >= 0).sum())
+    if not n:
+        return None, 0
+    with torch.set_grad_enabled(train_transformer), \
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        tokens = decode_prompts(decoder, batch[S.EMBEDDING], PromptBatch.collated(batch), batch["valid_size"],
+                                "best-iou", tile_masks=False).tokens
+    return F.cross_entropy(head(tokens.float()).flatten(0, 1), target.flatten(), weight=weight), n

@@ -11,8 +11,6 @@ hold objects. The untrained decoder is epoch 0: a run keeps it when no epoch bea
 from __future__ import annotations
 
 import math
-import sys
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -33,11 +31,11 @@ from ..device import default_device
 from ..errors import SamCacheError
 from ..ingest import views as V
 from ..metrics.masks import scores
-from ..progress import Progress
-from ..runs import CONFIG, CURVES, DECODER, LAST, METRIC_COLUMNS, RUN_FILES, Run, claim
-from ..samples import (SEMANTIC, ObjectSamples, Timed, choose_preload, describe_split, loader, low_res_targets,
-                       low_res_weights, object_counts, split_samples)
+from ..runs import CONFIG, CURVES, METRIC_COLUMNS, RUN_FILES, Run, claim
+from ..samples import (SEMANTIC, ObjectSamples, choose_preload, describe_split, loader, low_res_targets,
+                       low_res_weights, object_counts, sample_bytes, split_samples)
 from ..store.reader import CacheReader
+from ..training import Plan, Task, fit, resume_state, schedule
 from ..version import __version__
 
 from ..choices import OPTIMIZERS, PRELOADS, SCHEDULES, SPLITS, TRAIN_VIEWS  # noqa: E402  (one list each)
@@ -138,14 +136,6 @@ def make_optimizer(params, c: FinetuneConfig):
     return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
 
-def _schedule(opt, c: FinetuneConfig):
-    if c.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(c.epochs, 1))
-    if c.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(c.epochs // 3, 1), gamma=0.1)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
-
-
 def train_step(decoder, batch, c: FinetuneConfig, device) -> tuple[torch.Tensor, int]:
     """The loss of one batch (best of 3 masks per object with multimask) and the objects it counted."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -239,12 +229,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     recipe = asdict(c)
     if c.views == TRAIN_VIEWS[0]:
         del recipe["views"]  # a run without views keeps the recipe (and fingerprint) it had before views existed
-    state = Run(Path(out), {}).load_state(device) if resume else None
-    if state is not None:  # checked before anything in the run folder is written
-        if state["recipe"] != recipe | {"epochs": state["recipe"]["epochs"]}:
-            raise SamCacheError(f"{out}: --resume with other settings than the run was started with")
-        if Run.open(out).config["cache_fingerprint"] != reader.fingerprint:
-            raise SamCacheError(f"{out}: --resume on another cache than the run was trained on ({reader.path})")
+    state = resume_state(out, recipe, reader, device) if resume else None
     img_size = decoder.img_size[0]
     # `--views random`: the split holds the tiles themselves; each training tile brings its stored views along, so
     # a view always falls on its original's side of the split
@@ -255,9 +240,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         log(f"--views {c.views}: each of the {len(train_idx)} training samples reads one of its stored views per "
             f"epoch ({sum(map(len, members.values()))} views in all, identity included); validation: identity views")
     layers = tuple({c.labels, val_layer})
-    per_sample = sum(int(np.prod(reader.array(n).shape[1:])) * reader.array(n).dtype.itemsize
-                     for n in (S.EMBEDDING, *(reader.layer_variable(v) for v in layers)))
-    where = choose_preload(preload, len(both) * per_sample, device)
+    where = choose_preload(preload, len(both) * sample_bytes(reader, layers), device)
     source, workers = reader, c.workers
     if where != "off":
         source, workers = reader.preload(both, device if where == "device" else "cpu", layers), 0
@@ -272,7 +255,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
             + ("the ground truth" if val_layer is None else f"`{c.labels}` (the cache holds no ground truth)"))
     val_data = loader(val_set, 1, workers=workers) if len(val_idx) else []
     opt = make_optimizer(decoder.mask_decoder.parameters(), c)
-    sched = _schedule(opt, c)
+    sched = schedule(opt, c.schedule, c.epochs)
     run = Run.start(out, {
         "recipe": recipe, "cache": str(cache), "cache_fingerprint": reader.fingerprint, "model": spec.fingerprint(),
         "sets": {"how": f"file {c.split_file}" if c.split_file else c.split, "val_fraction": c.val_fraction, "seed": c.seed,
@@ -281,59 +264,30 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         "train_samples": len(train_idx), "val_samples": len(val_idx), "samcache": __version__,
     })
     selected_by = "val_dice" if len(val_idx) else "train_loss"
-    history, start, best = [], 1, {"epoch": 0, "value": math.nan}
-    if state is not None:
-        decoder.mask_decoder.load_state_dict(state["mask_decoder"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, best, start = state["history"], state["best"], state["epoch"] + 1
-    else:
-        base = validate(decoder, val_data, c.multimask) if len(val_idx) else {}
-        history.append({"epoch": 0, "train_loss": math.nan, "val_dice": math.nan, **base, "seconds": 0.0,
-                        "read_wait_s": 0.0, "lr": c.lr})
-        if selected_by == "val_dice":  # the untrained decoder is the one to beat
-            best = {"epoch": 0, "value": history[0]["val_dice"]}
-            run.save_decoder(decoder, DECODER)
+    base = None
+    if state is None:  # epoch 0: the untrained decoder, the one to beat on validation
+        base = {"epoch": 0, "train_loss": math.nan, "val_dice": math.nan,
+                **(validate(decoder, val_data, c.multimask) if len(val_idx) else {}), "seconds": 0.0,
+                "read_wait_s": 0.0, "lr": c.lr}
 
-    for epoch in range(start, c.epochs + 1):
+    def train_mode():
         decoder.train()
+
+    def batches(epoch, generator):
         train_set.epoch = epoch
-        shuffle = torch.Generator().manual_seed(c.seed * 100_003 + epoch)
-        data = loader(train_set, c.batch_size, shuffle, workers, pin=device.type == "cuda" and where != "device")
-        t0, total, count = time.perf_counter(), 0.0, 0
-        # a bar in a terminal; in a log, the one line per epoch below is enough
-        bar = Progress(len(data), f"epoch {epoch}/{c.epochs}", "steps", enabled=progress and sys.stderr.isatty())
-        batches = Timed(data)
-        for batch in batches:
-            loss, n = train_step(decoder, batch, c, device)
-            if n:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, count = total + float(loss.detach()) * n, count + n
-            bar.update()
-        bar.close()
-        sched.step()
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_dice": math.nan,
-               **(validate(decoder, val_data, c.multimask) if len(val_idx) else {}),
-               "seconds": seconds, "read_wait_s": batches.wait, "lr": opt.param_groups[0]["lr"]}
-        history.append(row)
-        if progress:
-            log(f"epoch {epoch}/{c.epochs}: train loss {row['train_loss']:.4f}"
+        return loader(train_set, c.batch_size, generator, workers, pin=device.type == "cuda" and where != "device")
+
+    def describe(row):
+        return (f"epoch {row['epoch']}/{c.epochs}: train loss {row['train_loss']:.4f}"
                 + (f", val Dice {row['val_dice']:.4f} (IoU {row['val_iou']:.4f})" if len(val_idx) else "")
-                + f", {seconds:.1f} s")
-        run.save_decoder(decoder, LAST)
-        better = (row["val_dice"] > best["value"]) if selected_by == "val_dice" else (row["train_loss"] < best["value"])
-        if better or (best["epoch"] == 0 and math.isnan(best["value"])):
-            best = {"epoch": epoch, "value": row[selected_by]}
-            run.save_decoder(decoder, DECODER)
-        run.save_state({"epoch": epoch, "mask_decoder": decoder.mask_decoder.state_dict(),
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
-                        "best": best, "recipe": recipe})
-        run.write_metrics(history)
-        if c.early_stopping and epoch - best["epoch"] >= c.early_stopping:
-            break
+                + f", {row['seconds']:.1f} s")
+
+    task = Task(modules={"mask_decoder": decoder.mask_decoder}, step=lambda batch: train_step(decoder, batch, c, device),
+                batches=batches, save=lambda which: run.save_decoder(decoder, which), describe=describe,
+                validate=(lambda: validate(decoder, val_data, c.multimask)) if len(val_idx) else None,
+                no_validation={"val_dice": math.nan}, train_mode=train_mode)
+    history, best = fit(run, task, Plan(c.epochs, c.seed, selected_by, c.early_stopping, METRIC_COLUMNS), opt, sched,
+                        recipe, state, base, progress, log)
     best_weights = run.decoder_weights()
     run.save_full_sam(reader.model, spec.checkpoint, best_weights)
     from ..reports.figures import curves
