@@ -431,8 +431,10 @@ def ablate(
     min_area: Optional[int] = typer.Option(None, help=f"Ignore objects smaller than this many pixels; default the "
                                            f"runs' own, else {C.MIN_AREA}.", rich_help_panel=SCORING),
     split: str = typer.Option("auto", help="Samples to score: auto (the runs' held-out samples when a run folder is "
-                              "among --checkpoints, else all), all, train or val (the runs' own).",
-                              rich_help_panel=INPUT),
+                              "among --checkpoints, else all), all, train or val (the runs' own; with no run, a "
+                              "seeded split by source file, as evaluate and finetune make it).", rich_help_panel=INPUT),
+    val_fraction: float = typer.Option(0.2, help="--split train/val with no run: the validation share of source "
+                                       "files.", rich_help_panel=INPUT),
     out: Path = typer.Option(Path("ablation"), "--out", "-o", help="Folder for results.nc and the reports. "
                              "Rerunning the same command into it resumes an interrupted grid.", rich_help_panel=OUTPUT),
     overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace whatever --out holds, whole.",
@@ -454,7 +456,7 @@ def ablate(
         cache, out, prompts=_list(prompts), checkpoints=_list(checkpoints), seeds=list(range(seeds)),
         mask_mode=mask, min_area=min_area, partition_size=partition_size, scheduler=scheduler, device=device,
         base_checkpoint=base_checkpoint, progress=not quiet, examples=examples, log=_say, overwrite=overwrite,
-        split=split, class_names=class_names, iterations=iterations)
+        split=split, class_names=class_names, iterations=iterations, val_fraction=val_fraction)
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"{results.sizes['object']} objects; results in {out}/results.nc, summary.csv, summary.md, "
                "ablation.png" + (", examples.nc, examples.png" if (out / "examples.nc").exists() else "")

@@ -25,9 +25,10 @@ from . import schema as S
 from .decode.prompts import make_prompts
 from .errors import SamCacheError
 from .ingest import views as V
+from .runs import Run, is_run
 from .store.reader import CacheReader, Preloaded, layer_objects
 
-from .choices import MIN_AREA, PRELOADS, SPLITS
+from .choices import ABLATE_SPLITS, MIN_AREA, PRELOADS, SPLITS
 
 SEMANTIC = "none"  # the prompt-free strategy: one target per tile, the union of its objects
 
@@ -163,8 +164,11 @@ def split_samples(reader: CacheReader, val_fraction: float, seed: int, how: str 
     - `source`: a seeded share of the source files; `tile`: a seeded share of the tiles; `slice`: a share of
       the slices in one contiguous block (at a seeded place), so neighbouring slices of a volume do not
       straddle the split. Validation is drawn among the files, tiles or slices that hold objects.
+    - `auto`: the first of source, slice and tile that can split the cache.
     - `column`: the cache's `split` variable; `split_file`: a CSV of `source,split` or `sample,split` rows
       (split train, val or test; test and unlisted samples are used for neither)."""
+    if how == "auto":
+        return split_by(reader, val_fraction, seed, how, split_file, counts)[:2]
     O.choice("--split", how, SPLITS)
     samples = reader.samples
     if split_file is not None:
@@ -197,6 +201,20 @@ def split_samples(reader: CacheReader, val_fraction: float, seed: int, how: str 
         val_units = rng.permutation(pool)[:n_val]
     is_val = np.isin(unit, val_units)
     return samples[~is_val], samples[is_val]
+
+
+def split_by(reader: CacheReader, val_fraction: float, seed: int, how: str = S.SOURCE,
+             split_file: str | Path | None = None, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """`split_samples`, and the way it split: `auto` is the first of source, slice and tile that can split
+    the cache (classify's default)."""
+    if how != "auto":
+        return (*split_samples(reader, val_fraction, seed, how, split_file, counts), how)
+    for n, way in enumerate((S.SOURCE, S.SLICE, "tile")):
+        try:
+            return (*split_samples(reader, val_fraction, seed, way, split_file, counts), way)
+        except SamCacheError:
+            if n == 2:
+                raise
 
 
 def _from_file(reader: CacheReader, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -255,3 +273,55 @@ def choose_preload(mode: str, nbytes: int, device: torch.device) -> str:
         return "device"
     free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return "host" if nbytes < 0.5 * free else "off"
+
+
+def scored_samples(reader: CacheReader, checkpoints, split: str = "auto", log=print, val_fraction: float = 0.2,
+                   split_seed: int = 0) -> tuple[np.ndarray, str]:
+    """The samples to score and a line saying which: the one rule of `evaluate` and `ablate`.
+
+    `auto` is the runs' own held-out (val) samples when run folders are among the checkpoints, all trained
+    on this cache, else every sample (a run of another cache is scored on every sample, with a note);
+    `train`/`val` are the runs' own sets, which must agree, and are refused for a run of another cache (they
+    name that cache's samples). With no run among the checkpoints, `train`/`val` are the split a finetune
+    would make (`split_samples` by source, `val_fraction`, `split_seed`)."""
+    O.choice("--split", split, ABLATE_SPLITS)
+    runs = [Run.open(c) for c in checkpoints if is_run(c)]
+    if split in ("auto", "all"):
+        notes = {run.name: run.check_cache(reader) for run in runs}  # a note: the run is of another cache
+        foreign = [name for name, note in notes.items() if note]
+        if split == "auto" and runs and not foreign:
+            split = "val"
+        else:
+            return reader.samples, _all_samples(reader, notes, split, log)
+    if not runs:
+        O.at_least("--val-fraction", val_fraction, 0, 0.95)
+        indices = dict(zip(("train", "val"), split_samples(reader, val_fraction, split_seed)))[split]
+        sources = len(np.unique(reader.sources(indices)))
+        return indices, (f"{split}: the {'held-out (validation)' if split == 'val' else 'training'} samples of a "
+                         f"seeded split by source (--val-fraction {val_fraction:g}, --split-seed {split_seed}, as "
+                         f"finetune splits), {len(indices)} samples from {sources} source{'s' if sources != 1 else ''}")
+    for run in runs:
+        run.check_cache(reader, split)
+    sets = {tuple(run.indices(split).tolist()) for run in runs}
+    if len(sets) > 1:
+        raise SamCacheError(f"the runs {', '.join(r.name for r in runs)} were trained on different train/validation "
+                            f"splits; score them with --split all, or one at a time")
+    indices = np.asarray(sets.pop(), dtype=np.int64)
+    sources = len(np.unique(reader.sources(indices)))
+    side = "held-out (validation)" if split == "val" else "training"
+    return indices, (f"{split}: the {side} samples of {', '.join(r.name for r in runs)}, {len(indices)} samples from "
+                     f"{sources} source{'s' if sources != 1 else ''}")
+
+
+def _all_samples(reader: CacheReader, notes: dict, split: str, log) -> str:
+    """Say (in the log, and in the line returned) that every sample is scored, and why for the runs."""
+    foreign = [name for name, note in notes.items() if note]
+    for note in filter(None, notes.values()):
+        log(note)
+    own = [name for name, note in notes.items() if not note]
+    if split == "auto" and own:
+        log(f"note: --split auto scores every sample of {reader.path}, since {', '.join(foreign)} "
+            f"{'was' if len(foreign) == 1 else 'were'} trained on another cache; for {', '.join(own)} that includes "
+            "training samples (score a run with --split val on its own to leave them out)")
+    why = f" ({', '.join(foreign)}: trained on another cache)" if foreign else ""
+    return f"all {len(reader.samples)} samples{why}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 
 import matplotlib
@@ -207,8 +208,6 @@ def test_ablate_of_a_run_scores_its_held_out_samples_and_says_so(rect_cache, run
                                   examples=0)
     assert everything.sizes["object"] > r.sizes["object"]
     assert "\nScored: all 32 samples\n" in (tmp_path / "b" / "summary.md").read_text()
-    with pytest.raises(OptionError, match="--split val scores a run's own val samples"):
-        sam_cache.ablate(rect_cache, tmp_path / "c", prompts=["box"], split="val", progress=False)
 
 
 def test_outputs_are_never_silently_replaced(rect_cache, run, tmp_path):
@@ -311,3 +310,46 @@ def test_ablate_auto_scores_a_run_of_another_cache_on_every_sample_and_says_so(r
     assert len(set(r.sample.values.tolist())) == 32
     assert any("theirs was trained on another cache" in s for s in said)
     assert any("for run that includes training samples" in s for s in said), said
+
+
+def test_one_sample_selection_rule_for_finetune_classify_evaluate_and_ablate(rect_cache, data_root, tmp_path,
+                                                                             micro_checkpoint):
+    """The same request gets the same samples in all four commands (one rule, `samples.py`).
+
+    - No run named: `--split val` is the split finetune makes (by source, --val-fraction, the seed), for
+      evaluate and ablate alike (ablate refused it before; evaluate made it).
+    - A run named: its own val samples, for evaluate and ablate; classify and finetune, asked for the same
+      split, hold out the same samples."""
+    from sam_cache.samples import scored_samples, split_samples
+
+    reader = sam_cache.CacheReader(rect_cache)
+    want = split_samples(reader, 0.25, 4)[1]
+    quiet = dict(log=lambda m: None)
+    ev = sam_cache.evaluate(rect_cache, split="val", val_fraction=0.25, split_seed=4, **quiet)
+    ab = sam_cache.ablate(rect_cache, tmp_path / "ab", prompts=["box"], split="val", val_fraction=0.25, split_seed=4,
+                          progress=False, examples=0, **quiet)
+    assert set(ev.sample.values.tolist()) == set(ab.sample.values.tolist()) <= set(want.tolist())
+    assert len(set(ev.sample.values.tolist())) > 1
+    assert "--val-fraction 0.25, --split-seed 4" in (tmp_path / "ab" / "summary.md").read_text()
+    out = tmp_path / "ft"
+    sam_cache.finetune(rect_cache, out, sam_cache.FinetuneConfig(epochs=1, val_fraction=0.25, seed=4), progress=False,
+                       **quiet)
+    assert sam_cache.runs.Run.open(out).indices("val").tolist() == want.tolist()
+    for split in ("train", "val"):
+        own = sam_cache.runs.Run.open(out).indices(split).tolist()
+        assert scored_samples(reader, [str(out)], split, **quiet)[0].tolist() == own
+        assert scored_samples(reader, ["base", str(out)], split, **quiet)[0].tolist() == own
+
+    # classify (a cache with classes: the CT volume, one source, so split by slice) holds out what finetune does
+    ct = tmp_path / "ct.zarr"
+    sam_cache.embed(data_root / "ct-totalseg" / "example_ct_sm.nii.gz", ct,
+                    labels=str(data_root / "ct-totalseg" / "example_seg.nii.gz"), model="tiny",
+                    checkpoint=micro_checkpoint, read_workers=0, progress=False, skip_empty=True)
+    from sam_cache.commands.classify import classify
+
+    classify(ct, tmp_path / "cls", prompt="box", epochs=1, split="slice", seed=2, eval_prompts=[], progress=False,
+             **quiet)
+    sam_cache.finetune(ct, tmp_path / "ft_ct", sam_cache.FinetuneConfig(epochs=1, split="slice", seed=2),
+                       progress=False, **quiet)
+    sets = [json.loads((tmp_path / r / "config.json").read_text())["sets"] for r in ("cls", "ft_ct")]
+    assert sets[0]["val"] == sets[1]["val"] and sets[0]["train"] == sets[1]["train"] and sets[0]["val"]

@@ -11,17 +11,15 @@ from __future__ import annotations
 import shutil
 from dataclasses import asdict
 
-import numpy as np
 import xarray as xr
 
-from .. import options as O
+from ..choices import DEFAULT_PROMPTS, MIN_AREA
 from ..device import default_device
-from ..errors import SamCacheError
 from ..files import atomic
-
 from ..metrics.aggregate import name_classes, read_class_names
 from ..reports.write import write_reports
-from ..runs import Run, is_run, min_area_of
+from ..runs import min_area_of
+from ..samples import scored_samples
 from ..scoring import grid, runner
 from ..scoring.runner import ENGINE
 from ..store.reader import CacheReader
@@ -29,57 +27,13 @@ from ..store.reader import CacheReader
 PARTS = "parts"
 OUTPUTS = ("results.nc", "examples.nc", "summary.csv", "summary.md", "ablation.png", "examples.png", "clicks.csv",
            "clicks.png", PARTS)
-from ..choices import ABLATE_SPLITS as SPLITS, DEFAULT_PROMPTS, MIN_AREA  # noqa: E402,F401
-
-
-def scored_samples(reader: CacheReader, checkpoints, split: str = "auto", log=print) -> tuple[np.ndarray, str]:
-    """The samples to score and a line saying which: `auto` is the runs' own held-out (val) samples when run
-    folders are among the checkpoints, all trained on this cache, else every sample (a run of another cache
-    is scored on every sample, with a note); `train`/`val` are the runs' own sets, which must agree, and are
-    refused for a run of another cache (they name that cache's samples)."""
-    O.choice("--split", split, SPLITS)
-    runs = [Run.open(c) for c in checkpoints if is_run(c)]
-    if split in ("auto", "all"):
-        notes = {run.name: run.check_cache(reader) for run in runs}  # a note: the run is of another cache
-        foreign = [name for name, note in notes.items() if note]
-        if split == "auto" and runs and not foreign:
-            split = "val"
-        else:
-            return reader.samples, _all_samples(reader, notes, split, log)
-    if not runs:
-        raise O.OptionError(f"--split {split} scores a run's own {split} samples: name a run folder in --checkpoints, "
-                            "or use --split all")
-    for run in runs:
-        run.check_cache(reader, split)
-    sets = {tuple(run.indices(split).tolist()) for run in runs}
-    if len(sets) > 1:
-        raise SamCacheError(f"the runs {', '.join(r.name for r in runs)} were trained on different train/validation "
-                            f"splits; score them with --split all, or one at a time")
-    indices = np.asarray(sets.pop(), dtype=np.int64)
-    sources = len(np.unique(reader.sources(indices)))
-    side = "held-out (validation)" if split == "val" else "training"
-    return indices, (f"{split}: the {side} samples of {', '.join(r.name for r in runs)}, {len(indices)} samples from "
-                     f"{sources} source{'s' if sources != 1 else ''}")
-
-
-def _all_samples(reader: CacheReader, notes: dict, split: str, log) -> str:
-    """Say (in the log, and in the line returned) that every sample is scored, and why for the runs."""
-    foreign = [name for name, note in notes.items() if note]
-    for note in filter(None, notes.values()):
-        log(note)
-    own = [name for name, note in notes.items() if not note]
-    if split == "auto" and own:
-        log(f"note: --split auto scores every sample of {reader.path}, since {', '.join(foreign)} "
-            f"{'was' if len(foreign) == 1 else 'were'} trained on another cache; for {', '.join(own)} that includes "
-            "training samples (score a run with --split val on its own to leave them out)")
-    why = f" ({', '.join(foreign)}: trained on another cache)" if foreign else ""
-    return f"all {len(reader.samples)} samples{why}"
 
 
 def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,), mask_mode: str = "auto",
            min_area: int | None = None, prompt_options=None, partition_size: int = 64, scheduler: str | None = None,
            device: str | None = None, base_checkpoint=None, progress: bool = True, examples: int = 4,
-           log=print, overwrite: bool = False, split: str = "auto", class_names=None, iterations: int = 1) -> xr.Dataset:
+           log=print, overwrite: bool = False, split: str = "auto", class_names=None, iterations: int = 1,
+           val_fraction: float = 0.2, split_seed: int = 0) -> xr.Dataset:
     """Run the grid and write OUT/results.nc, examples.nc, summary.csv, summary.md, ablation.png and
     examples.png into OUT, a new or empty folder (or any folder with `overwrite`, which replaces it whole).
     The same call into the same OUT resumes an interrupted grid: the partitions already in OUT/parts are
@@ -99,7 +53,7 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
     reader = CacheReader(cache)
     reader.require_labels("to score against")
     device = device or default_device()
-    indices, scored = scored_samples(reader, checkpoints, split, log)
+    indices, scored = scored_samples(reader, checkpoints, split, log, val_fraction, split_seed)
     log(f"scoring {scored}")
     n_parts = len(runner.partitions(indices, partition_size))
     decoders = runner.load_decoders(reader, request, device, base_checkpoint)  # a bad checkpoint fails before OUT

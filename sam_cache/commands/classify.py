@@ -31,7 +31,7 @@ from ..errors import SamCacheError
 from ..metrics.aggregate import read_class_names
 from ..runs import CONFIG, DECODER, FULL, METRICS, STATE, Run, claim, load_decoder
 from ..samples import ObjectSamples, loader
-from ..samples import choose_preload, sample_bytes, split_samples
+from ..samples import choose_preload, sample_bytes, split_by
 from ..store.reader import CacheReader
 from ..training import LAST_EPOCH, Plan, Task, fit, resume_state, schedule as make_schedule
 from ..version import __version__
@@ -40,15 +40,6 @@ FILES = (CONFIG, DECODER, HEAD, FULL, METRICS, STATE, report.PER_CLASS, report.R
 COLUMNS = ["epoch", "train_loss", "val_accuracy", "val_balanced_accuracy", "seconds"]  # metrics.csv
 
 
-def _split(reader, val_fraction: float, seed: int, how: str):
-    """`auto`: by source file, else by slice block, else by tile, the first that can split."""
-    tries = [S.SOURCE, S.SLICE, "tile"] if how == "auto" else [how]
-    for n, way in enumerate(tries):
-        try:
-            return (*split_samples(reader, val_fraction, seed, way), way)
-        except SamCacheError:
-            if n == len(tries) - 1:
-                raise
 
 
 def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: float = 1e-5,
@@ -86,7 +77,7 @@ def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: flo
     reader = CacheReader(cache)
     reader.require_labels("to train a class head")
     classes = ObjectClasses(reader, min_area, read_class_names(class_names) if class_names else None)
-    train_idx, val_idx, how = _split(reader, val_fraction, seed, split)
+    train_idx, val_idx, how = split_by(reader, val_fraction, seed, split)
     train_idx, val_idx = classes.holding(train_idx), classes.holding(val_idx)
     if not len(train_idx) or (val_fraction > 0 and not len(val_idx)):
         raise SamCacheError(f"{cache}: the {'training' if not len(train_idx) else 'validation'} split holds no "

@@ -10,8 +10,8 @@ from ..choices import MIN_AREA, PROPAGATE, PROPAGATE_FROM, SCORINGS, TOLERANCE_M
 from ..device import default_device
 from ..ingest import views as V
 from ..metrics.aggregate import name_classes, read_class_names
-from ..runs import Run, checkpoint_name, is_run, min_area_of
-from ..samples import split_samples
+from ..runs import checkpoint_name, min_area_of
+from ..samples import scored_samples
 from ..scoring import runner
 from ..store.reader import CacheReader
 
@@ -75,16 +75,7 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
     else:
         reader.layer_variable(labels)
     device = device or default_device()
-    if is_run(checkpoint):
-        run = Run.open(checkpoint)
-        note = run.check_cache(reader, split)
-        if note:
-            log(note)
-        indices = reader.samples if split == "all" else run.indices(split)
-    elif split == "all":
-        indices = reader.samples
-    else:
-        indices = dict(zip(("train", "val"), split_samples(reader, val_fraction, split_seed)))[split]
+    indices, _ = scored_samples(reader, [str(checkpoint)], split, log, val_fraction, split_seed)
     if views != EVAL_VIEWS[0]:
         V.require(reader, f"--views {views}")
         indices = V.every(reader, indices)
