@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import sam_cache
 from sam_cache.cli.main import app
 from sam_cache.errors import (CacheCorruptError, CacheIncompleteError, CacheLockedError, CacheMismatchError,
-                              DiskFullError)
+                              DiskFullError, SamCacheError)
 from sam_cache.ingest.labels import objects
 from sam_cache import identity as fingerprint
 from sam_cache import schema as S
@@ -214,7 +214,8 @@ def test_mismatch_names_each_part_and_execution_details_are_not_identity(cache, 
     again = sam_cache.embed(cache.parent / "data", cache, model="tiny", checkpoint=micro_checkpoint, shard_size=4,
                             read_workers=0, progress=False)
     assert again.computed == 0
-    assert fingerprint.child(attrs["fingerprint"], {"lr": 1}) != fingerprint.child(attrs["fingerprint"], {"lr": 2})
+    one, two = (fingerprint.derived(attrs["fingerprint"], "finetune", {"lr": lr}) for lr in (1, 2))
+    assert one != two
 
 
 # ---- labels and classes ---------------------------------------------------------------------------------
@@ -255,3 +256,30 @@ def test_class_names_of_mask_files_and_class_ids(data_root, tmp_path):
     k = int(reader.samples[len(reader.samples) // 2])
     _, ids = reader.objects(k, 1)
     assert reader.classes(k, ids) == [str(i) for i in np.unique(reader.label(k)) if i > 0]
+
+
+def test_derived_things_carry_the_fingerprint_of_parent_operation_and_args(rect_cache, tmp_path):
+    """Label layers and grids, like runs, are identified by hash(parent fingerprint, operation, arguments)."""
+    import shutil
+
+    import zarr
+
+    from sam_cache.scoring import grid
+    from sam_cache.store.layers import write_label_layer
+
+    cache = tmp_path / "c.zarr"
+    shutil.copytree(rect_cache, cache)
+    reader = CacheReader(cache)
+    provenance = {"made_by": "samcache predict", "prompt_seed": 1}
+    write_label_layer(cache, "a", {0: np.ones(reader.valid_size(0), np.int32)}, provenance)
+    layer = zarr.open_group(str(cache), mode="r")["label_a"].attrs
+    assert layer["fingerprint"] == fingerprint.derived(reader.fingerprint, "samcache predict", provenance)
+    assert layer["fingerprint"] != fingerprint.derived(reader.fingerprint, "samcache predict", {**provenance, "prompt_seed": 2})
+
+    record = {"cache_fingerprint": reader.fingerprint, "request": {"seeds": [0]}}
+    folder, resumed = grid.start(tmp_path / "g", "ablate", ("results.nc",), "parts", record)
+    stored = json.loads((folder / grid.RECORD).read_text())
+    assert not resumed and stored["fingerprint"] == fingerprint.derived(reader.fingerprint, "ablate", {"request": {"seeds": [0]}})
+    assert grid.start(tmp_path / "g", "ablate", ("results.nc",), "parts", record)[1]  # the same grid resumes
+    with pytest.raises(SamCacheError, match=r"another grid \(request.seeds: recorded \[0\], now \[1\]\)"):
+        grid.start(tmp_path / "g", "ablate", ("results.nc",), "parts", {**record, "request": {"seeds": [1]}})

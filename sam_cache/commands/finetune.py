@@ -260,7 +260,8 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         "recipe": recipe, "cache": str(cache), "cache_fingerprint": reader.fingerprint, "model": spec.fingerprint(),
         "sets": {"how": f"file {c.split_file}" if c.split_file else c.split, "val_fraction": c.val_fraction, "seed": c.seed,
                   "train": train_idx.tolist(), "val": val_idx.tolist()},
-        "run_fingerprint": fingerprint.child(reader.fingerprint, {k: v for k, v in recipe.items() if k != "epochs"}),
+        "run_fingerprint": fingerprint.derived(reader.fingerprint, "finetune",
+                                              {k: v for k, v in recipe.items() if k != "epochs"}),
         "train_samples": len(train_idx), "val_samples": len(val_idx), "samcache": __version__,
     })
     selected_by = "val_dice" if len(val_idx) else "train_loss"

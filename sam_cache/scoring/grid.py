@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import SamCacheError
 from ..files import TMP, atomic, file_sha256
+from ..identity import derived, differences
 from ..runs import DECODER, claim, is_run
 
 RECORD = "grid.json"
@@ -42,12 +43,16 @@ def start(out: str | Path, what: str, outputs: tuple[str, ...], parts: str, reco
     the grid is resumed."""
     out = Path(out)
     folder, record = out / parts, json.loads(json.dumps(record, default=str))  # as stored: tuples become lists
+    # the grid's identity: derived from its cache's, by this command with these arguments
+    identity = derived(record.get("cache_fingerprint", ""), what,
+                       {k: v for k, v in record.items() if k != "cache_fingerprint"})
     if not overwrite and (folder / RECORD).is_file():
         try:
             old = json.loads((folder / RECORD).read_text())
         except (OSError, ValueError) as e:
             raise SamCacheError(f"{folder / RECORD}: unreadable ({e}). Pass --overwrite to start again, or choose "
                                 "another --out") from e
+        old.pop("fingerprint", None)  # follows from the rest (and grids made before it have none)
         diffs = differences(old, record)
         if diffs:
             raise SamCacheError(
@@ -62,26 +67,5 @@ def start(out: str | Path, what: str, outputs: tuple[str, ...], parts: str, reco
     out = claim(out, what, outputs, overwrite=overwrite)
     folder.mkdir()
     with atomic(folder / RECORD) as tmp:
-        tmp.write_text(json.dumps(record, indent=1))
+        tmp.write_text(json.dumps({**record, "fingerprint": identity}, indent=1))
     return folder, False
-
-
-def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """What differs between two records, one phrase per key: `seeds: recorded [0, 1], now [0]`."""
-    out = []
-    for key in list(new) + [k for k in old if k not in new]:
-        a, b = old.get(key), new.get(key)
-        if a == b:
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}: recorded {_short(a)}, now {_short(b)}")
-    return out
-
-
-def _short(value) -> str:
-    if isinstance(value, list) and len(value) > 6:
-        return f"{len(value)} values [{', '.join(map(str, value[:3]))}, ...]"
-    text = json.dumps(value)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -15,6 +15,7 @@ import zarr
 
 from .. import schema as S
 from ..errors import CacheMismatchError, OptionError
+from ..identity import derived
 from .location import Location
 from .writer import consolidate, lock_for, new_array, space_checked
 
@@ -55,7 +56,10 @@ def write_label_layer(path, name: str, tiles: dict[int, np.ndarray], provenance:
         var = check_label_layer(group, location, name, overwrite)
         image = group[S.IMAGE]
         n, (H, W), shard = image.shape[0], image.shape[1:3], int(image.shards[0])
-        attrs = {"coordinates": " ".join((*S.SAMPLE_COORDS, S.DONE)), "layer": name, **provenance}
+        attrs = {"coordinates": " ".join((*S.SAMPLE_COORDS, S.DONE)), "layer": name, **provenance,
+                 # the layer's identity: derived from the cache's by what made it, with its settings
+                 "fingerprint": derived(group.attrs[S.ATTRS]["fingerprint"], provenance.get("made_by", "layer"),
+                                        provenance)}
         if location.local:
             _write_layer_beside(location.path, var, name, (n, H, W), shard, tiles, attrs)
         else:
