@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import dask
 import numpy as np
 import pandas as pd
 import tifffile
 import torch
 
 from .. import options as O
+from .. import tasks as grid_tasks
 from .. import schema as S
 from ..amg import generator as amg, stitch
 from ..amg.knobs import KNOBS, Settings, Sweep
@@ -249,7 +249,7 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
               "samples": samples.tolist(), "partition_size": partition_size, "points_per_batch": points_per_batch}
     parts, resumed = grid.start(out, "segment", OUTPUTS, PARTS, record, overwrite)
     out = parts.parent
-    todo = [(t, task) for t, task in enumerate(tasks) if not _rows_file(parts, t).is_file()]
+    todo = grid_tasks.pending(tasks, lambda t: _rows_file(parts, t).is_file())
     if resumed:
         log(f"resuming: {len(tasks) - len(todo)} of {len(tasks)} partitions already done")
     n_passes = len(plan.values("points_per_side"))
@@ -258,19 +258,13 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
     log(f"segmenting {len(samples)} tiles of {sum(len(t) for t in tasks)} sources with {checkpoint_name(checkpoint)}: "
         f"{n_settings} setting{'s' if n_settings > 1 else ''}, {n_passes} decoder pass{'es' if n_passes > 1 else ''} "
         "per tile")
-    try:
-        if scheduler:
-            from distributed import Client
-
-            fn = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, parts,
+    try:  # on a cluster each task loads the decoder and the bar moves as each finishes; locally, per tile
+        remote = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, parts,
                          None, None)
-            with Client(scheduler) as client:
-                client.gather([client.submit(fn, t, task, pure=False) for t, task in todo])
-            bar.update(bar.total)
-        else:
-            fn = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, parts,
-                         decoder, bar.update)
-            dask.compute(*[dask.delayed(fn, pure=False)(t, task) for t, task in todo], scheduler="threads")
+        local = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, parts,
+                        decoder, bar.update)
+        grid_tasks.run(remote, todo, bar, lambda task, _: sum(len(m) for _, m in task) * n_passes,
+                       scheduler=scheduler, local=local)
     finally:
         bar.close()
     # from the files, whether or not an earlier, interrupted run wrote some of them

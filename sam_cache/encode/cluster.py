@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import tasks
 from ..errors import OptionError
 from ..ingest.tiles import Plan
 
@@ -169,16 +170,12 @@ def shard_task(job: Job, k: int) -> int:
                           job.batch_size or encoder.auto_batch_size(), job.dtype, read_workers=0, progress=False)
 
 
-def run(job: Job, shards: np.ndarray, client, bar) -> int:
-    """Every shard as one task on the cluster of `client`; returns the samples encoded."""
-    from distributed import as_completed
+def _shard_item(k: int, job: Job) -> int:
+    return shard_task(job, k)
 
-    plan_on_workers = client.scatter(job, broadcast=True)
-    futures = [client.submit(shard_task, plan_on_workers, int(k), pure=False) for k in shards]
-    computed = 0
-    for future in as_completed(futures):
-        n = future.result()  # re-raises a task's error (a bad file names itself)
-        computed += n
-        bar.update(n)
-        future.release()
-    return computed
+
+def run(job: Job, shards: np.ndarray, client, bar) -> int:
+    """Every shard as one task of the task grid on the cluster of `client`; returns the samples encoded."""
+    plan_on_workers = client.scatter(job, broadcast=True)  # sent once; each task's item resolves to it
+    done = tasks.run(_shard_item, [(int(k), plan_on_workers) for k in shards], bar, lambda job, n: n, client=client)
+    return sum(done)

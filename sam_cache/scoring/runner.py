@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import dask
 import numpy as np
 import torch
 import xarray as xr
 
 from .. import options as O
+from .. import tasks
 from .. import schema as S
 from ..choices import MASK_MODES, MIN_AREA
 from ..decode import prompts as P
@@ -362,17 +362,14 @@ def run(reader: CacheReader, indices, request: Request, device="cpu", scheduler:
     has_objects = indices[reader.coord(S.OBJECTS)[indices] > 0]
     keep = frozenset(has_objects[:examples].tolist())
     done = set(finished(parts_dir, len(chunks))) if parts_dir is not None else set()
-    todo = [(k, idx) for k, idx in enumerate(chunks) if k not in done]
+    todo = tasks.pending(chunks, done.__contains__)
     decoders = decoders or load_decoders(reader, request, device, base_checkpoint)
     bar = Progress(sum(len(idx) for _, idx in todo), "score", "samples", enabled=progress)
-    try:
-        if scheduler:
-            fn = partial(_partition, reader, request, device, base_checkpoint, keep, parts_dir, None, None)
-            parts = _distributed(fn, todo, scheduler, bar)
-        else:
-            fn = partial(_partition, reader, request, device, base_checkpoint, keep, parts_dir, decoders,
-                         lambda: bar.update(1))
-            parts = dask.compute(*[dask.delayed(fn, pure=False)(k, idx) for k, idx in todo], scheduler="threads")
+    try:  # on a cluster each task loads the decoders; locally they are shared and the bar moves per sample
+        remote = partial(_partition, reader, request, device, base_checkpoint, keep, parts_dir, None, None)
+        local = partial(_partition, reader, request, device, base_checkpoint, keep, parts_dir, decoders,
+                        lambda: bar.update(1))
+        parts = tasks.run(remote, todo, bar, lambda idx, _: len(idx), scheduler=scheduler, local=local)
     finally:
         bar.close()
     if parts_dir is None:
@@ -383,15 +380,3 @@ def run(reader: CacheReader, indices, request: Request, device="cpu", scheduler:
                   key=lambda e: e[0])
     return [part_paths(parts_dir, k)[0] for k in range(len(chunks))], examples_dataset(reader, request, kept)
 
-
-def _distributed(fn, todo, scheduler, bar):
-    """The tasks on a dask.distributed cluster. A worker that dies mid-task has its tasks run again
-    elsewhere; part files are named by partition and replaced whole, so a retry never duplicates one."""
-    from distributed import Client, as_completed
-
-    with Client(scheduler) as client:
-        futures = [client.submit(fn, k, idx, pure=False) for k, idx in todo]
-        size = {f.key: len(idx) for f, (_, idx) in zip(futures, todo)}
-        for future in as_completed(futures):
-            bar.update(size[future.key])
-        return client.gather(futures)
