@@ -135,12 +135,6 @@ def _workers(text: Optional[str]):
         raise OptionError(f"--workers takes `auto` or a number of worker processes, not {text!r}") from None
 
 
-def _save(results, out, what: str) -> None:
-    """Write a results dataset where --out says (nothing without it) and say where."""
-    if out:
-        results.to_netcdf(out, engine="h5netcdf")
-        typer.echo(f"per-{what} results: {out}")
-
 
 def _list(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
@@ -340,11 +334,13 @@ def evaluate(
                               "checkpoints, a seeded split by source file.", rich_help_panel=INPUT),
     val_fraction: float = typer.Option(0.2, help="Validation share of source files (checkpoints other than runs).",
                                        rich_help_panel=INPUT),
-    per: Optional[str] = typer.Option(None, help="Also print means per " + ", ".join(C.GROUPINGS) + "; or image: "
-                                      "score each object of an image whole across overlapping tiles (embed --halo), "
-                                      "decoded in the tile holding it with the most margin; or volume: "
-                                      "stack each volume's per-slice predictions and score every object in 3D (Dice, "
-                                      "IoU, surface Dice), with tables per volume and per object (organ).",
+    scoring: str = typer.Option("object", help="What an object is scored in: object (its tile); image (whole "
+                                "across overlapping tiles, embed --halo, decoded in the tile holding it with the most "
+                                "margin); volume (each volume's per-slice predictions stacked and every object scored "
+                                "in 3D: Dice, IoU, surface Dice, with tables per volume and per object or organ).",
+                                rich_help_panel=SCORING),
+    per: Optional[str] = typer.Option(None, help="Also print means per " + ", ".join(C.GROUPINGS) + " (--per image "
+                                      "and --per volume still mean --scoring image / volume).",
                                       rich_help_panel=OUTPUT),
     tolerance: float = typer.Option(C.TOLERANCE_MM, help="--per volume: the surface Dice's tolerance in mm (NIfTI "
                                     "spacing; other volumes in voxels).", rich_help_panel=SCORING),
@@ -363,53 +359,31 @@ def evaluate(
     `--prompt none`, the prompt-free foreground on every tile)."""
     from sam_cache import options as O
 
+    O.choice("--scoring", scoring, C.SCORINGS)
+    if per in ("image", "volume"):  # the older spelling: --per carried the scoring too
+        if scoring not in ("object", per):
+            raise O.OptionError(f"--per {per} means --scoring {per}; it contradicts --scoring {scoring}")
+        scoring, per = per, None
     if per:
-        O.choice("--per", per, (*C.GROUPINGS, "image", "volume"))
+        O.choice("--per", per, C.GROUPINGS)
     import sam_cache
 
     fmt = lambda v: f"{v:.4f}"  # noqa: E731
     results = sam_cache.evaluate(cache, checkpoint, prompt, split, seed, mask, min_area, val_fraction,
                                  device=device, base_checkpoint=base_checkpoint, log=_say, progress=not quiet,
                                  class_names=class_names, labels=labels, threshold=threshold, watershed=watershed,
-                                 iterations=iterations, per=per if per in ("image", "volume") else "object",
+                                 iterations=iterations, per=scoring,
                                  tolerance=tolerance, propagate_from=propagate_from, views=views)
     if not results.attrs["trained"]:
         _say(UNTRAINED)
-    if results.attrs.get("scoring") == "volume":
-        from sam_cache.scoring import volume
+    from sam_cache.reports import evaluation
 
-        typer.echo(f"scored in 3D, prompt {results.attrs['prompt']}, surface Dice at {results.attrs['tolerance_mm']:g} mm; "
-                   f"spacing {results.attrs['spacing']} from {results.attrs['spacing_from']}")
-        typer.echo(volume.summary(results).to_string(index=False, float_format=fmt))
-        typer.echo(volume.per_class(results).to_string(index=False, float_format=fmt))
-        _save(results, out, "object")
-        return
-    if results.attrs.get("scoring") == "image":
-        whole = results.whole_in_tile.values
-        typer.echo(f"{results.sizes['object']} objects scored whole in their images' frames; {int(whole.sum())} held "
-                   "whole by a tile (the rest lose what lies outside the tile that decoded them)")
-        typer.echo(results[["dice", "iou", "precision", "recall"]].mean("object").to_dataframe().reset_index()
-                   .to_string(index=False, float_format=fmt))
-        _save(results, out, "object")
-        return
-    if results.attrs.get("scoring") == "tile":
-        from sam_cache.scoring.semantic import summary
-
-        typer.echo(summary(results).to_string(float_format=fmt))
-        _save(results, out, "tile")
-        return
-    typer.echo(sam_cache.summarize(results).drop(columns=["seed"]).to_string(index=False, float_format=fmt))
-    if iterations > 1:
-        from sam_cache.metrics.aggregate import click_curve
-
-        typer.echo(f"the last of {iterations} rounds above; Dice per round of corrective clicks:")
-        typer.echo(click_curve(results).to_string(index=False, float_format=fmt))
-    if views != C.EVAL_VIEWS[0]:
-        typer.echo("Dice per stored view, and across views (mean, std, min, max):")
-        typer.echo(sam_cache.per_view(results).to_string(index=False, float_format=fmt))
-    if per:
-        typer.echo(sam_cache.per_group(results, per).to_string(index=False, float_format=fmt))
-    _save(results, out, "object")
+    for heading, table, index in evaluation.tables(results, per):
+        if heading:
+            typer.echo(heading)
+        typer.echo(table.to_string(index=index, float_format=fmt))
+    if out:
+        typer.echo(f"per-{evaluation.rows(results)} results: {evaluation.save(results, out)}")
 
 
 @command("samcache ablate em.zarr --prompts box,center-point --checkpoints base,runs/em --seeds 3 -o ablation/")
@@ -457,10 +431,9 @@ def ablate(
         mask_mode=mask, min_area=min_area, partition_size=partition_size, scheduler=scheduler, device=device,
         base_checkpoint=base_checkpoint, progress=not quiet, examples=examples, log=_say, overwrite=overwrite,
         split=split, class_names=class_names, iterations=iterations, val_fraction=val_fraction)
-    typer.echo((out / "summary.md").read_text())
-    typer.echo(f"{results.sizes['object']} objects; results in {out}/results.nc, summary.csv, summary.md, "
-               "ablation.png" + (", examples.nc, examples.png" if (out / "examples.nc").exists() else "")
-               + (", clicks.csv, clicks.png" if (out / "clicks.png").exists() else ""))
+    typer.echo(results.attrs["summary_md"])
+    first, *rest = results.attrs["outputs"]
+    typer.echo(f"{results.sizes['object']} objects; results in {out}/{first}, {', '.join(rest)}")
 
 
 @command("samcache segment cells.zarr -o amg/ --sweep pred_iou_thresh=0.7,0.8,0.88 "
@@ -528,9 +501,8 @@ def segment(
         partition_size=partition_size, scheduler=scheduler, device=device, base_checkpoint=base_checkpoint,
         keep=keep, figures=figures, overwrite=overwrite, write_layer=write_layer, overwrite_layer=overwrite_layer,
         progress=not quiet, log=_say)
-    typer.echo((out / "sweep.md").read_text())
-    typer.echo(f"{len(result.sweep)} setting(s); labels in {out}/labels/, masks in {out}/masks.json, scores in "
-               f"{out}/sweep.csv, per_image.csv, results.nc")
+    typer.echo(result.summary_md)
+    typer.echo(str(result))
 
 
 @command("samcache predict nuclei.zarr --prompts boxes.csv -o pred/ --write-layer weak")

@@ -306,3 +306,22 @@ def test_seeds_are_checked_by_the_engine_not_only_the_cli(rect_cache, tmp_path):
     assert not (tmp_path / "abl").exists()  # refused before OUT is made
     r = CliRunner().invoke(app, ["ablate", str(rect_cache), "--seeds", "0", "-o", str(tmp_path / "cli")])
     assert r.exit_code == 2 and "--seeds must be >= 1" in r.output and not (tmp_path / "cli").exists()
+
+
+def test_evaluate_out_is_written_whole_or_not_at_all(rect_cache, tmp_path, monkeypatch):
+    """A full disk under `evaluate -o` left a truncated .nc (and h5py then crashed); now the results go to a
+    temporary name first, and the error is one line with exit 2."""
+    import errno
+
+    def full_disk(self, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\x89HDF half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "ev.nc"
+    out.write_bytes(b"the results of an earlier run")
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", full_disk)
+    r = CliRunner().invoke(app, ["evaluate", str(rect_cache), "-o", str(out), "-q"])
+    assert r.exit_code == 2 and "no space left on device" in r.output and "Traceback" not in r.output
+    assert out.read_bytes() == b"the results of an earlier run"  # kept as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.nc"]  # no temporary file left behind

@@ -104,6 +104,13 @@ def test_cli_evaluate_per_image(crossing, tmp_path, micro_checkpoint):
     assert (tmp_path / "image.nc").is_file()
     r = CliRunner().invoke(app, ["evaluate", reader.path, "--per", "image", "--iterations", "2"])
     assert r.exit_code == 2 and "one round" in r.output
+    # the scoring has its own option; --per image is its older spelling, and the two print the same
+    new = CliRunner().invoke(app, ["evaluate", reader.path, "--scoring", "image", "--min-area", "1", "-q",
+                                   "--per", "source"])
+    old = CliRunner().invoke(app, ["evaluate", reader.path, "--per", "image", "--min-area", "1", "-q"])
+    assert new.exit_code == 0 and new.output == old.output and "2 objects scored whole" in new.output
+    r = CliRunner().invoke(app, ["evaluate", reader.path, "--per", "volume", "--scoring", "image"])
+    assert r.exit_code == 2 and "contradicts --scoring image" in r.output
 
 
 def test_per_image_with_the_decoder_scores_every_image(crossing, tmp_path, micro_checkpoint):

@@ -56,6 +56,15 @@ class SegmentResult:
     chosen: int  # the setting whose masks were written
     note: str  # which setting that is, and why
 
+    @property
+    def summary_md(self) -> str:
+        """sweep.md: the settings' scores, as the command prints them."""
+        return (Path(self.out) / "sweep.md").read_text()
+
+    def __str__(self) -> str:
+        return (f"{len(self.sweep)} setting(s); labels in {self.out}/labels/, masks in {self.out}/masks.json, "
+                f"scores in {self.out}/sweep.csv, per_image.csv, results.nc")
+
 
 def _blank(image: np.ndarray) -> bool:
     return image.size == 0 or bool((image == image.flat[0]).all())
