@@ -83,8 +83,9 @@ def _fmt(v) -> str:
 
 
 def save(name: str, settings: dict, rows: list[dict]) -> Path:
+    """The run's raw JSON under a timestamped name (out/NAME_YYYYmmdd-HHMMSS.json): no run overwrites another."""
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{name}.json"
+    path = OUT / f"{name}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"benchmark": name, "machine": machine(), "settings": settings, "rows": rows},
                                indent=2, default=str))
     return path

@@ -119,9 +119,8 @@ def main():
         model = argv.split("--model ")[1].split()[0] if "--model " in argv else ""
         entry = {"step": step, "command": f"python benchmarks/{script} {argv}", "seconds": round(seconds, 1), "ok": ok}
         if ok:
-            path = out / (name.format(m=model, d=dev) + ".json")
-            if not path.exists():  # scripts that keep each run under a timestamped name: the newest
-                path = max(out.glob(name.format(m=model, d=dev) + "_*.json"))
+            stamped = sorted(out.glob(name.format(m=model, d=dev) + "_*.json"))  # each run: a timestamped file
+            path = stamped[-1] if stamped else out / (name.format(m=model, d=dev) + ".json")
             rows = json.loads(path.read_text())["rows"]
             entry["figures"] = headline(step, rows)
         else:

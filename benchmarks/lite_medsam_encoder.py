@@ -122,7 +122,7 @@ def main():
     print(f"LiteMedSAM image encoder, {args.n} tiles 256², {args.threads} threads, {args.repeats} interleaved "
           f"repeats, THP_MEM_ALLOC_ENABLE={thp}; load average {load[0]:.1f} before, {load[1]:.1f} after")
     print(table(rows, ["path", "batch", "s_per_tile", "min_s_per_tile", "speedup", "rel_l2_vs_package"]))
-    print("results:", save(f"lite_medsam_encoder_{torch.device(args.device).type}_{time.strftime('%Y%m%d-%H%M%S')}",
+    print("results:", save(f"lite_medsam_encoder_{torch.device(args.device).type}",
                            {**vars(args), "applied": applied, "load_average": load,
                             "THP_MEM_ALLOC_ENABLE": thp}, rows))
 
