@@ -19,7 +19,7 @@ from typer.core import TyperCommand, TyperGroup
 from sam_cache.version import __version__
 from sam_cache import choices as C
 from sam_cache.amg.knobs import Settings
-from sam_cache.errors import OptionError, SamCacheError
+from sam_cache.errors import OptionError, SamCacheError, user_os_error
 
 class _NoFlagType:
     """-h/--help is a flag: show no `<bool>` type beside it, like the other flags."""
@@ -107,6 +107,12 @@ def command(example: str):
                 return fn(*args, **kwargs)
             except SamCacheError as e:
                 typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+                raise typer.Exit(code=2) from None
+            except OSError as e:  # a read-only or full output folder: the user's to fix; any other is a bug
+                mine = user_os_error(e)
+                if mine is None:
+                    raise
+                typer.secho(f"error: {mine}", fg=typer.colors.RED, err=True)
                 raise typer.Exit(code=2) from None
 
         return app.command(cls=Command, epilog=f"Example: `{example}`")(wrapper)

@@ -47,3 +47,19 @@ class CacheLockedError(SamCacheError):
 
 class DiskFullError(SamCacheError):
     """The device ran out of space while writing; what was committed before is kept."""
+
+
+# What the system says when a user points samcache where it cannot write: read-only, no permission, full.
+UNWRITABLE = {30: "a read-only file system", 13: "no permission to write there", 1: "not permitted",
+              28: "no space left on device", 122: "the disk quota is exceeded"}
+
+
+def user_os_error(e: OSError) -> SamCacheError | None:
+    """An OSError a user caused by the place they chose (a read-only or full folder) as one clear error;
+    None for any other (a bug, not theirs)."""
+    why = UNWRITABLE.get(e.errno)
+    if why is None:
+        return None
+    where = e.filename or "the output"
+    return DiskFullError(f"{where}: {why}; nothing more was written. Free space and rerun") if e.errno in (28, 122) \
+        else SamCacheError(f"{where}: {why}; choose an output (--out / -o) in a folder you can write")

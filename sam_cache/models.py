@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ import torch
 from segment_anything.modeling import Sam
 
 from . import registry
-from .errors import CheckpointError
+from .errors import CheckpointError, DiskFullError
+from .files import atomic
 from .files import file_sha256
 from .registry import AUTO, CHECKPOINTS, SEED, register_model, registered_models, unregister_model  # noqa: F401
 
@@ -73,15 +75,50 @@ def _fitting(model_type: str, state: dict, path: Path) -> registry.ModelEntry:
     return registry.get(found)
 
 
+def torch_load(path: str | Path, device="cpu"):
+    """torch.load with weights_only=True (tensors and plain data; a pickle that would run code is refused),
+    any failure as one line that says what the file is not."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refusing to load it: not a file of tensors and plain data ({_reason(e)}); "
+                              "samcache loads those only (weights_only), never pickled objects or code") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, corrupt or truncated ({_reason(e)})") from e
+
+
+def torch_save(obj, path: str | Path) -> Path:
+    """torch.save whole or not at all (`files.atomic`); a full disk, which torch reports as an enforce failure
+    ("unexpected pos"), as one DiskFullError: the file it would replace is kept."""
+    path = Path(path)
+    try:
+        with atomic(path) as tmp:
+            torch.save(obj, tmp)
+    except (RuntimeError, OSError) as e:
+        full = e.errno in (28, 122) if isinstance(e, OSError) else "unexpected pos" in str(e)
+        if not full:
+            raise
+        raise DiskFullError(f"{path}: no space left on device ({shutil.disk_usage(path.parent).free} bytes free); "
+                            "nothing was written there and what was saved before is kept. Free space and rerun") from e
+    return path
+
+
+def _reason(e: Exception) -> str:
+    """torch's own reason, without its advice (it suggests weights_only=False, which samcache never does)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for n, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            tail = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return tail or (lines[n + 1] if n + 1 < len(lines) else "not a weights-only pickle")
+    return lines[0] if lines else type(e).__name__
+
+
 def load_state_dict(path: str | Path) -> dict:
     """torch.load a SAM checkpoint, turning a corrupt or foreign file into a clear error."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {e}") from e
+    state = torch_load(path)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -190,7 +227,6 @@ def save_checkpoint(sam: torch.nn.Module, path: str | Path) -> Path:
     """Save a state dict in segment_anything's checkpoint format (what its registry builders load)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(sam.state_dict(), path)
-    return path
+    return torch_save(sam.state_dict(), path)
 
 

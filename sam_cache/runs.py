@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import csv
 import json
-import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .decode.load import load_decoder as _cache_decoder
 from .errors import CheckpointError, SamCacheError
 from .files import atomic
-from .models import detect_type, load_sam, load_state_dict, resolve_checkpoint
+from .models import detect_type, load_sam, load_state_dict, resolve_checkpoint, torch_load, torch_save
 
 CONFIG, DECODER, LAST, STATE = "config.json", "decoder.pth", "decoder_last.pth", "state.pth"
 FULL, METRICS, CURVES = "sam_finetuned.pth", "metrics.csv", "curves.png"
@@ -107,8 +105,7 @@ class Run:
     def save_decoder(self, decoder, which: str = DECODER) -> None:
         """Decoder weights only, under SAM's key names (`mask_decoder.*`)."""
         state = {f"mask_decoder.{k}": v.detach().cpu() for k, v in decoder.mask_decoder.state_dict().items()}
-        with atomic(self.path / which) as tmp:  # grid.weights hashes this file: never half written
-            torch.save(state, tmp)
+        torch_save(state, self.path / which)  # grid.weights hashes this file: never half written
 
     def save_full_sam(self, model: dict, checkpoint, weights: dict) -> None:
         """sam_finetuned.pth: the cache's SAM (`model`, its checkpoint file, or rebuilt from its seed when it
@@ -119,15 +116,13 @@ class Run:
         else:
             state = load_state_dict(resolve_checkpoint(model["type"], checkpoint, download=False))
         state.update(weights)
-        with atomic(self.path / FULL) as tmp:
-            torch.save(state, tmp)
+        torch_save(state, self.path / FULL)
 
     def decoder_weights(self, which: str = DECODER) -> dict:
         return _safe_load(self.path / which)
 
     def save_state(self, state: dict) -> None:
-        with atomic(self.path / STATE) as tmp:
-            torch.save(state, tmp)
+        torch_save(state, self.path / STATE)
 
     def load_state(self, device) -> dict | None:
         """What --resume needs, or None if the run has not finished an epoch."""
@@ -144,15 +139,8 @@ class Run:
 
 
 def _safe_load(path: Path, device="cpu"):
-    """torch.load with weights_only=True: tensors and plain data load, a pickle that would run code is refused."""
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refusing to load it: it holds Python objects beyond tensors and plain data, "
-                              "which could run code when unpickled. Use a run folder you trust, or finetune again."
-                              ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: unreadable (corrupt or truncated?): {e}") from e
+    """A run file, tensors and plain data only (`models.torch_load`)."""
+    return torch_load(path, device)
 
 
 def claim(out: str | Path, what: str, mine: tuple[str, ...], overwrite: bool = False, resume: bool = False) -> Path:
@@ -209,12 +197,35 @@ def load_decoder(reader, spec: str, base_checkpoint=None):
     else:
         raise CheckpointError(f"{spec}: no such run folder or checkpoint file (or say `base`)")
     state = {k[len("mask_decoder."):]: v for k, v in state.items() if k.startswith("mask_decoder.")}
-    try:
-        decoder.mask_decoder.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{spec}: its mask decoder does not fit this cache's SAM "
-                              f"{reader.model['type']}: {e}") from e
+    unfit = _unfit(state, decoder.mask_decoder.state_dict())
+    if unfit:
+        raise CheckpointError(f"{spec}: its mask decoder does not fit this cache's SAM {reader.model['type']}: it "
+                              f"{unfit}, the cache needs {_describe(decoder.mask_decoder.state_dict())}")
+    decoder.mask_decoder.load_state_dict(state)
     return decoder
+
+
+def _describe(state: dict) -> str:
+    """A mask decoder by its width and its mask tokens, from its tensors."""
+    return (f"a mask decoder of width {state['iou_token.weight'].shape[1]} with {state['mask_tokens.weight'].shape[0]} "
+            "mask tokens")
+
+
+def _unfit(state: dict, want: dict) -> str | None:
+    """Why a mask decoder's tensors do not fit `want`, in one phrase; None when they fit."""
+    if not state:
+        return "no mask_decoder.* tensors (not a SAM checkpoint or run decoder)"
+    missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    shapes = [k for k in want if k in state and state[k].shape != want[k].shape]
+    if not (missing or extra or shapes):
+        return None
+    if {"iou_token.weight", "mask_tokens.weight"} <= set(state):
+        found = _describe(state)
+    else:
+        found = "a mask decoder of another layout"
+    details = ", ".join(f"{n} {what}" for n, what in ((len(shapes), "tensors of other shapes"),
+                                                     (len(missing), "missing"), (len(extra), "unexpected")) if n)
+    return f"holds {found} ({details})"
 
 
 def min_area_of(checkpoints, default: int) -> int:

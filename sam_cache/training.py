@@ -17,6 +17,7 @@ the rest the same way for both:
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -30,6 +31,7 @@ from .errors import SamCacheError
 from .progress import Progress
 from .runs import CONFIG, DECODER, LAST, Run
 from .samples import Timed
+from .store.writer import Lock
 
 LAST_EPOCH, TRAIN_LOSS = "last", "train_loss"
 
@@ -57,6 +59,17 @@ class Plan:
     select: str = LAST_EPOCH  # a validation metric to maximise, `train_loss` to minimise, or `last`
     early_stopping: int | None = None  # patience in epochs (needs a metric to select by)
     columns: list[str] | None = None  # metrics.csv's columns (None: those of the rows)
+
+
+def one_writer(command):
+    """Run `command(cache, out, ...)` holding the lock of the run folder `out` (a file beside it, as a cache's):
+    a second run into the same folder while one is training is refused, naming who holds it, instead of
+    both writing its files."""
+    @functools.wraps(command)
+    def locked(cache, out, *args, **kwargs):
+        with Lock(Path(out)):
+            return command(cache, out, *args, **kwargs)
+    return locked
 
 
 def schedule(opt, name: str, epochs: int):

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from segment_anything.modeling.mask_decoder import MLP
 
-from ..files import atomic
+from ..models import torch_save
 
 HEAD = "class_head.pth"
 MASK_TOKEN = 1  # tokens[..., 0, :] is the IoU token; 1.. are the mask tokens
@@ -42,9 +42,7 @@ class ClassHead(torch.nn.Module):
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        with atomic(path) as tmp:
-            torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, tmp)
-        return path
+        return torch_save({k: v.detach().cpu() for k, v in self.state_dict().items()}, path)
 
     @classmethod
     def load(cls, path: str | Path, decoder, classes: list[str]) -> "ClassHead":

@@ -33,7 +33,7 @@ from ..runs import CONFIG, DECODER, FULL, METRICS, STATE, Run, claim, load_decod
 from ..samples import ObjectSamples, loader
 from ..samples import choose_preload, sample_bytes, split_by
 from ..store.reader import CacheReader
-from ..training import LAST_EPOCH, Plan, Task, fit, resume_state, schedule as make_schedule
+from ..training import LAST_EPOCH, Plan, Task, fit, one_writer, resume_state, schedule as make_schedule
 from ..version import __version__
 
 FILES = (CONFIG, DECODER, HEAD, FULL, METRICS, STATE, report.PER_CLASS, report.REPORT)
@@ -42,6 +42,7 @@ COLUMNS = ["epoch", "train_loss", "val_accuracy", "val_balanced_accuracy", "seco
 
 
 
+@one_writer
 def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: float = 1e-5,
              train_transformer: bool = False, checkpoint: str = "base", class_names=None, balanced: bool = False,
              eval_prompts=None, val_fraction: float = 0.2, split: str = "auto", seed: int = 0, batch_size: int = 8,
@@ -85,7 +86,8 @@ def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: flo
     device = torch.device(device) if device else default_device()
     decoder = load_decoder(reader, checkpoint).to(device)
     if resume and not (Path(out) / CONFIG).is_file():
-        resume = False  # nothing to continue yet: a new run
+        log(f"--resume: {out} holds no run yet; starting a new one")
+        resume = False
     claim(out, "classify", FILES, overwrite=overwrite, resume=resume)
     recipe = {"prompt": prompt, "epochs": epochs, "lr": lr, "optimizer": "adam", "train_transformer": train_transformer,
               "balanced": balanced, "batch_size": batch_size, "objects_per_sample": objects_per_sample,

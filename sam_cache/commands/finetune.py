@@ -35,7 +35,7 @@ from ..runs import CONFIG, CURVES, METRIC_COLUMNS, RUN_FILES, Run, claim
 from ..samples import (SEMANTIC, ObjectSamples, choose_preload, describe_split, loader, low_res_targets,
                        low_res_weights, object_counts, sample_bytes, split_samples)
 from ..store.reader import CacheReader
-from ..training import Plan, Task, fit, resume_state, schedule
+from ..training import Plan, Task, fit, one_writer, resume_state, schedule
 from ..version import __version__
 
 from ..choices import OPTIMIZERS, PRELOADS, SCHEDULES, SPLITS, TRAIN_VIEWS  # noqa: E402  (one list each)
@@ -183,6 +183,7 @@ def validate(decoder, data, multimask: bool) -> dict:
     return {"val_dice": float(dice.mean()), "val_iou": float(iou.mean()), "val_objects": int(dice.numel())}
 
 
+@one_writer
 def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None = None, checkpoint=None,
              device: str | None = None, resume: bool = False, progress: bool = True, log=print,
              preload: str = "auto", overwrite: bool = False) -> FinetuneResult:
@@ -224,7 +225,8 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         log(f"mask output: {'best of 3' if c.multimask else 'single-mask'}, as model {reader.model['type']} was "
             "trained (--multimask or --single-mask to choose)")
     if resume and not (Path(out) / CONFIG).is_file():
-        resume = False  # nothing to continue yet: a new run
+        log(f"--resume: {out} holds no run yet; starting a new one")
+        resume = False
     claim(out, "finetune", RUN_FILES, overwrite=overwrite, resume=resume)
     recipe = asdict(c)
     if c.views == TRAIN_VIEWS[0]:

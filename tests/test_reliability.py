@@ -1,0 +1,121 @@
+"""What a user can cause, answered with one clear line and exit 2, and nothing already written lost
+(issue 29): read-only and full output folders (a real read-only tmpfs and a small one, mounted here as
+root), checkpoints that are not tensors or not of the cache's architecture, two finetunes racing for
+one run folder, and --resume into an empty folder."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from contextlib import contextmanager
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import sam_cache
+from sam_cache.cli.main import app
+from sam_cache.errors import CacheLockedError
+from sam_cache.tiny import build_tiny
+
+from .conftest import MICRO
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(r) -> str:
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    return lines[0]
+
+
+@contextmanager
+def tmpfs(path: Path, options: str):
+    """A tmpfs mounted at `path` for the block (the tests run as root, as CI does)."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as path:
+        yield path
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    with tmpfs(tmp_path / "small", "size=300k") as path:
+        yield path
+
+
+def test_a_read_only_output_folder_is_one_line(rect_cache, read_only, micro_checkpoint, tmp_path):
+    from .conftest import write_rectangles
+
+    data = write_rectangles(tmp_path / "data", n=2)
+    for args in (["embed", data, "-o", read_only / "x.zarr", "--model", "tiny", "--checkpoint", micro_checkpoint],
+                 ["finetune", rect_cache, "-o", read_only / "run", "--epochs", "1"],
+                 ["ablate", rect_cache, "-o", read_only / "abl", "--prompts", "box"],
+                 ["evaluate", rect_cache, "-o", read_only / "ev.nc"]):
+        line = one_line_error(cli(*args, "-q"))
+        assert str(read_only) in line and "read-only" in line.lower(), line
+
+
+def test_a_full_disk_under_finetune_keeps_what_was_saved(rect_cache, small_disk):
+    line = one_line_error(cli("finetune", rect_cache, "-o", small_disk / "run", "--epochs", "3", "-q"))
+    assert "no space left on device" in line and str(small_disk / "run") in line
+    for f in (small_disk / "run").iterdir():  # every file there is whole: each one loads
+        if f.suffix == ".pth":
+            torch.load(f, weights_only=True)
+    assert not list((small_disk / "run").glob(".*.tmp"))
+
+
+def test_checkpoints_that_are_not_tensors_or_not_this_models_are_one_line(rect_cache, tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint at all" * 100)
+    line = one_line_error(cli("evaluate", rect_cache, "--checkpoint", garbage, "-q"))
+    assert str(garbage) in line and "tensors" in line and "weights_only=False" not in line
+    torch.manual_seed(1)
+    wide = build_tiny(**{**MICRO, "embed_dim": 64})
+    other = tmp_path / "other.pth"
+    torch.save({f"mask_decoder.{k}": v for k, v in wide.mask_decoder.state_dict().items()}, other)
+    line = one_line_error(cli("evaluate", rect_cache, "--checkpoint", other, "-q"))
+    assert "a mask decoder of width 64" in line and "needs a mask decoder of width 32" in line
+    assert "size mismatch" not in line
+
+
+def _race(cache, out, barrier, results):
+    barrier.wait()
+    try:
+        sam_cache.finetune(cache, out, sam_cache.FinetuneConfig(epochs=2), progress=False, log=lambda m: None)
+        results.put("done")
+    except CacheLockedError as e:
+        results.put(f"refused: {e}")
+
+
+def test_two_finetunes_into_one_folder_one_is_refused(rect_cache, tmp_path):
+    """Started together behind a barrier: one trains, the other is refused at once, naming who holds the folder."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(rect_cache, tmp_path / "run", barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)
+    said = sorted(results.get(timeout=5) for _ in procs)
+    assert said[0] == "done" and said[1].startswith("refused: ") and "is being written by pid" in said[1], said
+    assert sam_cache.runs.Run.open(tmp_path / "run").config["recipe"]["epochs"] == 2
+
+
+def test_resume_into_an_empty_folder_says_it_starts_a_new_run(rect_cache, tmp_path):
+    said = []
+    sam_cache.finetune(rect_cache, tmp_path / "run", sam_cache.FinetuneConfig(epochs=1), resume=True, progress=False,
+                       log=said.append)
+    assert f"--resume: {tmp_path / 'run'} holds no run yet; starting a new one" in said
