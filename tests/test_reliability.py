@@ -119,3 +119,25 @@ def test_resume_into_an_empty_folder_says_it_starts_a_new_run(rect_cache, tmp_pa
     sam_cache.finetune(rect_cache, tmp_path / "run", sam_cache.FinetuneConfig(epochs=1), resume=True, progress=False,
                        log=said.append)
     assert f"--resume: {tmp_path / 'run'} holds no run yet; starting a new one" in said
+
+
+def test_a_cache_inside_its_own_dataset_is_refused_and_the_dataset_left_as_it_was(tmp_path, micro_checkpoint):
+    from .conftest import write_rectangles
+
+    data = write_rectangles(tmp_path / "data", n=2)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    line = one_line_error(cli("embed", data, "-o", data / "images" / "c.zarr", "--model", "tiny", "--checkpoint",
+                              micro_checkpoint, "-q"))
+    assert "inside the dataset" in line and str(tmp_path / "data.zarr") in line
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_an_empty_dataset_names_the_folder_and_what_was_looked_for(tmp_path, micro_checkpoint):
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    (tmp_path / "empty" / "images" / "notes.txt").write_text("no image here")
+    line = one_line_error(cli("embed", tmp_path / "empty", "-o", tmp_path / "e.zarr", "--model", "tiny",
+                              "--checkpoint", micro_checkpoint, "-q"))
+    assert str(tmp_path / "empty" / "images") in line and ".tif" in line
+    line = one_line_error(cli("embed", tmp_path / "empty", "--images", "*.png", "-o", tmp_path / "e.zarr", "--model",
+                              "tiny", "--checkpoint", micro_checkpoint, "-q"))
+    assert "no image files match '*.png'" in line and str(tmp_path / "empty") in line

@@ -79,6 +79,17 @@ def _layout(p: Plan, encoder: Encoder, dtype: str, shard: int, store: str = "exa
     return Layout(p.canvas, encoder.embedding_shape, dtype, shard, p.label_kind is not None, coords, table, store)
 
 
+def _outside(dataset, output) -> None:
+    """Refuse a cache inside the dataset folder it is made from: a later run would read it as input."""
+    if "://" in str(output) or not Path(dataset).is_dir():
+        return
+    root, out = Path(dataset).resolve(), Path(output).resolve()
+    if out == root or root in out.parents:
+        raise options.OptionError(f"{output}: inside the dataset {dataset}, whose files are read as input (the cache "
+                                  "would be taken for images, and the dataset changed); write it outside, e.g. "
+                                  f"-o {root.parent / (root.name + '.zarr')}")
+
+
 def halo_stride(patch: tuple[int, int] | None, halo: int, stride=None) -> tuple[int, int]:
     """`--halo H`: patches that overlap by 2H, so each patch's core (the patch less H on every side) tiles
     the image and every object within H px of a core's border is still whole in its patch."""
@@ -168,6 +179,7 @@ def embed(
     pair = lambda v: None if v is None else ((v, v) if isinstance(v, int) else tuple(v))  # noqa: E731
     stride = halo_stride(pair(patch), halo, stride) if halo is not None else stride
     spec = TileSpec(pair(patch), pair(stride), axis, skip_empty, label_kind, intensity or Intensity(), V.parse(views))
+    _outside(dataset, output)
 
     sources, problems = discover(dataset, images, labels)
     for problem in problems:

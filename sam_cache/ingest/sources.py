@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from .readers import is_readable_file, stem
+from .readers import IMAGE_SUFFIXES, is_readable_file, stem
 
 IMAGE_DIRS = ("images", "imgs", "image", "raw")
 LABEL_DIRS = ("labels", "masks", "label", "mask", "gt")
@@ -222,7 +222,21 @@ def read_manifest(path: Path) -> list[Source]:
 def discover(
     dataset: str | Path, images: str | None = None, labels: str | None = None
 ) -> tuple[list[Source], list[InputError]]:
-    """Return the dataset's sources and the problems found (missing pairs), not yet raised."""
+    """Return the dataset's sources and the problems found (missing pairs), not yet raised. A dataset that
+    yields no image is refused, naming where and what was looked for."""
+    sources, problems = _discover(dataset, images, labels)
+    if not sources and not problems:
+        root = Path(dataset)
+        if images is not None:
+            where = f"no file matches --images {images!r} under {root}"
+        else:
+            folder = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), root)
+            where = f"{folder} holds no image file ({', '.join(IMAGE_SUFFIXES)}; hidden files are left out)"
+        raise InputError(root, f"the dataset holds no images: {where}")
+    return sources, problems
+
+
+def _discover(dataset, images, labels) -> tuple[list[Source], list[InputError]]:
     root = Path(dataset)
     if not root.exists():
         raise InputError(root, "dataset path does not exist")
