@@ -19,7 +19,7 @@ from typer.core import TyperCommand, TyperGroup
 from sam_cache.version import __version__
 from sam_cache import choices as C
 from sam_cache.amg.knobs import Settings
-from sam_cache.errors import OptionError, SamCacheError, user_os_error
+from sam_cache.errors import CacheCorruptError, OptionError, SamCacheError, user_os_error
 
 class _NoFlagType:
     """-h/--help is a flag: show no `<bool>` type beside it, like the other flags."""
@@ -633,8 +633,14 @@ def info(
     """Say what a cache holds and what made it."""
     import sam_cache
 
-    report = sam_cache.describe(cache)
-    typer.echo(json.dumps(report, indent=2, default=str) if as_json else sam_cache.format_info(report))
+    try:
+        report = sam_cache.describe(cache)
+    except CacheCorruptError:
+        if not verify:
+            raise
+        report = None  # too damaged to describe: the verification below says what is wrong
+    if report is not None:
+        typer.echo(json.dumps(report, indent=2, default=str) if as_json else sam_cache.format_info(report))
     if verify:
         result = sam_cache.verify(cache)
         typer.echo(str(result))

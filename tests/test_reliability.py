@@ -141,3 +141,34 @@ def test_an_empty_dataset_names_the_folder_and_what_was_looked_for(tmp_path, mic
     line = one_line_error(cli("embed", tmp_path / "empty", "--images", "*.png", "-o", tmp_path / "e.zarr", "--model",
                               "tiny", "--checkpoint", micro_checkpoint, "-q"))
     assert "no image files match '*.png'" in line and str(tmp_path / "empty") in line
+
+
+def _damaged_copy(rect_cache, tmp_path, name):
+    import shutil
+
+    cache = tmp_path / name
+    shutil.copytree(rect_cache, cache)
+    return cache
+
+
+def test_verify_checks_the_metadata_a_plain_zarr_reader_needs(rect_cache, tmp_path):
+    """embedding/zarr.json cut in half: samcache reads the consolidated copy, plain Zarr cannot open the array."""
+    cache = _damaged_copy(rect_cache, tmp_path, "cut.zarr")
+    meta = cache / "embedding" / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[: meta.stat().st_size // 2])
+    r = cli("info", cache, "--verify")
+    assert r.exit_code == 2 and "embedding/zarr.json: unreadable array metadata" in r.output, r.output
+
+
+def test_flipped_bytes_in_the_done_flags_are_reported_not_raised(rect_cache, tmp_path):
+    cache = _damaged_copy(rect_cache, tmp_path, "flipped.zarr")
+    [chunk] = [f for f in (cache / "done").rglob("*") if f.is_file() and f.name != "zarr.json"]
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    r = cli("info", cache, "--verify")
+    assert r.exit_code == 2 and "1 damaged" in r.output and "`done` array cannot be read" in r.output, r.output
+    for args in (["finetune", cache, "-o", tmp_path / "run", "--epochs", "1"], ["evaluate", cache]):
+        line = one_line_error(cli(*args, "-q"))
+        assert "`done` array cannot be read" in line and "--verify" in line
+    assert not (tmp_path / "run").exists()

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from .. import schema as S
+from ..errors import CacheCorruptError
 from .reader import CacheReader, shard_key, size_on_disk
 
 
@@ -47,9 +49,15 @@ class Verification:
 
 
 def verify(path: str | Path) -> Verification:
-    """Read every chunk of the cache (every written sample of the sharded arrays) and report what fails."""
-    r = CacheReader(path, allow_partial=True, check_shards=False)
+    """Read every chunk of the cache (every written sample of the sharded arrays) and report what fails;
+    also open every array as a plain Zarr reader does (from its own metadata, not the consolidated copy)."""
     v = Verification(str(path))
+    try:
+        r = CacheReader(path, allow_partial=True, check_shards=False)
+    except CacheCorruptError as e:  # its done flags or coordinates: nothing else can be located without them
+        v.damaged.append(str(e))
+        return v
+    v.damaged += _plain_metadata(r)
     v.damaged += [f"{key}: shard file missing (its samples are marked written)" for key in r.missing_shards()]
     missing = {d.split(":")[0] for d in v.damaged}
     for name, a in r.group.arrays():
@@ -75,6 +83,22 @@ def verify(path: str | Path) -> Verification:
                     except Exception as e:  # noqa: BLE001
                         v.damaged.append(f"{name}, sample {i}: {type(e).__name__}: {e}")
     return v
+
+
+def _plain_metadata(r: CacheReader) -> list[str]:
+    """What a plain Zarr reader, which reads each array's own zarr.json, cannot open."""
+    try:
+        plain = zarr.open_group(r.location.store(read_only=True), mode="r", use_consolidated=False)
+    except Exception as e:  # noqa: BLE001 - every failure is a finding
+        return [f"zarr.json: a plain Zarr reader cannot open the cache ({type(e).__name__}: {e})"]
+    found = []
+    for name, _ in r.group.arrays():
+        try:
+            plain[name]
+        except Exception as e:  # noqa: BLE001
+            found.append(f"{name}/zarr.json: unreadable array metadata, so plain Zarr cannot open `{name}` "
+                         f"({type(e).__name__}: {e})")
+    return found
 
 
 def plural(n: int, word: str) -> str:

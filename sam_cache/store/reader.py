@@ -86,7 +86,7 @@ class CacheReader:
         self._group, self._arrays, self._mask_class, self._names, self._axes = None, {}, None, None, None
         self._shapes = None
         self._scale_shard = (None, [])  # int8 caches: (shard, [its scale, its offset]) last read
-        done = np.asarray(self.group[S.DONE][:], dtype=bool)
+        done = self._small(S.DONE).astype(bool)
         if not done.all() and not allow_partial:
             raise CacheIncompleteError(
                 f"{path}: {int(done.sum())} of {done.size} samples are written; rerun the same "
@@ -97,7 +97,7 @@ class CacheReader:
         # the samples every command uses unless asked for views: the tiles themselves (their identity views), in order
         self.samples = self.written[self.view[self.written] == views.IDENTITY]
         self.has_views = bool((self.view != views.IDENTITY).any())  # views besides identity (`embed --views`)
-        self.coords = {name: np.asarray(self.group[name][:]) for name in S.SAMPLE_COORDS}
+        self.coords = {name: self._small(name) for name in S.SAMPLE_COORDS}
         self.canvas = tuple(int(v) for v in self.array(S.IMAGE).shape[1:3])  # (H, W) every tile is padded to
         if check_shards:
             missing = self.missing_shards()
@@ -105,6 +105,15 @@ class CacheReader:
                 raise CacheCorruptError(f"{path}: shard file {missing[0]} is missing, but its samples are marked "
                                         f"written ({len(missing)} missing in all); run `samcache info --verify "
                                         f"{path}`, then rebuild the cache with --overwrite")
+
+    def _small(self, name: str) -> np.ndarray:
+        """A whole per-sample array (done flags, coordinates), or a clear refusal when it is damaged."""
+        try:
+            return np.asarray(self.group[name][:])
+        except (ValueError, OSError, KeyError, RuntimeError) as e:  # a checksum mismatch is a ValueError
+            raise CacheCorruptError(f"{self.path}: its `{name}` array cannot be read ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''}); run `samcache info --verify "
+                                    f"{self.path}`, then rebuild the cache with --overwrite") from e
 
     # ---- the store --------------------------------------------------------------------------------
     @property
