@@ -229,12 +229,16 @@ def _from_file(reader: CacheReader, path: Path) -> tuple[np.ndarray, np.ndarray]
     if key is None or "split" not in rows[0]:
         raise SamCacheError(f"{path}: a split file needs a header `source,split` or `sample,split`")
     names = reader.source_aliases()  # a source is named by its index, path, file name or stem
+    ambiguous = reader.ambiguous_aliases()
     side = np.full(reader.n_samples, "", dtype=object)
     for n, row in enumerate(rows, start=2):
         value, split = (row.get(key) or "").strip(), (row.get("split") or "").strip()
         if split not in ("train", "val", "test"):
             raise SamCacheError(f"{path}, line {n}: split {split!r} is not one of train, val, test")
         if key == S.SOURCE:
+            if value in ambiguous:
+                raise SamCacheError(f"{path}, line {n}: source {value!r} is ambiguous: {len(ambiguous[value])} sources "
+                                    f"answer to it ({', '.join(ambiguous[value][:3])}); name it by its path")
             if value not in names:
                 raise SamCacheError(f"{path}, line {n}: no source {value!r} in {reader.path}")
             side[reader.coord(S.SOURCE) == names[value]] = split

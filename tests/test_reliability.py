@@ -172,3 +172,25 @@ def test_flipped_bytes_in_the_done_flags_are_reported_not_raised(rect_cache, tmp
         line = one_line_error(cli(*args, "-q"))
         assert "`done` array cannot be read" in line and "--verify" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_an_image_name_two_sources_share_is_refused_as_ambiguous(tmp_path, micro_checkpoint):
+    """Two folders each with a.png (the layout of the StarDist nuclei sets): a prompt for `a.png` names both."""
+    import numpy as np
+    from PIL import Image
+
+    for folder in ("one", "two"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        image = np.zeros((32, 32), np.uint8)
+        image[8:20, 8:20] = 200
+        Image.fromarray(image).save(tmp_path / "data" / folder / "a.png")
+        Image.fromarray((image > 0).astype(np.uint8)).save(tmp_path / "data" / folder / "a_mask.png")
+    cache = tmp_path / "c.zarr"
+    sam_cache.embed(tmp_path / "data", cache, images="*/a.png", labels="*/a_mask.png", model="tiny",
+                    checkpoint=micro_checkpoint, read_workers=0, progress=False)
+    (tmp_path / "p.csv").write_text("image,x0,y0,x1,y1\na.png,8,8,19,19\n")
+    line = one_line_error(cli("predict", cache, "--prompts", tmp_path / "p.csv", "-o", tmp_path / "out", "-q"))
+    assert "ambiguous" in line and str(tmp_path / "data" / "one" / "a.png") in line and "two" in line
+    (tmp_path / "p.csv").write_text(f"image,x0,y0,x1,y1\n{tmp_path / 'data' / 'two' / 'a.png'},8,8,19,19\n")
+    r = cli("predict", cache, "--prompts", tmp_path / "p.csv", "-o", tmp_path / "out", "-q")
+    assert r.exit_code == 0, r.output

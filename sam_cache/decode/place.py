@@ -35,7 +35,7 @@ class Tiles:
     """The tiles of each (source, plane) of a cache, with their origins and sizes."""
 
     def __init__(self, reader):
-        self.reader, self.aliases = reader, reader.source_aliases()
+        self.reader, self.aliases, self.ambiguous = reader, reader.source_aliases(), reader.ambiguous_aliases()
         c = reader.coord
         self.by_plane: dict[tuple[int, int], list[int]] = {}
         for i in reader.samples:
@@ -65,6 +65,11 @@ class Tiles:
 
     def plane(self, p: Prompt, path) -> tuple[int, int]:
         """The (source, plane) a prompt names, or an error saying what the cache holds."""
+        if p.image in self.ambiguous:
+            both = self.ambiguous[p.image]
+            raise InputError(path, f"{p.where}: image {p.image!r} is ambiguous: {len(both)} sources of "
+                                   f"{self.reader.path} answer to it ({', '.join(both[:3])}{' ...' if len(both) > 3 else ''}); "
+                                   "name the image by its path")
         if p.image not in self.aliases:
             names = sorted({self.reader.source_name(s) for s in np.unique(self.reader.sources())})
             raise InputError(path, f"{p.where}: image {p.image!r} is not a source of {self.reader.path} (it holds "

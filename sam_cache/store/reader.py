@@ -267,11 +267,20 @@ class CacheReader:
         return self.coords[S.SOURCE][self.samples if indices is None else np.asarray(indices, dtype=int)]
 
     def source_aliases(self) -> dict[str, int]:
-        """Every name a source answers to: its index, its path, its file name and its stem."""
-        names = {}
+        """Every name a source answers to: its index, its path, its file name and its stem (a name that two
+        sources share answers to the first; `ambiguous_aliases` lists those)."""
+        return {alias: sources[0] for alias, sources in self._aliases().items()}
+
+    def ambiguous_aliases(self) -> dict[str, list[str]]:
+        """The names (file names, stems) that more than one source answers to, with those sources' paths."""
+        paths = [str(p) for p in self.source_table(S.SOURCE_PATH)]
+        return {alias: [paths[i] for i in sources] for alias, sources in self._aliases().items() if len(sources) > 1}
+
+    def _aliases(self) -> dict[str, list[int]]:
+        names: dict[str, list[int]] = {}
         for i, p in enumerate(str(p) for p in self.source_table(S.SOURCE_PATH)):
-            for alias in (str(i), p, Path(p).name, Path(p).name.split(".")[0]):
-                names.setdefault(alias, i)
+            for alias in dict.fromkeys((str(i), p, Path(p).name, Path(p).name.split(".")[0])):
+                names.setdefault(alias, []).append(i)
         return names
 
     def source_name(self, source: int) -> str:
