@@ -146,6 +146,7 @@ def test_object_classes_targets_and_balanced_weights(ct_micro):
     assert t[0, 0] == classes.ids.index(reader.classes(index, ids[:1])[0]) and (t[0, 1:] == IGNORE).all()
 
 
+@pytest.mark.slow
 def test_classify_resumes_where_it_stopped(ct_micro, tmp_path):
     """The shared training loop gives classify --resume: 1 epoch, then resumed to 3, equals 3 epochs at once."""
     kw = dict(prompt="box", lr=1e-2, objects_per_sample=4, progress=False, eval_prompts=[])
@@ -160,6 +161,7 @@ def test_classify_resumes_where_it_stopped(ct_micro, tmp_path):
         classify(ct_micro, tmp_path / "part", epochs=4, resume=True, **{**kw, "lr": 1e-3})
 
 
+@pytest.mark.slow
 def test_classify_early_stopping_keeps_the_best_epoch(ct_micro, tmp_path):
     """With a learning rate too small to change anything, epoch 2 is no better than epoch 1: patience 1 stops
     there, and the head kept (and scored) is epoch 1's."""

@@ -312,6 +312,7 @@ def test_ablate_auto_scores_a_run_of_another_cache_on_every_sample_and_says_so(r
     assert any("for run that includes training samples" in s for s in said), said
 
 
+@pytest.mark.slow
 def test_one_sample_selection_rule_for_finetune_classify_evaluate_and_ablate(rect_cache, data_root, tmp_path,
                                                                              micro_checkpoint):
     """The same request gets the same samples in all four commands (one rule, `samples.py`).
