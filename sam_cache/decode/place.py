@@ -23,7 +23,7 @@ from .prompts_file import Prompt
 
 @dataclass
 class Placed:
-    prompt: Prompt
+    prompt: Prompt | None  # the user's prompt it came from (None: made by samcache, e.g. propagation)
     sample: int  # the tile that decodes it
     box: np.ndarray | None  # [4] tile frame
     points: np.ndarray | None  # [P, 2] tile frame
@@ -93,25 +93,30 @@ class Tiles:
         return source, plane
 
     def place(self, p: Prompt, path) -> Placed:
-        tiles = self.by_plane[self.plane(p, path)]
+        """A user's prompt (checked against the cache, naming `path` in errors) on the tile that holds it."""
+        return self.place_at(self.plane(p, path), p.box, p.points, p.labels, p)
+
+    def place_at(self, plane: tuple[int, int], box, points, labels, prompt: Prompt | None = None) -> Placed:
+        """A prompt in the pixels of the (source, plane) `plane` on the tile that holds most of it: the box's
+        overlap, else the most positive points, then the most points. Points outside that tile are dropped."""
+        tiles = self.by_plane[plane]
         rects = np.stack([self.rect(i) for i in tiles])
-        if p.box is not None:
-            score = _overlap(rects, p.box)
+        if box is not None:
+            score = _overlap(rects, box)
         else:
-            inside = _inside(rects, p.points)  # [T, P]
-            score = inside[:, p.labels == 1].sum(1) * (len(p.labels) + 1) + inside.sum(1)
+            inside = _inside(rects, points)  # [T, P]
+            score = inside[:, labels == 1].sum(1) * (len(labels) + 1) + inside.sum(1)
         k = int(np.argmax(score))
         i, r = tiles[k], rects[k]
-        box = None if p.box is None else np.concatenate([np.maximum(p.box[:2], r[:2]), np.minimum(p.box[2:], r[2:])]) \
+        box = None if box is None else np.concatenate([np.maximum(box[:2], r[:2]), np.minimum(box[2:], r[2:])]) \
             - np.tile(r[:2], 2)
-        points = labels = None
         dropped = 0
-        if p.points is not None:
-            keep = _inside(r[None], p.points)[0]
-            points, labels, dropped = p.points[keep] - r[:2], p.labels[keep], int((~keep).sum())
+        if points is not None:
+            keep = _inside(r[None], points)[0]
+            points, labels, dropped = points[keep] - r[:2], labels[keep], int((~keep).sum())
             if not len(points):
                 points = labels = None
-        return Placed(p, i, box, points, labels, dropped)
+        return Placed(prompt, i, box, points, labels, dropped)
 
 
 def _overlap(rects: np.ndarray, box: np.ndarray) -> np.ndarray:

@@ -23,7 +23,6 @@ import torch
 from ..decode.place import Tiles
 from ..decode.place import decode_placed  # the decode of placed prompts that `predict` uses
 from ..decode.prompts import Prompts, make_prompts
-from ..decode.prompts_file import Prompt
 from .volumes import Piece, Volume, piece
 
 Step = Callable[[int, Prompts], np.ndarray]  # (plane, K prompts in the plane's pixels) -> masks [K, H, W] bool
@@ -78,7 +77,7 @@ class PlaneDecoder:
         self.tiles.by_plane = {k: kept for k, v in self.tiles.by_plane.items() if (kept := [i for i in v if i in scored])}
 
     def __call__(self, source: int, z: int, prompts: Prompts) -> np.ndarray:
-        _, (h, w), axis = self.reader.planes(source)
+        _, (h, w), _ = self.reader.planes(source)
         out = np.zeros((len(prompts.valid), h, w), bool)
         if (source, z) not in self.tiles.by_plane:
             return out
@@ -89,8 +88,7 @@ class PlaneDecoder:
             if prompts.points is not None:
                 real = prompts.labels[k].numpy() >= 0
                 points, labels = prompts.points[k].numpy()[real].astype(np.float64), prompts.labels[k].numpy()[real]
-            p = self.tiles.place(Prompt(k + 1, str(source), z if axis >= 0 else -1, box, points, labels, "",
-                                        "propagation"), self.reader.path)
+            p = self.tiles.place_at((source, z), box, points, labels)
             if p.box is not None or p.points is not None:
                 placed[k] = p
         masks, _ = decode_placed(self.reader, self.decoder, list(placed.values()), self.mask_mode, lambda n: None)
