@@ -437,8 +437,10 @@ def ablate(
         mask_mode=mask, min_area=min_area, partition_size=partition_size, scheduler=scheduler, device=device,
         base_checkpoint=base_checkpoint, progress=not quiet, examples=examples, log=_say, overwrite=overwrite,
         split=split, class_names=class_names, iterations=iterations, val_fraction=val_fraction)
-    typer.echo(results.attrs["summary_md"])
-    first, *rest = results.attrs["outputs"]
+    from sam_cache.reports.write import report_of
+
+    summary, (first, *rest) = report_of(out)
+    typer.echo(summary)
     typer.echo(f"{results.sizes['object']} objects; results in {out}/{first}, {', '.join(rest)}")
 
 

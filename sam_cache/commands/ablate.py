@@ -80,6 +80,6 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
         with atomic(out / "examples.nc") as tmp:
             shown.to_netcdf(tmp, engine=ENGINE, encoding={v: {"zlib": True} for v in shown.data_vars})
     final = xr.open_dataset(out / "results.nc", engine=ENGINE)
-    final.attrs["summary_md"], final.attrs["outputs"] = write_reports(out)  # what a caller prints, and where
+    write_reports(out)
     shutil.rmtree(parts_dir)  # last: a grid with its parts folder is unfinished, and resumes
     return final

@@ -14,11 +14,20 @@ ENGINE = "h5netcdf"
 UNTRAINED = "**Untrained model** (tiny or --random-init): these scores test the pipeline and mean nothing.\n\n"
 
 
-def write_reports(out: str | Path) -> tuple[str, list[str]]:
+OUTPUTS = ("results.nc", "summary.csv", "summary.md", "ablation.png", "examples.nc", "examples.png", "clicks.csv",
+           "clicks.png")  # an ablation folder's files, in the order they are listed
+
+
+def report_of(out: str | Path) -> tuple[str, list[str]]:
+    """An ablation folder's summary.md text and the files it holds, results first (what the CLI prints)."""
+    out = Path(out)
+    return (out / "summary.md").read_text(), [name for name in OUTPUTS if (out / name).exists()]
+
+
+def write_reports(out: str | Path) -> None:
     """summary.csv, summary.md, ablation.png, and examples.png when OUT/examples.nc exists; with corrective
     clicks (an `iteration` dimension of size > 1), clicks.csv and clicks.png (Dice per round) too, the
-    other tables and figures reporting the last round. Returns summary.md's text and the files of OUT,
-    results first."""
+    other tables and figures reporting the last round."""
     out = Path(out)
     with xr.open_dataset(out / "results.nc", engine=ENGINE) as results:
         summary = summarize(results)
@@ -43,6 +52,3 @@ def write_reports(out: str | Path) -> tuple[str, list[str]]:
     if (out / "examples.nc").exists():
         with xr.open_dataset(out / "examples.nc", engine=ENGINE) as examples:
             examples_figure(examples.load(), out / "examples.png")
-    order = ("results.nc", "summary.csv", "summary.md", "ablation.png", "examples.nc", "examples.png", "clicks.csv",
-             "clicks.png")
-    return (out / "summary.md").read_text(), [name for name in order if (out / name).exists()]
