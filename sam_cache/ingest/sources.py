@@ -225,14 +225,11 @@ def discover(
     """Return the dataset's sources and the problems found (missing pairs), not yet raised. A dataset that
     yields no image is refused, naming where and what was looked for."""
     sources, problems = _discover(dataset, images, labels)
-    if not sources and not problems:
+    if not sources and not problems:  # (--images globs that match nothing are refused by _pair_globs)
         root = Path(dataset)
-        if images is not None:
-            where = f"no file matches --images {images!r} under {root}"
-        else:
-            folder = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), root)
-            where = f"{folder} holds no image file ({', '.join(IMAGE_SUFFIXES)}; hidden files are left out)"
-        raise InputError(root, f"the dataset holds no images: {where}")
+        folder = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), root)
+        raise InputError(root, f"the dataset holds no images: {folder} holds no image file "
+                               f"({', '.join(IMAGE_SUFFIXES)}; hidden files are left out)")
     return sources, problems
 
 

@@ -12,8 +12,7 @@ import xarray as xr
 from ..errors import DiskFullError, SamCacheError
 from ..files import atomic
 from ..metrics.aggregate import ITERATION, click_curve, per_group, per_view, summarize
-
-ENGINE = "h5netcdf"
+from .write import ENGINE
 
 
 def tables(results: xr.Dataset, per: str | None = None) -> list[tuple[str | None, pd.DataFrame, bool]]:
