@@ -455,6 +455,9 @@ def segment(
                                    rich_help_panel=MODEL),
     base_checkpoint: Optional[Path] = typer.Option(None, help="The cache's SAM checkpoint, if it moved.",
                                                    rich_help_panel=MODEL),
+    mask: str = typer.Option("auto", help="The grid points' masks: auto (what the model was trained to give: single "
+                             "for lite_medsam, best-iou for SAM), best-iou (SAM's generator: all 3 multimask outputs "
+                             "are candidates) or single (the single-mask output).", rich_help_panel=MODEL),
     points_per_side: int = typer.Option(AMG.points_per_side, help="Grid of points per tile side.",
                                         rich_help_panel=GENERATOR),
     pred_iou_thresh: float = typer.Option(AMG.pred_iou_thresh, help="Keep masks whose predicted IoU is above this.",
@@ -507,7 +510,7 @@ def segment(
         cache, out, settings=settings, sweep=parse_sweep(sweep), checkpoint=checkpoint, output_mode=output_mode,
         sources=_list(sources) if sources else None, points_per_batch=points_per_batch,
         partition_size=partition_size, scheduler=scheduler, device=device, base_checkpoint=base_checkpoint,
-        keep=keep, figures=figures, overwrite=overwrite, write_layer=write_layer, overwrite_layer=overwrite_layer,
+        mask_mode=mask, keep=keep, figures=figures, overwrite=overwrite, write_layer=write_layer, overwrite_layer=overwrite_layer,
         progress=not quiet, log=_say)
     typer.echo(result.summary_md)
     typer.echo(str(result))

@@ -154,6 +154,36 @@ def test_same_masks_as_stock_generator_on_the_same_embedding(tmp_path, micro_che
                                                                          abs=1e-5)
 
 
+def test_a_single_mask_model_gives_one_candidate_per_point_as_sam_predictor_does(tmp_path, micro_checkpoint):
+    """LiteMedSAM was trained on SAM's single-mask output only, so its grid points are decoded that way (the
+    multimask tokens were never trained): one candidate per point, SamPredictor's multimask_output=False mask."""
+    from segment_anything import SamPredictor
+
+    data = write_rectangles(tmp_path / "data", n=1)
+    sam_cache.embed(data, tmp_path / "c.zarr", model="tiny", checkpoint=micro_checkpoint, dtype="float32",
+                    read_workers=0, progress=False)
+    reader = CacheReader(tmp_path / "c.zarr")
+    decoder = load_decoder(reader, "base").eval()
+    emb, size = torch.from_numpy(reader.embedding(0))[None].float(), reader.valid_size(0)
+    single = generator.candidates(decoder, emb, [size], 4, [1.0], mask_mode="single")[0]
+    multi = generator.candidates(decoder, emb, [size], 4, [1.0], mask_mode="best-iou")[0]
+    assert len(single["rles"]) == 16 and len(multi["rles"]) == 48
+    decoder.mask_mode = "single"  # what decode.load sets from a registry entry such as lite_medsam's
+    auto = generator.candidates(decoder, emb, [size], 4, [1.0])[0]
+    assert [r["counts"] for r in auto["rles"]] == [r["counts"] for r in single["rles"]]
+
+    sam, _ = load_sam("tiny", micro_checkpoint)
+    stub = Sam(CachedEncoder(torch.from_numpy(reader.embedding(0)).float(), sam.image_encoder.img_size),
+               sam.prompt_encoder, sam.mask_decoder, sam.pixel_mean.flatten().tolist(), sam.pixel_std.flatten().tolist())
+    predictor = SamPredictor(stub)
+    image = reader.image(0)
+    predictor.set_image(np.stack([image] * 3, -1) if image.ndim == 2 else image)
+    for k, point in enumerate(generator.grid_points(4, *size)):
+        mask, iou, _ = predictor.predict(point[None], np.array([1]), multimask_output=False)
+        ours = generator.rle_to_mask(single["rles"][k])
+        assert (ours == mask[0]).mean() >= 0.999 and float(single["iou_preds"][k]) == pytest.approx(iou[0], abs=1e-5)
+
+
 @pytest.mark.slow
 def test_vit_b_equals_stock_on_a_real_em_tile(tmp_path, data_root):
     """vit_b-shaped random-init SAM on a 256² patch of a real EM slice.

@@ -57,7 +57,7 @@ def grid_points(points_per_side: int, h: int, w: int) -> np.ndarray:
 @torch.no_grad()
 def candidates(decoder, embeddings: torch.Tensor, sizes: Sequence[tuple[int, int]], points_per_side: int,
                offsets: Sequence[float] = (1.0,), min_iou: float = 0.0, min_stability: float = 0.0,
-               points_per_batch: int = 256) -> list[MaskData]:
+               points_per_batch: int = 256, mask_mode: str = "auto") -> list[MaskData]:
     """The thresholded masks of every grid point on each of B tiles (embeddings [B, C, h', w'], valid sizes
     (h, w)), as SamAutomaticMaskGenerator's `_process_batch` leaves them: rles, boxes, iou_preds, points,
     and one stability score per offset (`stability_key`). Candidates with predicted IoU not above
@@ -65,7 +65,12 @@ def candidates(decoder, embeddings: torch.Tensor, sizes: Sequence[tuple[int, int
     which is what the loosest setting of a sweep asks.
 
     `points_per_batch` prompts (B tiles × K points each) are scored together; the decoder takes them in
-    passes of `rows_per_pass` rows (4 on a CPU)."""
+    passes of `rows_per_pass` rows (4 on a CPU).
+
+    `mask_mode`: SAM's generator asks for the three multimask outputs of every point (`best-iou`, the
+    default for SAM models); a model trained only on its single-mask output (LiteMedSAM: `auto` resolves
+    to `single`) gives one candidate per point from that token, since its multimask tokens were never
+    trained."""
     img_size = decoder.img_size[0]
     resize = ResizeLongestSide(img_size)
     rows = rows_per_pass(decoder.mask_decoder.iou_token.weight.device)  # decoder pass size: the device's
@@ -84,7 +89,7 @@ def candidates(decoder, embeddings: torch.Tensor, sizes: Sequence[tuple[int, int
             points = torch.as_tensor(model_pts, dtype=torch.float32)[:, :, None, :]  # [B, k, 1, 2]
             labels = torch.ones(points.shape[:3], dtype=torch.int)
             dec = decode_prompts(decoder, emb, PromptBatch(points, labels, None, points.shape[1]), valid,
-                                 "best-iou", tile_masks=False, rows=rows)
+                                 mask_mode, tile_masks=False, rows=rows)
             for b, t in enumerate(tiles):
                 h, w = sizes[t]
                 logits = resize_logits(decoder, dec.logits[b].float(), (h, w))
@@ -102,7 +107,8 @@ def _joined(pieces: list[MaskData]) -> MaskData:
 
 
 def _score(logits: torch.Tensor, iou: torch.Tensor, points: np.ndarray, size, offsets, min_iou, min_stability):
-    """SamAutomaticMaskGenerator._process_batch for logits [k, 3, h, w], with the loosest filters."""
+    """SamAutomaticMaskGenerator._process_batch for logits [k, M, h, w] (M = 3 multimask outputs, or 1),
+    with the loosest filters."""
     h, w = size
     data = MaskData(masks=logits.flatten(0, 1), iou_preds=iou.flatten(0, 1),
                     points=torch.as_tensor(points.repeat(logits.shape[1], axis=0)))

@@ -28,8 +28,10 @@ import torch
 from .. import options as O
 from .. import tasks as grid_tasks
 from .. import schema as S
+from ..choices import MASK_MODES
 from ..amg import generator as amg, stitch
 from ..amg.knobs import KNOBS, Settings, Sweep
+from ..decode.pipeline import resolve_mask_mode
 from ..device import default_device
 from ..errors import SamCacheError
 from ..files import atomic
@@ -76,7 +78,8 @@ def _truth(reader, samples, n_planes, plane_shape) -> np.ndarray:
     return np.stack([instance_map(p, reader.label_kind) for p in out])
 
 
-def _decode(reader, decoder, samples, sizes, blank, n: int, sweep: Sweep, points_per_batch: int) -> list:
+def _decode(reader, decoder, samples, sizes, blank, n: int, sweep: Sweep, points_per_batch: int,
+            mask_mode: str) -> list:
     """The candidates of every tile of a source for n points per side (None for a blank tile), keeping
     what the loosest setting of the sweep would keep."""
     found = [None] * len(samples)
@@ -87,7 +90,8 @@ def _decode(reader, decoder, samples, sizes, blank, n: int, sweep: Sweep, points
         for j, c in zip(chunk, amg.candidates(decoder, emb, [sizes[j] for j in chunk], n,
                                               sweep.values("stability_score_offset"),
                                               min(sweep.values("pred_iou_thresh")),
-                                              min(sweep.values("stability_score_thresh")), points_per_batch)):
+                                              min(sweep.values("stability_score_thresh")), points_per_batch,
+                                              mask_mode)):
             found[j] = c
     return found
 
@@ -96,8 +100,8 @@ def _rows_file(parts: Path, t: int) -> Path:
     return parts / "rows" / f"{t:05d}.json"
 
 
-def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, points_per_batch, parts: Path,
-                 decoder, on_tile, t, sources_samples) -> int:
+def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, points_per_batch, mask_mode,
+                 parts: Path, decoder, on_tile, t, sources_samples) -> int:
     """One Dask task: segment whole sources under every setting; write each setting's label images and
     the scores, points and crop of each object into parts/<k>/; then, last and whole, one score row per
     setting × image plane into parts/rows/<t>.json (the mark of a finished task)."""
@@ -109,7 +113,7 @@ def _source_task(reader, decoder_spec, base_checkpoint, device, sweep: Sweep, po
         plane_of = np.maximum(reader.coord(S.SLICE)[samples], 0)  # a volume's slice; 0 for a 2D image
         cands = {}
         for n in sweep.values("points_per_side"):
-            cands[n] = _decode(reader, decoder, samples, sizes, blank, n, sweep, points_per_batch)
+            cands[n] = _decode(reader, decoder, samples, sizes, blank, n, sweep, points_per_batch, mask_mode)
             if on_tile is not None:
                 on_tile(len(samples))
         n_planes, plane_shape, axis = reader.planes(source)
@@ -229,15 +233,18 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
             output_mode: str = "coco_rle", sources=None, points_per_batch: int = 256, partition_size: int = 64,
             scheduler: str | None = None, device: str | None = None, base_checkpoint=None, keep: int | None = None,
             figures: int = 4, overwrite: bool = False, write_layer: str | None = None, overwrite_layer: bool = False,
-            progress: bool = True, log=print) -> SegmentResult:
+            mask_mode: str = "auto", progress: bool = True, log=print) -> SegmentResult:
     """Automatic masks of every source of `cache` (or of `sources`), written into OUT (a new or empty
     folder, or any with `overwrite`; the same call into the same OUT resumes an interrupted run, keeping
     the tasks already done). `settings`: knob values other than SAM's defaults; `sweep`:
     {knob: [values]} to try every combination of. `checkpoint`: base, a finetune run folder or a SAM .pth.
     `keep`: the setting (its row in sweep.csv) whose masks are written; default the best by mSA.
     `write_layer`: also write those masks into the cache as the label layer `label_<name>` (never over
-    the ground truth; an existing layer only with `overwrite_layer`)."""
+    the ground truth; an existing layer only with `overwrite_layer`). `mask_mode`: the grid points' masks,
+    `best-iou` (SAM's generator: all three multimask outputs are candidates), `single` (the single-mask
+    output), or `auto` (what the model was trained to give: single for lite_medsam)."""
     plan = Sweep.of(settings, sweep)
+    O.choice("--mask", mask_mode, MASK_MODES)
     O.choice("--output-mode", output_mode, outputs.OUTPUT_MODES)
     O.at_least("--points-per-batch", points_per_batch, 1)
     O.at_least("--partition-size", partition_size, 1)
@@ -252,10 +259,12 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
     samples = select_samples(reader, sources)
     device = device or default_device()
     decoder = load_decoder(reader, checkpoint, base_checkpoint).to(device).eval()  # a bad checkpoint fails here
+    mask_mode = resolve_mask_mode(decoder, mask_mode)
     tasks = _group(reader, samples, partition_size)
     record = {"command": "segment", "settings": plan.base.knobs(), "sweep": plan.grid, "checkpoint": checkpoint,
               "weights": grid.weights(checkpoint, reader), "cache_fingerprint": reader.fingerprint,
-              "samples": samples.tolist(), "partition_size": partition_size, "points_per_batch": points_per_batch}
+              "samples": samples.tolist(), "partition_size": partition_size, "points_per_batch": points_per_batch,
+              "mask_mode": mask_mode}
     parts, resumed = grid.start(out, "segment", OUTPUTS, PARTS, record, overwrite)
     out = parts.parent
     todo = grid_tasks.pending(tasks, lambda t: _rows_file(parts, t).is_file())
@@ -268,10 +277,10 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
         f"{n_settings} setting{'s' if n_settings > 1 else ''}, {n_passes} decoder pass{'es' if n_passes > 1 else ''} "
         "per tile")
     try:  # on a cluster each task loads the decoder and the bar moves as each finishes; locally, per tile
-        remote = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, parts,
-                         None, None)
-        local = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, parts,
-                        decoder, bar.update)
+        remote = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, mask_mode,
+                         parts, None, None)
+        local = partial(_source_task, reader, checkpoint, base_checkpoint, device, plan, points_per_batch, mask_mode,
+                        parts, decoder, bar.update)
         grid_tasks.run(remote, todo, bar, lambda task, _: sum(len(m) for _, m in task) * n_passes,
                        scheduler=scheduler, local=local)
     finally:
@@ -282,7 +291,7 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
     if write_layer is not None:
         tiles = outputs.TileLabels(out, reader)
         var = write_label_layer(cache, write_layer, {int(i): tiles(int(i)) for i in samples}, {
-            "made_by": "samcache segment", "decoder": str(checkpoint), "setting": json.dumps(
+            "made_by": "samcache segment", "decoder": str(checkpoint), "mask_mode": mask_mode, "setting": json.dumps(
                 plan.settings()[result.chosen].knobs()), "cache_fingerprint": reader.fingerprint}, overwrite_layer)
         log(f"wrote the masks into {cache} as the label layer `{var}`")
     shutil.rmtree(parts)  # last: an output with its parts folder is unfinished, and resumes
