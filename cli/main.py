@@ -510,8 +510,8 @@ def segment(
         cache, out, settings=settings, sweep=parse_sweep(sweep), checkpoint=checkpoint, output_mode=output_mode,
         sources=_list(sources) if sources else None, points_per_batch=points_per_batch,
         partition_size=partition_size, scheduler=scheduler, device=device, base_checkpoint=base_checkpoint,
-        mask_mode=mask, keep=keep, figures=figures, overwrite=overwrite, write_layer=write_layer, overwrite_layer=overwrite_layer,
-        progress=not quiet, log=_say)
+        mask_mode=mask, keep=keep, figures=figures, overwrite=overwrite, write_layer=write_layer,
+        overwrite_layer=overwrite_layer, progress=not quiet, log=_say)
     typer.echo(result.summary_md)
     typer.echo(str(result))
 

@@ -47,10 +47,14 @@ class CachedEncoder(torch.nn.Module):
         return self.embedding[None].to(x.dtype)
 
 
-def stock_masks(sam: Sam, embedding, image: np.ndarray, s: Settings) -> list[dict]:
-    stub = Sam(CachedEncoder(torch.from_numpy(embedding).float(), sam.image_encoder.img_size), sam.prompt_encoder,
+def cached_sam(sam: Sam, embedding) -> Sam:
+    """`sam` with its encoder replaced by one that returns the cached `embedding`."""
+    return Sam(CachedEncoder(torch.from_numpy(embedding).float(), sam.image_encoder.img_size), sam.prompt_encoder,
                sam.mask_decoder, sam.pixel_mean.flatten().tolist(), sam.pixel_std.flatten().tolist())
-    return SamAutomaticMaskGenerator(stub, **{k: v for k, v in s.knobs().items() if k != "crop_nms_thresh"}).generate(
+
+
+def stock_masks(sam: Sam, embedding, image: np.ndarray, s: Settings) -> list[dict]:
+    return SamAutomaticMaskGenerator(cached_sam(sam, embedding), **{k: v for k, v in s.knobs().items() if k != "crop_nms_thresh"}).generate(
         np.stack([image] * 3, -1) if image.ndim == 2 else image)
 
 
@@ -173,9 +177,7 @@ def test_a_single_mask_model_gives_one_candidate_per_point_as_sam_predictor_does
     assert [r["counts"] for r in auto["rles"]] == [r["counts"] for r in single["rles"]]
 
     sam, _ = load_sam("tiny", micro_checkpoint)
-    stub = Sam(CachedEncoder(torch.from_numpy(reader.embedding(0)).float(), sam.image_encoder.img_size),
-               sam.prompt_encoder, sam.mask_decoder, sam.pixel_mean.flatten().tolist(), sam.pixel_std.flatten().tolist())
-    predictor = SamPredictor(stub)
+    predictor = SamPredictor(cached_sam(sam, reader.embedding(0)))
     image = reader.image(0)
     predictor.set_image(np.stack([image] * 3, -1) if image.ndim == 2 else image)
     for k, point in enumerate(generator.grid_points(4, *size)):

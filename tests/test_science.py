@@ -140,8 +140,8 @@ def test_nuclei_automatic_masks_after_points_are_taught_from_the_cache(nuclei):
     msa = {}
     for name, checkpoint in {"base": "base", "random-init": str(random_init_decoder(cache, nuclei / "random.pth")),
                              "points": str(run)}.items():
-        result = sam_cache.segment(cache, nuclei / f"amg-{name}", settings={"points_per_side": 16, "pred_iou_thresh": 0.0},
-                                   sweep=sweep, checkpoint=checkpoint, sources=["small"], figures=0, **QUIET)
+        result = sam_cache.segment(cache, nuclei / f"amg-{name}",
+                                   settings={"points_per_side": 16, "pred_iou_thresh": 0.0}, sweep=sweep, checkpoint=checkpoint, sources=["small"], figures=0, **QUIET)
         msa[name] = result.sweep.set_index("stability_score_thresh")
     print("\nAMG on the held-out nuclei image (16² points, predicted IoU 0):\n" +
           "\n".join(f"{k}: mSA {v.msa.to_dict()}, SA50 {v.sa50.to_dict()}" for k, v in msa.items()))

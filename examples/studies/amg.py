@@ -39,8 +39,8 @@ def main() -> None:
     sweep = {"pred_iou_thresh": [0.0, 0.5, 0.88], "stability_score_thresh": [0.5, 0.8, 0.95]}
     tables = []
     for name, checkpoint in (("base", "base"), ("points taught", str(run))):
-        result = sam_cache.segment(cache, a.out / f"amg-{name.split()[0]}", settings={"points_per_side": a.points_per_side},
-                                   sweep=sweep, checkpoint=checkpoint, sources=["small"], overwrite=True)
+        result = sam_cache.segment(cache, a.out / f"amg-{name.split()[0]}",
+                                   settings={"points_per_side": a.points_per_side}, sweep=sweep, checkpoint=checkpoint, sources=["small"], overwrite=True)
         cols = [c for c in result.sweep.columns if c in (*sweep, "msa", "sa50", "sa75", "f1", "n_pred", "n_true")]
         tables.append(result.sweep[cols].assign(decoder=name))
     report(a.out, f"AMG on the held-out nuclei image, LiteMedSAM, {a.points_per_side}² points per tile",
