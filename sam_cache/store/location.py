@@ -22,6 +22,8 @@ from pathlib import Path
 
 import zarr
 
+from ..errors import SamCacheError
+
 _OPTIONS: dict = {}  # storage options for every URL of this process (the CLI's --storage-option)
 
 
@@ -173,7 +175,19 @@ class Location:
         return self.sibling(f".{self.name}.rebuild")
 
     def exists(self) -> bool:
-        return self.path.exists() if self.local else self.fs.exists(self.url)
+        """Whether anything is stored here. A remote store that cannot be reached (no endpoint, no
+        credentials, access denied) is one clear error, raised before zarr starts its concurrent reads: a
+        failure among those leaves coroutines that print tracebacks when the process exits."""
+        if self.local:
+            return self.path.exists()
+        try:
+            return self.fs.exists(self.url)
+        except Exception as e:  # noqa: BLE001 - botocore, aiohttp and fsspec each raise their own
+            raise self.unreachable(e) from e
+
+    def unreachable(self, error: Exception) -> SamCacheError:
+        return SamCacheError(f"{self}: cannot be opened ({type(error).__name__}: {error}); check the endpoint and "
+                             "the credentials (environment, AWS config files, --storage-option)")
 
     def size(self) -> int:
         """Bytes stored under this location."""

@@ -33,6 +33,9 @@ def read_attrs(path) -> dict:
     """The `samcache` attributes of a cache (a local path, a URL or a Location), or a clear error if
     there is no samcache cache there."""
     location = Location(path)
+    if not location.local and not location.exists():  # one request first: unreachable is one clear error
+        raise SamCacheError(f"{location}: not a samcache cache (nothing is stored there)"
+                            f"{_interrupted_swap(location)}")
     try:
         group = zarr.open_group(location.store(read_only=True), mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as e:
@@ -40,8 +43,7 @@ def read_attrs(path) -> dict:
     except Exception as e:  # object stores: no endpoint, no credentials, access denied
         if location.local:
             raise
-        raise SamCacheError(f"{location}: cannot be opened ({type(e).__name__}: {e}); check the endpoint and the "
-                            "credentials (environment, AWS config files, --storage-option)") from e
+        raise location.unreachable(e) from e
     attrs = group.attrs.get(S.ATTRS)
     if not attrs:
         raise SamCacheError(f"{location}: a Zarr group, but not a samcache cache (no `{S.ATTRS}` attributes)"
