@@ -51,6 +51,7 @@ SPLIT = "split"  # optional per-sample "train"/"val"/"test", added by the user
 # the source table
 SOURCE_PATH, LABEL_PATHS, SOURCE_SHA256, SOURCE_SHAPE = "source_path", "label_paths", "source_sha256", "source_shape"
 SLICE_AXIS, INTENSITY_LO, INTENSITY_HI, MASK_CLASS = "slice_axis", "intensity_lo", "intensity_hi", "mask_class"
+LINKS = "links"  # JSON list of "path -> resolved path" for each of a source's files read through a symlink
 
 # Blosc zstd-1 with bit-shuffle, measured on embeddings of real EM tiles (benchmarks/codecs.py); then a
 # checksum of the compressed bytes, so a flipped bit is an error, never a silently wrong value.

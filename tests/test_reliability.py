@@ -194,3 +194,26 @@ def test_an_image_name_two_sources_share_is_refused_as_ambiguous(tmp_path, micro
     (tmp_path / "p.csv").write_text(f"image,x0,y0,x1,y1\n{tmp_path / 'data' / 'two' / 'a.png'},8,8,19,19\n")
     r = cli("predict", cache, "--prompts", tmp_path / "p.csv", "-o", tmp_path / "out", "-q")
     assert r.exit_code == 0, r.output
+
+
+def test_files_symlinked_from_outside_are_followed_and_info_names_where_they_lead(tmp_path, micro_checkpoint):
+    import json
+
+    from .conftest import write_rectangles
+
+    elsewhere = write_rectangles(tmp_path / "elsewhere", n=2)
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").symlink_to(elsewhere / "labels")  # a folder link: every label file is reached through it
+    [first, second] = sorted((elsewhere / "images").iterdir())
+    (data / "images" / first.name).symlink_to(first)
+    second.rename(data / "images" / second.name)  # a plain file: no link to record
+    cache = tmp_path / "c.zarr"
+    r = cli("embed", data, "-o", cache, "--model", "tiny", "--checkpoint", micro_checkpoint, "-q")
+    assert r.exit_code == 0, r.output
+    report = json.loads(cli("info", cache, "--json").output)
+    assert report["links"] == [f"{data / 'images' / first.name} -> {first}",
+                               f"{data / 'labels' / first.name} -> {elsewhere / 'labels' / first.name}",
+                               f"{data / 'labels' / second.name} -> {elsewhere / 'labels' / second.name}"]
+    text = cli("info", cache).output
+    assert "3 files read through a symlink, followed" in text and f"-> {first}" in text

@@ -25,7 +25,7 @@ from ..encode.stage import encode_samples
 from ..ingest import views as V
 from ..ingest.intensity import Intensity
 from ..ingest.readers import is_volume_format
-from ..ingest.sources import discover
+from ..ingest.sources import discover, links
 from ..ingest.tiles import Plan, TileSpec, plan
 from ..models import load_sam, load_sam_or_tiny
 from ..progress import Progress
@@ -65,6 +65,7 @@ def _layout(p: Plan, encoder: Encoder, dtype: str, shard: int, store: str = "exa
         S.LABEL_PATHS: [json.dumps(list(s.source.labels)) for s in p.sources],
         S.SOURCE_SHA256: [s.sha256 for s in p.sources],
         S.SOURCE_SHAPE: [json.dumps(list(s.shape)) for s in p.sources],
+        S.LINKS: [json.dumps(links(s.source)) for s in p.sources],
         S.SLICE_AXIS: [-1 if s.axis is None else s.axis for s in p.sources],
         S.INTENSITY_LO: [np.nan if s.range is None else s.range[0] for s in p.sources],
         S.INTENSITY_HI: [np.nan if s.range is None else s.range[1] for s in p.sources],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,13 @@ class Source:
     def __post_init__(self):
         if self.labels and not self.labelled:
             raise ValueError("a source with label files is labelled")
+
+
+def links(source: Source) -> list[str]:
+    """`path -> resolved path` for each of the source's files that is reached through a symbolic link (the
+    file, or the folder it is listed in). Links are followed, as users expect; the cache records where to."""
+    return [f"{f} -> {os.path.realpath(f)}" for f in (source.image, *source.labels)
+            if Path(f).is_symlink() or Path(f).parent.is_symlink()]
 
 
 def _files(folder: Path) -> list[Path]:

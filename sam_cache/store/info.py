@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def describe(path: str | Path) -> dict:
         "bytes": size_on_disk(path),
         "source_paths": [str(v) for v in r.source_table(S.SOURCE_PATH)],
         "slice_axes": [int(v) for v in r.source_table(S.SLICE_AXIS)],
+        "links": [link for v in (r.source_table(S.LINKS) if S.LINKS in r.group else ()) for link in json.loads(str(v))],
         **r.attrs,
     }
 
@@ -145,6 +147,11 @@ def format_info(r: dict) -> str:
         f"  made by   samcache {r['version']} (format {r['format']}{', checksummed' if r['format'] >= 2 else ''}), "
         f"fingerprint {r['fingerprint']}",
     ]
+    if r.get("links"):
+        shown = r["links"][:2]
+        lines.append(f"  links     {plural(len(r['links']), 'file')} read through a symlink, followed: {'; '.join(shown)}"
+                     + (f" and {len(r['links']) - len(shown)} more" if len(r["links"]) > len(shown) else "")
+                     + " (samcache info --json lists all)")
     if r.get("command"):
         lines.append(f"  command   {r['command']}")
     return "\n".join(lines)
