@@ -258,11 +258,15 @@ def describe_split(reader: CacheReader, train, val, how: str) -> str:
     return f"split by {how}: train {side(train)}; validation {side(val) if len(val) else 'none'}"
 
 
-def sample_bytes(reader: CacheReader, layers=(None,)) -> int:
-    """The bytes one sample takes in memory once preloaded: its embedding and its labels (`layers`: None for
-    the ground truth, or label layer names), as `CacheReader.preload` holds them."""
-    names = (S.EMBEDDING, *(reader.layer_variable(v) for v in layers))
-    return sum(int(np.prod(reader.array(n).shape[1:])) * reader.array(n).dtype.itemsize for n in names)
+def preload_bytes(reader: CacheReader, indices, layers=(None,)) -> int:
+    """The bytes these samples take in memory once preloaded, as `CacheReader.preload` holds them: their
+    embeddings, and their labels (`layers`: None for the ground truth, or label layer names) each at its
+    tile's own valid size, not the cache's canvas."""
+    indices = np.unique(np.asarray(indices, dtype=np.int64))
+    emb = reader.array(S.EMBEDDING)
+    pixels = int(sum(np.prod(reader.valid_size(int(i))) for i in indices))
+    labels = sum(reader.array(v).dtype.itemsize for v in {reader.layer_variable(layer) for layer in layers})
+    return len(indices) * int(np.prod(emb.shape[1:])) * emb.dtype.itemsize + pixels * labels
 
 
 def choose_preload(mode: str, nbytes: int, device: torch.device) -> str:

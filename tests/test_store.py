@@ -283,3 +283,29 @@ def test_derived_things_carry_the_fingerprint_of_parent_operation_and_args(rect_
     assert grid.start(tmp_path / "g", "ablate", ("results.nc",), "parts", record)[1]  # the same grid resumes
     with pytest.raises(SamCacheError, match=r"another grid \(request.seeds: recorded \[0\], now \[1\]\)"):
         grid.start(tmp_path / "g", "ablate", ("results.nc",), "parts", {**record, "request": {"seeds": [1]}})
+
+
+def test_a_mixed_size_set_preloads_its_content_not_n_times_the_largest_canvas(tmp_path, micro_checkpoint):
+    """Whole-image mode pads every tile onto the largest image's canvas; the preloaded copy must not."""
+    import torch
+
+    from sam_cache.samples import preload_bytes
+
+    sizes = [(32, 32)] * 7 + [(256, 192)]
+    cache = tmp_path / "mixed.zarr"
+    sam_cache.embed(write_dataset(tmp_path / "data", sizes), cache, model="tiny", checkpoint=micro_checkpoint,
+                    read_workers=0, progress=False)
+    reader = CacheReader(cache)
+    assert reader.canvas == (256, 192)
+    pre = reader.preload(range(8))
+    emb = pre.embeddings.nbytes
+    label = reader.array(S.LABEL).dtype.itemsize
+    content = sum(h * w for h, w in sizes) * label
+    assert pre.nbytes == emb + content == preload_bytes(reader, range(8))
+    assert content < 0.2 * 8 * 256 * 192 * label  # what the padded copy held
+    for i in range(8):  # the very values the reader gives, so training from either is the same
+        assert np.array_equal(pre.label(i), reader.label(i)) and np.array_equal(pre.embedding(i).numpy(), reader.embedding(i))
+    a, b = ObjectSamples(pre, range(8), "box", 2, 1024), ObjectSamples(reader, range(8), "box", 2, 1024)
+    for i in range(8):
+        x, y = a[i], b[i]
+        assert all(torch.equal(x[k], y[k]) for k in ("masks", "boxes", "annotated", S.EMBEDDING)), i

@@ -31,7 +31,7 @@ from ..errors import SamCacheError
 from ..metrics.aggregate import read_class_names
 from ..runs import CONFIG, DECODER, FULL, METRICS, STATE, Run, claim, load_decoder
 from ..samples import ObjectSamples, loader
-from ..samples import choose_preload, sample_bytes, split_by
+from ..samples import choose_preload, preload_bytes, split_by
 from ..store.reader import CacheReader
 from ..training import LAST_EPOCH, Plan, Task, fit, one_writer, resume_state, schedule as make_schedule
 from ..version import __version__
@@ -110,7 +110,7 @@ def classify(cache, out, prompt: str = "center-point", epochs: int = 50, lr: flo
     sched = make_schedule(opt, schedule, epochs)
     weight = classes.balanced_weights(train_idx).to(device) if balanced else None
     both = np.concatenate([train_idx, val_idx])
-    where = choose_preload("auto", len(both) * sample_bytes(reader), device)
+    where = choose_preload("auto", preload_bytes(reader, both), device)
     source = reader if where == "off" else reader.preload(both, device if where == "device" else "cpu")
     img_size = decoder.img_size[0]
     samples = lambda idx, p, k: ObjectSamples(source, idx, p, k, img_size, seed, min_area)  # noqa: E731

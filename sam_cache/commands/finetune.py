@@ -33,7 +33,7 @@ from ..ingest import views as V
 from ..metrics.masks import scores
 from ..runs import CONFIG, CURVES, METRIC_COLUMNS, RUN_FILES, Run, claim
 from ..samples import (SEMANTIC, ObjectSamples, choose_preload, describe_split, loader, low_res_targets,
-                       low_res_weights, object_counts, sample_bytes, split_samples)
+                       low_res_weights, object_counts, preload_bytes, split_samples)
 from ..store.reader import CacheReader
 from ..training import Plan, Task, fit, one_writer, resume_state, schedule
 from ..version import __version__
@@ -242,7 +242,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
         log(f"--views {c.views}: each of the {len(train_idx)} training samples reads one of its stored views per "
             f"epoch ({sum(map(len, members.values()))} views in all, identity included); validation: identity views")
     layers = tuple({c.labels, val_layer})
-    where = choose_preload(preload, len(both) * sample_bytes(reader, layers), device)
+    where = choose_preload(preload, preload_bytes(reader, both, layers), device)
     source, workers = reader, c.workers
     if where != "off":
         source, workers = reader.preload(both, device if where == "device" else "cpu", layers), 0

@@ -359,8 +359,8 @@ class Preloaded:
         self.embeddings = torch.empty((len(indices), *emb.shape[1:]), dtype=getattr(torch, str(emb.dtype)),
                                       pin_memory=device.type == "cuda")
         variables = {reader.layer_variable(layer) for layer in layers}
-        self.labels = {v: np.empty((len(indices), *reader.array(v).shape[1:]), reader.array(v).dtype)
-                       for v in variables}
+        # each label kept at its tile's own size: a mixed-size set costs its content, not n × the largest canvas
+        self.labels = {v: [None] * len(indices) for v in variables}
         # an int8 cache stays int8 in memory (half the bytes), with its scale and offset: dequantised per read
         scales = {v: np.empty((len(indices), emb.shape[1]), np.float32) for v in lossy.SCALES if reader.store.quantised}
         shard = int(emb.shards[0])
@@ -378,10 +378,15 @@ class Preloaded:
                                             f"be read ({type(e).__name__}: {e})") from e
                 if target is None:
                     self.embeddings[rows] = torch.from_numpy(block)
+                elif isinstance(target, list):
+                    for r, i, label in zip(rows, members, block):
+                        h, w = reader.valid_size(int(i))
+                        target[r] = label[:h, :w].copy()
                 else:
                     target[rows] = block
         self.embeddings = self.embeddings.to(device)
-        self.nbytes = self.embeddings.nbytes + sum(a.nbytes for a in (*self.labels.values(), *scales.values()))
+        self.nbytes = (self.embeddings.nbytes + sum(a.nbytes for a in scales.values())
+                       + sum(a.nbytes for tiles in self.labels.values() for a in tiles))
         self.scales = [torch.from_numpy(a).to(device) for a in scales.values()]  # [scale, offset], or none
 
     def valid_size(self, index: int) -> tuple[int, int]:
@@ -394,8 +399,7 @@ class Preloaded:
         return self.embeddings[row]
 
     def label(self, index: int, layer: str | None = None) -> np.ndarray:
-        h, w = self.valid_size(index)
-        return self.labels[S.label_layer(layer)][self.row[int(index)], :h, :w]
+        return self.labels[S.label_layer(layer)][self.row[int(index)]]
 
     def kind_of(self, layer: str | None) -> str:
         return self.reader.kind_of(layer)
