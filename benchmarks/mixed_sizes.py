@@ -5,8 +5,8 @@
 Whole-image mode (no --patch) lays every tile on one canvas, the largest image's, so the mixed set's
 canvas is 2048². Both sets are embedded with the `tiny` model (SAM-sized 256×64×64 embeddings) and
 compared on: bytes on disk, the bytes `finetune --preload` holds (each label at its own size), what a
-copy padded to the canvas would hold (the layout before), and samples/s through ObjectSamples (what
-finetune and evaluate read), from the cache and from the preloaded copy.
+copy padded to the canvas would hold (the layout before), and items/s through ObjectSamples (what
+finetune and evaluate read) over the 63 256² tiles both sets share, from the cache and from the preloaded copy.
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def dataset(name: str, n: int, big: int | None) -> Path:
 
 
 def samples_per_s(source, n: int, img_size: int) -> float:
+    """Items per second over the first n samples: the 256² tiles both sets share."""
     items = ObjectSamples(source, range(n), "box", 4, img_size)
+    for i in range(min(n, 4)):  # warm-up
+        items[i]
     t = time.perf_counter()
     for i in range(n):
         items[i]
@@ -49,29 +52,40 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=64)
     args = ap.parse_args()
-    rows = []
+    sets = []
     for name, big in (("all 256²", None), ("one 2048² among 256²", 2048)):
         tag = "mixed" if big else "uniform"
         cache = OUT / f"mixed_{tag}_{args.n}.zarr"
         shutil.rmtree(cache, ignore_errors=True)
         sam_cache.embed(dataset(tag, args.n, big), cache, model="tiny", read_workers=0, progress=False)
+        sets.append((name, cache))
+    rows = []
+    for name, cache in sets:
         reader = CacheReader(cache)
         t = time.perf_counter()
         pre = reader.preload(range(args.n))
         load_s = time.perf_counter() - t
         emb = reader.array(S.EMBEDDING)
         padded = pre.embeddings.nbytes + args.n * int(np.prod(reader.canvas)) * reader.array(S.LABEL).dtype.itemsize
-        img = int(reader.attrs["preprocessing"]["img_size"])  # the model's input side
         rows.append({"set": name, "n": args.n, "canvas": "x".join(map(str, reader.canvas)),
                      "disk_MiB": size_on_disk(cache) / 2**20, "preload_MiB": pre.nbytes / 2**20,
                      "estimated_MiB": preload_bytes(reader, range(args.n)) / 2**20,
                      "padded_copy_MiB": padded / 2**20, "embeddings_MiB": args.n * emb.nbytes / emb.shape[0] / 2**20,
-                     "preload_s": load_s, "stream_samples_per_s": samples_per_s(reader, args.n, img),
-                     "preloaded_samples_per_s": samples_per_s(pre, args.n, img)})
+                     "preload_s": load_s, "_sources": (reader, pre, int(reader.attrs["preprocessing"]["img_size"]))})
+    for key, which in (("stream_256_per_s", 0), ("preloaded_256_per_s", 1)):  # interleaved rounds: the best of 3
+        for row in rows:
+            row[key] = 0.0
+        for _ in range(3):
+            for row in rows:
+                source, img = row["_sources"][which], row["_sources"][2]
+                row[key] = max(row[key], samples_per_s(source, args.n - 1, img))
+    for row in rows:
+        del row["_sources"]
     print(table(rows, list(rows[0])))
     print(f"preload, mixed / all-256²: {rows[1]['preload_MiB'] / rows[0]['preload_MiB']:.3f}×; "
           f"disk: {rows[1]['disk_MiB'] / rows[0]['disk_MiB']:.3f}×; "
-          f"samples/s from the preloaded copy: {rows[1]['preloaded_samples_per_s'] / rows[0]['preloaded_samples_per_s']:.3f}×")
+          f"256² tiles/s, preloaded: {rows[1]['preloaded_256_per_s'] / rows[0]['preloaded_256_per_s']:.3f}×, "
+          f"from the cache: {rows[1]['stream_256_per_s'] / rows[0]['stream_256_per_s']:.3f}×")
     save("mixed_sizes", vars(args), rows)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from . import options as O
 from . import schema as S
@@ -40,7 +40,7 @@ def sample_generator(seed: int, epoch: int, sample: int) -> torch.Generator:
 class ObjectSamples(torch.utils.data.Dataset):
     """Item i: sample `indices[i]` with up to `k` objects (all if k is None) and their prompts.
 
-    Returns embedding [C, h, w], masks [K, H, W] bool on the canvas (the tile's objects in the label
+    Returns embedding [C, h, w], masks [K, H, W] bool at the tile's valid size (the tile's objects in the label
     `layer`, the ground truth by default), the prompts (padded to K rows, `prompt_valid` False for padding
     and for objects too small for the strategy), object ids/areas, the valid tile size, and `annotated`
     [H, W] (False where the layer leaves pixels unannotated: the loss ignores them).
@@ -78,11 +78,9 @@ class ObjectSamples(torch.utils.data.Dataset):
         masks = torch.from_numpy(masks)
         prompts = make_prompts(self.prompt, masks, gen, target_length=self.img_size, **self.options)
         n, k = len(ids), self.k or len(ids)
-        H, W = self.reader.canvas
-        full = torch.zeros(k, H, W, dtype=torch.bool)
-        full[:n, :h, :w] = masks
-        annotated = torch.ones(H, W, dtype=torch.bool)
-        annotated[:h, :w] = torch.from_numpy(label >= 0)  # a layer's -1: not annotated
+        full = torch.zeros(k, h, w, dtype=torch.bool)  # at the tile's own size: `collate` pads a batch
+        full[:n] = masks
+        annotated = torch.from_numpy(label >= 0)  # a layer's -1: not annotated
         return {
             "annotated": annotated,
             "index": index, "n": n, "valid_size": torch.tensor([h, w]),
@@ -103,13 +101,13 @@ def _pad(t: torch.Tensor, k: int, value=0) -> torch.Tensor:
 
 
 def low_res_weights(annotated: torch.Tensor, valid_size: torch.Tensor, low_res: int) -> torch.Tensor:
-    """Annotated pixels [B, H, W] (canvas) -> loss weights [B, 1, L, L]: 0 where the resized tile is
+    """Annotated pixels [B, H, W] (valid sizes padded to the batch's largest) -> loss weights [B, 1, L, L]: 0 where the resized tile is
     unannotated, 1 elsewhere (the padding included, as for every label)."""
     return 1 - low_res_targets(~annotated[:, None], valid_size, low_res)
 
 
 def low_res_targets(masks: torch.Tensor, valid_size: torch.Tensor, low_res: int) -> torch.Tensor:
-    """True masks [B, K, H, W] (canvas) -> float targets [B, K, L, L] in the decoder's low-res frame:
+    """True masks [B, K, H, W] (valid sizes padded to the batch's largest) -> float targets [B, K, L, L] in the decoder's low-res frame:
     the valid region resized like the image (longest side to L), padded bottom/right."""
     B, K = masks.shape[:2]
     out = torch.zeros(B, K, low_res, low_res, device=masks.device)
@@ -138,10 +136,24 @@ class Timed:
             self.wait += time.perf_counter() - t
 
 
+def collate(items: list[dict]) -> dict:
+    """Stack ObjectSamples items, padding each one's `masks` (False) and `annotated` (True) bottom/right to the
+    batch's largest tile, not the cache's canvas: a 256² tile of a set with one 2048² image stays small."""
+    H = max(int(item["valid_size"][0]) for item in items)
+    W = max(int(item["valid_size"][1]) for item in items)
+    padded = []
+    for item in items:
+        h, w = item["valid_size"].tolist()
+        padded.append({**item, "masks": F.pad(item["masks"], (0, W - w, 0, H - h), value=False),
+                       "annotated": F.pad(item["annotated"], (0, W - w, 0, H - h), value=True)})
+    return default_collate(padded)
+
+
 def loader(dataset, batch_size: int, shuffle_generator=None, workers: int = 0, pin: bool = False) -> DataLoader:
     """Prefetching DataLoader; spawned workers (zarr's event loop is not fork-safe)."""
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle_generator is not None, generator=shuffle_generator,
+        collate_fn=collate,
         num_workers=workers, multiprocessing_context="spawn" if workers else None, pin_memory=pin,
         prefetch_factor=4 if workers else None, persistent_workers=False,
     )

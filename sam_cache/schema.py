@@ -53,6 +53,16 @@ SOURCE_PATH, LABEL_PATHS, SOURCE_SHA256, SOURCE_SHAPE = "source_path", "label_pa
 SLICE_AXIS, INTENSITY_LO, INTENSITY_HI, MASK_CLASS = "slice_axis", "intensity_lo", "intensity_hi", "mask_class"
 LINKS = "links"  # JSON list of "path -> resolved path" for each of a source's files read through a symlink
 
+# Image and label chunks: tiles of at most this side within each sample (a sample is still written whole, in
+# its shard). A small tile on a large mixed-size canvas then reads only its own chunks, not the padding.
+PIXEL_CHUNK = 256
+
+
+def pixel_chunks(shape: tuple) -> tuple:
+    """The inner chunk of one sample of an image ([H, W, 3]) or label ([H, W]) array on this canvas."""
+    return (1, *(min(d, PIXEL_CHUNK) for d in shape[:2]), *shape[2:])
+
+
 # Blosc zstd-1 with bit-shuffle, measured on embeddings of real EM tiles (benchmarks/codecs.py); then a
 # checksum of the compressed bytes, so a flipped bit is an error, never a silently wrong value.
 EMBEDDING_CODECS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), Crc32cCodec())

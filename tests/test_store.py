@@ -309,3 +309,12 @@ def test_a_mixed_size_set_preloads_its_content_not_n_times_the_largest_canvas(tm
     for i in range(8):
         x, y = a[i], b[i]
         assert all(torch.equal(x[k], y[k]) for k in ("masks", "boxes", "annotated", S.EMBEDDING)), i
+    # a batch is padded to its own largest tile, not to the canvas, and the targets do not depend on it
+    from sam_cache.samples import loader, low_res_targets
+
+    small = next(iter(loader(ObjectSamples(pre, range(7), "box", 2, 1024), 7)))
+    mixed = next(iter(loader(ObjectSamples(pre, [0, 7], "box", 2, 1024), 2)))
+    assert small["masks"].shape[-2:] == (32, 32) and small["annotated"].shape[-2:] == (32, 32)
+    assert mixed["masks"].shape[-2:] == (256, 192)
+    assert torch.equal(low_res_targets(small["masks"][:1], small["valid_size"][:1], 256),
+                       low_res_targets(mixed["masks"][:1], mixed["valid_size"][:1], 256))

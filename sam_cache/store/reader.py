@@ -145,12 +145,14 @@ class CacheReader:
             out += [key for k in np.unique(self.written // shard) if (key := shard_key(a, k)) not in have]
         return out
 
-    def _read(self, name: str, index: int | slice) -> np.ndarray:
-        """One sample of a variable (or a slice of samples, all written)."""
+    def _read(self, name: str, index: int | slice, crop: tuple[int, int] | None = None) -> np.ndarray:
+        """One sample of a variable (or a slice of samples, all written); `crop` (h, w): only its top-left
+        h × w pixels, so only the chunks they lie in are read."""
         if not np.all(self.done[index]):
             raise CacheIncompleteError(f"{self.path}: sample {index} is not written yet")
+        where = index if isinstance(index, slice) else int(index)
         try:
-            return np.asarray(self.array(name)[index if isinstance(index, slice) else int(index)])
+            return np.asarray(self.array(name)[(where,) if crop is None else (where, slice(0, crop[0]), slice(0, crop[1]))])
         except Exception as e:  # checksum mismatch, blosc error, truncated shard: one line naming all three
             raise CacheCorruptError(f"{self.path}: variable `{name}`, sample {index} cannot be read "
                                     f"({type(e).__name__}: {e}); run `samcache info --verify {self.path}`") from e
@@ -223,13 +225,11 @@ class CacheReader:
 
     def image(self, index: int) -> np.ndarray:
         """The tile as fed to the encoder, cropped to its valid size."""
-        h, w = self.valid_size(index)
-        return self._read(S.IMAGE, index)[:h, :w]
+        return self._read(S.IMAGE, index, self.valid_size(index))
 
     def label(self, index: int, layer: str | None = None) -> np.ndarray:
         """The tile's label map (the ground truth, or the label layer `layer`), cropped to its valid size."""
-        h, w = self.valid_size(index)
-        return self._read(self.layer_variable(layer), index)[:h, :w]
+        return self._read(self.layer_variable(layer), index, self.valid_size(index))
 
     def layer_variable(self, layer: str | None) -> str:
         """The variable of the ground truth (None) or of the label layer `layer`, or a clear refusal."""
@@ -370,18 +370,25 @@ class Preloaded:
             if not reader.done[members].all():
                 raise CacheIncompleteError(f"{reader.path}: samples {start}-{stop - 1} are not all written yet")
             rows = [self.row[int(i)] for i in members]
+            sizes = np.array([reader.valid_size(int(i)) for i in members])
+            top = sizes.max(0)
+            one_by_one = sizes.prod(1).sum() < 0.5 * len(members) * top.prod()  # mixed sizes: skip the padding
             for name, target in ((S.EMBEDDING, None), *self.labels.items(), *scales.items()):
                 try:
-                    block = np.asarray(reader.array(name)[start:stop])[members - start]
+                    if not isinstance(target, list):
+                        block = np.asarray(reader.array(name)[start:stop])[members - start]
+                    elif one_by_one:  # each label's own chunks only
+                        block = [np.asarray(reader.array(name)[int(i), :h, :w]) for i, (h, w) in zip(members, sizes)]
+                    else:  # the shard's largest valid region: the chunks it covers
+                        block = np.asarray(reader.array(name)[start:stop, :top[0], :top[1]])[members - start]
                 except Exception as e:  # noqa: BLE001 - one line naming the cache, the variable and the shard
                     raise CacheCorruptError(f"{reader.path}: variable `{name}`, samples {start}-{stop - 1} cannot "
                                             f"be read ({type(e).__name__}: {e})") from e
                 if target is None:
                     self.embeddings[rows] = torch.from_numpy(block)
                 elif isinstance(target, list):
-                    for r, i, label in zip(rows, members, block):
-                        h, w = reader.valid_size(int(i))
-                        target[r] = label[:h, :w].copy()
+                    for r, (h, w), label in zip(rows, sizes, block):
+                        target[r] = label[:h, :w].copy()  # a copy: the shard's block is freed
                 else:
                     target[rows] = block
         self.embeddings = self.embeddings.to(device)
