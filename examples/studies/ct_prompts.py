@@ -6,7 +6,8 @@ base against finetuned decoders, with LiteMedSAM on the shared TotalSegmentator 
 Slices along the volume's last axis, empty slices skipped, an abdomen window (40/400 HU) to uint8; the
 objects are the organs (class ids) present in each slice. Validation: a contiguous block of 20% of the
 slices (`--split slice`), so neighbouring slices never straddle the split. Two decoders are finetuned
-from the cache, one on boxes and one on center points (lr 1e-4, 5 epochs), and every prompt is scored for
+from the cache, one on boxes and one on center points (lr 1e-4, 20 epochs: 5 gave center point 0.480), and
+every prompt is scored for
 base and both. Published (SAM on abdominal CT organs): box 0.865 -> 0.916, center point 0.612 -> 0.856 mDice.
 """
 
@@ -20,7 +21,7 @@ PROMPTS = ("center-point", "random-point", "random-3-points", "box", "box-larger
 
 
 def main() -> None:
-    ap = parser(__doc__, "ct-totalseg", "studies/ct", epochs=5, lr=1e-4)
+    ap = parser(__doc__, "ct-totalseg", "studies/ct", epochs=20, lr=1e-4)
     a = ap.parse_args()
     cache = a.out / "ct.zarr"
     sam_cache.embed(a.data, cache, images="example_ct_sm.nii.gz", labels="example_seg.nii.gz", model="lite_medsam",

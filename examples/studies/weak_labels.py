@@ -29,7 +29,7 @@ from common import data_root
 from sam_cache.decode.regions import Regions
 from sam_cache import schema as S
 from sam_cache.store.reader import CacheReader
-from sam_cache.store.writer import write_label_layer
+from sam_cache.store.layers import write_label_layer
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
