@@ -228,16 +228,20 @@ def embed(
     --scheduler/--workers hand shards to a Dask cluster, --rank/--world-size split them between launches;
     any mix of reruns, worker counts and ranks ends in the same complete cache.
     """
+    from sam_cache.ingest.intensity import Intensity
+
+    # what the command line parses is checked before the engine (torch) is imported
+    patch, stride, workers = _pair("--patch", patch), _pair("--stride", stride), _workers(workers)
+    scaling = Intensity.parse(intensity, window, percentiles)
     import sam_cache
 
     summary = sam_cache.embed(
         dataset, output, model=model, checkpoint=checkpoint, random_init=random_init,
-        fallback_tiny=fallback_tiny, images=images, labels=labels, patch=_pair("--patch", patch),
-        stride=_pair("--stride", stride), halo=halo, axis=axis, skip_empty=skip_empty, label_kind=label_kind,
-        intensity=sam_cache.Intensity.parse(intensity, window, percentiles), dtype=dtype, store=store,
+        fallback_tiny=fallback_tiny, images=images, labels=labels, patch=patch, stride=stride, halo=halo,
+        axis=axis, skip_empty=skip_empty, label_kind=label_kind, intensity=scaling, dtype=dtype, store=store,
         batch_size=batch_size, device=device, precision=precision, fast=fast, shard_size=shard_size,
         read_workers=read_workers, overwrite=overwrite, skip_bad=skip_bad, views=views or (), scheduler=scheduler,
-        workers=_workers(workers), rank=rank, world_size=world_size, progress=not quiet, log=_say,
+        workers=workers, rank=rank, world_size=world_size, progress=not quiet, log=_say,
     )
     typer.echo(str(summary))
 
@@ -298,15 +302,17 @@ def finetune(
     quiet: bool = QUIET,
 ):
     """Train SAM's mask decoder from the cached embeddings; the image encoder is never run."""
-    import sam_cache
+    from sam_cache.recipe import FinetuneConfig
 
-    config = sam_cache.FinetuneConfig(
+    config = FinetuneConfig(
         prompt=prompt, prompt_options={"jitter": jitter} if jitter is not None else {}, epochs=epochs, lr=lr,
         optimizer=optimizer, weight_decay=weight_decay, momentum=momentum, schedule=schedule,
         batch_size=batch_size, objects_per_sample=objects_per_sample, min_area=min_area,
         multimask=multimask, val_fraction=val_fraction, split=split,
         split_file=str(split_file) if split_file else None, early_stopping=early_stopping,
-        seed=seed, workers=workers, labels=labels, views=views)
+        seed=seed, workers=workers, labels=labels, views=views).check()  # before the engine is imported
+    import sam_cache
+
     result = sam_cache.finetune(cache, out, config, checkpoint=checkpoint, device=device, resume=resume,
                                 progress=not quiet, log=_say, preload=preload, overwrite=overwrite)
     typer.echo(str(result))

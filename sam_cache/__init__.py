@@ -15,7 +15,7 @@ _EXPORTS = {
     "embed": "commands.embed", "EmbedSummary": "commands.embed", "ablate": "commands.ablate", "evaluate": "commands.evaluate",
     "per_group": "metrics.aggregate", "per_view": "metrics.aggregate", "summarize": "metrics.aggregate", "Intensity": "ingest.intensity",
     "describe": "store.info", "format_info": "store.info", "verify": "store.info", "CacheReader": "store.reader",
-    "open_cache": "store.reader", "FinetuneConfig": "commands.finetune", "FinetuneResult": "commands.finetune",
+    "open_cache": "store.reader", "FinetuneConfig": "recipe", "FinetuneResult": "commands.finetune",
     "finetune": "commands.finetune", "segment": "commands.segment", "SegmentResult": "commands.segment",
     "predict": "commands.predict", "PredictResult": "commands.predict", "register_model": "registry",
     "register_prompt": "decode.prompts", "unregister_prompt": "decode.prompts",

@@ -4,6 +4,10 @@ CLI builds its help from here in a fraction of a second, and each owner checks a
 
 PROMPTS = ("box", "box-jitter", "box-larger", "center-point", "random-point", "random-3-points", "points-neg",
            "box+point", "none")  # decode.prompts registers exactly these
+# every option a prompt strategy accepts, with its default, and its valid range (lowest value, what it means)
+PROMPT_OPTIONS = {"jitter": 0.1, "margin": 5, "n_pos": 1, "n_neg": 1, "neg_margin": 10}
+PROMPT_LIMITS = {"jitter": (0, "a fraction (< 1) or pixels"), "margin": (0, "pixels"), "n_pos": (1, "points"),
+                 "n_neg": (0, "points"), "neg_margin": (1, "pixels")}
 DEFAULT_PROMPTS = ("box", "box-larger", "center-point", "random-point", "random-3-points")
 # auto: the mask output the model was trained to give (its registry entry's mask_mode); single: SAM's single-mask
 # output; best-iou: the best of 3 by predicted IoU

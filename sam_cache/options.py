@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from .choices import PROMPT_LIMITS, PROMPT_OPTIONS
 from .errors import OptionError
 
 
@@ -30,3 +31,21 @@ def at_least(option: str, value, low, high=None):
         bound = f">= {low}" if high is None else f"between {low} and {high}"
         raise OptionError(f"{option} must be {bound}, not {value!r}")
     return value
+
+
+def prompt_options(options: dict | None) -> None:
+    """Prompt option names and values (`--jitter`, `margin`, ...), against their valid ranges."""
+    unknown = sorted(set(options or {}) - set(PROMPT_OPTIONS))
+    if unknown:
+        raise OptionError(f"unknown prompt option(s) {unknown}; known: {sorted(PROMPT_OPTIONS)}")
+    for key, value in (options or {}).items():
+        low, unit = PROMPT_LIMITS[key]
+        if not isinstance(value, (int, float)) or value < low:
+            raise OptionError(f"--{key.replace('_', '-')} must be >= {low} ({unit}), not {value!r}")
+
+
+def views_without_layer(option: str, labels: str | None) -> None:
+    """Refuse views with a label layer: layers (`predict --write-layer`) are written for identity views only."""
+    if labels is not None:
+        raise OptionError(f"{option} uses the stored views of the ground truth; a label layer holds identity views "
+                          "only: drop --labels or --views")

@@ -63,6 +63,13 @@ def pixel_chunks(shape: tuple) -> tuple:
     return (1, *(min(d, PIXEL_CHUNK) for d in shape[:2]), *shape[2:])
 
 
+def pixel_shards(shape: tuple, samples: int) -> tuple:
+    """The shard of `samples` samples of a pixel array: the canvas rounded up to whole inner chunks (zarr
+    needs a shard to hold whole chunks; the chunks past the canvas are never written, so they cost nothing)."""
+    chunks = pixel_chunks(shape)
+    return (samples, *(-(-d // c) * c for d, c in zip(shape[:2], chunks[1:3])), *shape[2:])
+
+
 # Blosc zstd-1 with bit-shuffle, measured on embeddings of real EM tiles (benchmarks/codecs.py); then a
 # checksum of the compressed bytes, so a flipped bit is an error, never a silently wrong value.
 EMBEDDING_CODECS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), Crc32cCodec())

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     # 0: leaves that everything shares
     {"version", "errors", "choices", "options", "progress", "schema", "identity", "files", "device", "tiny",
-     "plugins", "tasks"},
+     "plugins", "tasks", "recipe"},
     {"ingest"},  # sources -> tiles
     {"store"},  # the cache: writer, reader, layers, info
     {"registry"},  # the model types: builders, official checkpoints, shape detection

@@ -51,7 +51,7 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
     O.choice("--split", split, SPLITS)
     O.choice("--views", views, EVAL_VIEWS)
     if views != EVAL_VIEWS[0]:
-        V.without_layer(f"--views {views}", labels)
+        O.views_without_layer(f"--views {views}", labels)
         if per != "object" or prompt == SEMANTIC:
             raise O.OptionError(f"--views {views} scores prompted objects tile by tile (--per object), not with --per "
                                 f"image or volume (identity views only) or --prompt {SEMANTIC}")

@@ -23,13 +23,14 @@ from monai.losses import DiceLoss
 from .. import identity as fingerprint
 from .. import options as O
 from .. import schema as S
-from ..choices import MIN_AREA
+from ..choices import PRELOADS, TRAIN_VIEWS
 from ..decode import prompts as P
 from ..decode.load import load_decoder
 from ..decode.pipeline import PromptBatch, decode_prompts
 from ..device import default_device
 from ..errors import SamCacheError
 from ..ingest import views as V
+from ..recipe import FinetuneConfig
 from ..metrics.masks import scores
 from ..runs import CONFIG, CURVES, METRIC_COLUMNS, RUN_FILES, Run, claim
 from ..samples import (SEMANTIC, ObjectSamples, choose_preload, describe_split, loader, low_res_targets,
@@ -37,52 +38,6 @@ from ..samples import (SEMANTIC, ObjectSamples, choose_preload, describe_split, 
 from ..store.reader import CacheReader
 from ..training import Plan, Task, fit, one_writer, resume_state, schedule
 from ..version import __version__
-
-from ..choices import OPTIMIZERS, PRELOADS, SCHEDULES, SPLITS, TRAIN_VIEWS  # noqa: E402  (one list each)
-
-
-@dataclass
-class FinetuneConfig:
-    prompt: str = "box"
-    prompt_options: dict = field(default_factory=dict)  # e.g. {"jitter": 0.1} for box-jitter
-    epochs: int = 5
-    lr: float = 1e-5
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
-    schedule: str = "constant"
-    batch_size: int = 8  # samples per step
-    objects_per_sample: int = 4
-    min_area: int = MIN_AREA
-    multimask: bool | None = None  # None: the output the model was trained to give (its registry entry's mask_mode)
-    iou_loss_weight: float = 1.0
-    val_fraction: float = 0.2
-    split: str = S.SOURCE
-    split_file: str | None = None  # a CSV of source or sample -> train/val/test; overrides `split`
-    early_stopping: int | None = None  # patience in epochs
-    seed: int = 0
-    workers: int = 0
-    labels: str | None = None  # train on this label layer (e.g. pseudo-masks from `predict`), not the ground truth
-    views: str = "identity"  # random: each epoch, one of a training sample's stored views (`embed --views`)
-
-    def check(self) -> "FinetuneConfig":
-        """Every option checked once, before any work, with the valid choices in the message."""
-        P.check([self.prompt], self.prompt_options)
-        O.choice("--optimizer", self.optimizer, OPTIMIZERS)
-        O.choice("--schedule", self.schedule, SCHEDULES)
-        O.choice("--split", self.split, SPLITS)
-        O.choice("--views", self.views, TRAIN_VIEWS)
-        if self.views != TRAIN_VIEWS[0]:
-            V.without_layer(f"--views {self.views}", self.labels)
-        for name, low in (("epochs", 1), ("batch_size", 1), ("objects_per_sample", 1), ("min_area", 1),
-                          ("workers", 0), ("weight_decay", 0), ("momentum", 0), ("iou_loss_weight", 0)):
-            O.at_least("--" + name.replace("_", "-"), getattr(self, name), low)
-        if not self.lr > 0:
-            raise O.OptionError(f"--lr must be > 0, not {self.lr!r}")
-        O.at_least("--val-fraction", self.val_fraction, 0, 0.95)
-        if self.early_stopping is not None:
-            O.at_least("--early-stopping", self.early_stopping, 1)
-        return self
 
 
 @dataclass
@@ -194,6 +149,7 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     what it chose. The results are the same either way. A folder `out` that holds anything is refused
     unless `resume` (continue that run) or `overwrite` (replace it whole)."""
     c = (config or FinetuneConfig()).check()
+    P.check([c.prompt], c.prompt_options)  # the strategy's name against the registry (plugins included)
     O.choice("--preload", preload, PRELOADS)
     reader = CacheReader(cache)
     if c.labels is None:

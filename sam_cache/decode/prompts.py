@@ -31,13 +31,10 @@ from monai.transforms.utils import distance_transform_edt
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from .. import options as O, plugins
-from ..choices import PROMPTS as BUILTIN
+from ..choices import PROMPT_OPTIONS, PROMPTS as BUILTIN
 from ..errors import OptionError
 
 ENTRY_POINTS = "samcache.prompts"  # a module that calls register_prompt on import, or a function that is called
-
-OPTIONS = {"jitter": 0.1, "margin": 5, "n_pos": 1, "n_neg": 1, "neg_margin": 10}
-"""Every option a strategy accepts, with its default."""
 
 
 @dataclass
@@ -81,7 +78,7 @@ def register_prompt(name: str, strategy: Callable[..., Prompts], replace: bool =
     `strategy(masks, generator, **options) -> Prompts` gets one tile's K object masks ([K, H, W] bool) and
     returns their prompts **in the tile's pixels** (points [K, P, 2] as (x, y), labels [K, P] with 1
     positive, 0 negative, -1 padding; boxes [K, 4] inclusive XYXY; valid [K]), drawing any randomness from
-    `generator`. It is called with every option of `OPTIONS` (accept `**_` for those it does not use).
+    `generator`. It is called with every option of `choices.PROMPT_OPTIONS` (accept `**_` for those it does not use).
     samcache checks its input and maps its output to the model's input frame, as for the built-ins.
 
     A strategy registered here exists only in this process. For the `samcache` command line and for
@@ -128,21 +125,11 @@ def make_prompts(
     return PROMPTS[name](masks, generator, target_length, **options)
 
 
-# The valid range of each option: (lowest value, what it means).
-LIMITS = {"jitter": (0, "a fraction (< 1) or pixels"), "margin": (0, "pixels"), "n_pos": (1, "points"),
-          "n_neg": (0, "points"), "neg_margin": (1, "pixels")}
-
 
 def check(names, options: dict | None = None) -> None:
     """Check strategy names and option values before any work, with the valid choices in the message."""
     _known(names)
-    unknown = sorted(set(options or {}) - set(OPTIONS))
-    if unknown:
-        raise OptionError(f"unknown prompt option(s) {unknown}; known: {sorted(OPTIONS)}")
-    for key, value in (options or {}).items():
-        low, unit = LIMITS[key]
-        if not isinstance(value, (int, float)) or value < low:
-            raise OptionError(f"--{key.replace('_', '-')} must be >= {low} ({unit}), not {value!r}")
+    O.prompt_options(options)
 
 
 def _register(name: str) -> Callable:
@@ -153,12 +140,12 @@ def _register(name: str) -> Callable:
     def register(fn: Callable[..., Prompts]) -> Callable[..., Prompts]:
         @functools.wraps(fn)
         def strategy(masks, generator, target_length=1024, **options):
-            unknown = sorted(set(options) - set(OPTIONS))
+            unknown = sorted(set(options) - set(PROMPT_OPTIONS))
             if unknown:
-                raise TypeError(f"unknown prompt option(s) {unknown}; known: {sorted(OPTIONS)}")
+                raise TypeError(f"unknown prompt option(s) {unknown}; known: {sorted(PROMPT_OPTIONS)}")
             if masks.ndim != 3:
                 raise ValueError(f"masks must be [K, H, W], got shape {tuple(masks.shape)}")
-            p = fn(masks.bool(), generator, **{**OPTIONS, **options})
+            p = fn(masks.bool(), generator, **{**PROMPT_OPTIONS, **options})
             size = tuple(masks.shape[-2:])
             resize = ResizeLongestSide(target_length)
             if p.points is not None:

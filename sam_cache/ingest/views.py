@@ -114,13 +114,6 @@ def require(reader, option: str) -> None:
                             f"{','.join(VIEWS[1:4])}`); this one holds each tile's identity view only")
 
 
-def without_layer(option: str, labels: str | None) -> None:
-    """Refuse views with a label layer: layers (`predict --write-layer`) are written for identity views only."""
-    if labels is not None:
-        raise OptionError(f"{option} uses the stored views of the ground truth; a label layer holds identity views "
-                          "only: drop --labels or --views")
-
-
 def every(reader, originals) -> np.ndarray:
     """Every written view of the samples `originals` (identity views), in sample order: the originals, then
     each view's block (`evaluate --views all`)."""

@@ -158,8 +158,10 @@ def _lay_out(group: zarr.Group, layout: Layout) -> None:
         shapes.update(dict.fromkeys(lossy.SCALES, (tuple(layout.embedding_shape[:1]), "float32")))
     coords = [c for c in (*S.SAMPLE_COORDS, *S.VIEW_COORDS) if c in layout.coords]  # view coords: with views only
     for name, (shape, dtype) in shapes.items():
-        chunks = (1, *shape) if name not in (S.IMAGE, S.LABEL) else S.pixel_chunks(shape)
-        a = new_array(group, name, (n, *shape), chunks, (shard, *shape), dtype, S.DIMS[name],
+        pixels = name in (S.IMAGE, S.LABEL)
+        chunks = S.pixel_chunks(shape) if pixels else (1, *shape)
+        shards = S.pixel_shards(shape, shard) if pixels else (shard, *shape)
+        a = new_array(group, name, (n, *shape), chunks, shards, dtype, S.DIMS[name],
                    S.EMBEDDING_CODECS if name == S.EMBEDDING else S.PIXEL_CODECS,
                    store.filters() if name == S.EMBEDDING else ())
         a.attrs["coordinates"] = " ".join((*coords, S.DONE))
