@@ -63,8 +63,9 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=256)
     ap.add_argument("--teacher", default=None, help="base, a run folder or a .pth; default base (tiny: trained)")
     ap.add_argument("--fractions", default="1,0.04,0.005")
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--batch-size", type=int, default=1, help="samples per step (the set has 4 training tiles)")
     ap.add_argument("--zero-unannotated", action="store_true")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("weak-labels"))
@@ -82,8 +83,8 @@ def main() -> None:
         extra = {"checkpoint": save_checkpoint(build_tiny(img_size=256), a.out / "tiny256.pth")}
     sam_cache.embed(a.data, cache, images="**/img2d.tif", labels="**/mask2d.tif", model=a.model, patch=a.patch,
                     read_workers=0, **extra)
-    lr = a.lr if a.model != "tiny" or a.lr != 1e-5 else 1e-3  # an untrained decoder needs a larger step
-    recipe = dict(epochs=a.epochs, lr=lr, val_fraction=0.5, seed=a.seed)
+    lr = a.lr if a.model != "tiny" or a.lr != 1e-4 else 1e-3  # an untrained decoder needs a larger step
+    recipe = dict(epochs=a.epochs, lr=lr, batch_size=a.batch_size, val_fraction=0.5, seed=a.seed)
     teacher = a.teacher
     if teacher is None:
         teacher = "base"
