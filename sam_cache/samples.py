@@ -40,8 +40,8 @@ def sample_generator(seed: int, epoch: int, sample: int) -> torch.Generator:
 class ObjectSamples(torch.utils.data.Dataset):
     """Item i: sample `indices[i]` with up to `k` objects (all if k is None) and their prompts.
 
-    Returns embedding [C, h, w], masks [K, H, W] bool at the tile's valid size (the tile's objects in the label
-    `layer`, the ground truth by default), the prompts (padded to K rows, `prompt_valid` False for padding
+    Returns embedding [C, h, w], masks [K, H, W] bool at the tile's valid size (the tile's objects in the
+    label `layer`, the ground truth by default), the prompts (padded to K rows, `prompt_valid` False for padding
     and for objects too small for the strategy), object ids/areas, the valid tile size, and `annotated`
     [H, W] (False where the layer leaves pixels unannotated: the loss ignores them).
 
@@ -101,14 +101,14 @@ def _pad(t: torch.Tensor, k: int, value=0) -> torch.Tensor:
 
 
 def low_res_weights(annotated: torch.Tensor, valid_size: torch.Tensor, low_res: int) -> torch.Tensor:
-    """Annotated pixels [B, H, W] (valid sizes padded to the batch's largest) -> loss weights [B, 1, L, L]: 0 where the resized tile is
-    unannotated, 1 elsewhere (the padding included, as for every label)."""
+    """Annotated pixels [B, H, W] (each tile padded to the batch's largest) -> loss weights [B, 1, L, L]: 0
+    where the resized tile is unannotated, 1 elsewhere (the padding included, as for every label)."""
     return 1 - low_res_targets(~annotated[:, None], valid_size, low_res)
 
 
 def low_res_targets(masks: torch.Tensor, valid_size: torch.Tensor, low_res: int) -> torch.Tensor:
-    """True masks [B, K, H, W] (valid sizes padded to the batch's largest) -> float targets [B, K, L, L] in the decoder's low-res frame:
-    the valid region resized like the image (longest side to L), padded bottom/right."""
+    """True masks [B, K, H, W] (each tile padded to the batch's largest) -> float targets [B, K, L, L] in the
+    decoder's low-res frame: the valid region resized like the image (longest side to L), padded bottom/right."""
     B, K = masks.shape[:2]
     out = torch.zeros(B, K, low_res, low_res, device=masks.device)
     for b in range(B):

@@ -125,7 +125,6 @@ def make_prompts(
     return PROMPTS[name](masks, generator, target_length, **options)
 
 
-
 def check(names, options: dict | None = None) -> None:
     """Check strategy names and option values before any work, with the valid choices in the message."""
     _known(names)

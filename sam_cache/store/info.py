@@ -28,7 +28,8 @@ def describe(path: str | Path) -> dict:
         "bytes": size_on_disk(path),
         "source_paths": [str(v) for v in r.source_table(S.SOURCE_PATH)],
         "slice_axes": [int(v) for v in r.source_table(S.SLICE_AXIS)],
-        "links": [link for v in (r.source_table(S.LINKS) if S.LINKS in r.group else ()) for link in json.loads(str(v))],
+        "links": [link for v in (r.source_table(S.LINKS) if S.LINKS in r.group else ())  # older caches: none recorded
+                  for link in json.loads(str(v))],
         **r.attrs,
     }
 

@@ -73,7 +73,8 @@ def write_label_layer(path, name: str, tiles: dict[int, np.ndarray], provenance:
 def _fill(group, var: str, shape, shard: int, tiles, attrs: dict):
     """The layer's array in `group`, with `attrs`, written shard by shard; returns it."""
     n, H, W = shape
-    a = new_array(group, var, shape, S.pixel_chunks((H, W)), S.pixel_shards((H, W), shard), "int32", S.DIMS[S.LABEL], S.PIXEL_CODECS)
+    a = new_array(group, var, shape, S.pixel_chunks((H, W)), S.pixel_shards((H, W), shard), "int32",
+                  S.DIMS[S.LABEL], S.PIXEL_CODECS)
     a.attrs.update(attrs)
     for start, block in _layer_blocks(n, shard, (H, W), tiles):
         a[start:start + len(block)] = block

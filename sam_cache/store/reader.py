@@ -150,9 +150,11 @@ class CacheReader:
         h × w pixels, so only the chunks they lie in are read."""
         if not np.all(self.done[index]):
             raise CacheIncompleteError(f"{self.path}: sample {index} is not written yet")
-        where = index if isinstance(index, slice) else int(index)
+        where = (index if isinstance(index, slice) else int(index),)
+        if crop is not None:
+            where += (slice(0, crop[0]), slice(0, crop[1]))
         try:
-            return np.asarray(self.array(name)[(where,) if crop is None else (where, slice(0, crop[0]), slice(0, crop[1]))])
+            return np.asarray(self.array(name)[where])
         except Exception as e:  # checksum mismatch, blosc error, truncated shard: one line naming all three
             raise CacheCorruptError(f"{self.path}: variable `{name}`, sample {index} cannot be read "
                                     f"({type(e).__name__}: {e}); run `samcache info --verify {self.path}`") from e
@@ -370,25 +372,19 @@ class Preloaded:
             if not reader.done[members].all():
                 raise CacheIncompleteError(f"{reader.path}: samples {start}-{stop - 1} are not all written yet")
             rows = [self.row[int(i)] for i in members]
-            sizes = np.array([reader.valid_size(int(i)) for i in members])
-            top = sizes.max(0)
-            one_by_one = sizes.prod(1).sum() < 0.5 * len(members) * top.prod()  # mixed sizes: skip the padding
+            sizes = [reader.valid_size(int(i)) for i in members]
             for name, target in ((S.EMBEDDING, None), *self.labels.items(), *scales.items()):
                 try:
-                    if not isinstance(target, list):
-                        block = np.asarray(reader.array(name)[start:stop])[members - start]
-                    elif one_by_one:  # each label's own chunks only
-                        block = [np.asarray(reader.array(name)[int(i), :h, :w]) for i, (h, w) in zip(members, sizes)]
-                    else:  # the shard's largest valid region: the chunks it covers
-                        block = np.asarray(reader.array(name)[start:stop, :top[0], :top[1]])[members - start]
+                    if isinstance(target, list):  # a label: each at its own size
+                        for r, label in zip(rows, _crops(reader.array(name), start, stop, members, sizes)):
+                            target[r] = label
+                        continue
+                    block = np.asarray(reader.array(name)[start:stop])[members - start]
                 except Exception as e:  # noqa: BLE001 - one line naming the cache, the variable and the shard
                     raise CacheCorruptError(f"{reader.path}: variable `{name}`, samples {start}-{stop - 1} cannot "
                                             f"be read ({type(e).__name__}: {e})") from e
                 if target is None:
                     self.embeddings[rows] = torch.from_numpy(block)
-                elif isinstance(target, list):
-                    for r, (h, w), label in zip(rows, sizes, block):
-                        target[r] = label[:h, :w].copy()  # a copy: the shard's block is freed
                 else:
                     target[rows] = block
         self.embeddings = self.embeddings.to(device)
@@ -413,6 +409,16 @@ class Preloaded:
 
     def objects(self, index: int, min_area: int, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         return layer_objects(self.label(index, layer), self.kind_of(layer), min_area)
+
+
+def _crops(array, start: int, stop: int, members, sizes) -> list[np.ndarray]:
+    """The valid region of each member of shard [start, stop) of a pixel array, each its own copy. Tiles of
+    mixed sizes are read one by one (only their own chunks); similar ones as one block of the largest."""
+    top = np.max(sizes, axis=0)
+    if sum(h * w for h, w in sizes) < 0.5 * len(sizes) * top.prod():
+        return [np.asarray(array[int(i), :h, :w]) for i, (h, w) in zip(members, sizes)]
+    block = np.asarray(array[start:stop, :top[0], :top[1]])
+    return [block[int(i) - start, :h, :w].copy() for i, (h, w) in zip(members, sizes)]  # the block is freed
 
 
 def layer_objects(label: np.ndarray, kind: str, min_area: int) -> tuple[np.ndarray, np.ndarray]:
