@@ -22,6 +22,7 @@ from sam_cache.ingest.labels import objects
 from sam_cache import identity as fingerprint
 from sam_cache import schema as S
 from sam_cache.store.reader import CacheReader
+from sam_cache.store.writer import Lock
 from sam_cache.samples import ObjectSamples
 
 from .conftest import write_dataset
@@ -163,6 +164,32 @@ def test_a_second_writer_refuses_naming_the_holder(tmp_path, micro_checkpoint):
         holder.kill()
         holder.wait()
     sam_cache.embed(data, out, model="tiny", checkpoint=micro_checkpoint, read_workers=0, progress=False)  # released
+
+
+SLOW_RECORD = """
+import sys, time
+from pathlib import Path
+from sam_cache.store.writer import Lock
+lock = Lock(Path(sys.argv[1]))
+lock.lock.acquire()  # the lock is taken; the holder's record comes a moment later
+print("locked", flush=True)
+time.sleep(0.5)
+lock.acquire()
+time.sleep(60)
+"""
+
+
+def test_a_writer_refused_before_the_holder_records_itself_still_names_it(tmp_path):
+    """The instant between taking the lock and writing who holds it (a race two finetunes once hit in CI)."""
+    out = tmp_path / "c.zarr"
+    holder = subprocess.Popen([sys.executable, "-c", SLOW_RECORD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CacheLockedError, match=f"is being written by pid {holder.pid} "):
+            Lock(out).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_full_disk_keeps_what_is_done_and_the_same_command_resumes(cache, tmp_path, micro_checkpoint, monkeypatch):

@@ -97,17 +97,28 @@ class Lock:
         try:
             self.lock.acquire()
         except filelock.Timeout:
-            try:
-                h = json.loads(self.holder.read_text())
-                who = f"pid {h['pid']} on {h['host']}, since {h['since']}: {h['command']}"
-            except (OSError, ValueError, KeyError):
-                who = "another process"
+            who = self._who()
             raise CacheLockedError(f"{self.path} is being written by {who}. Wait for it to finish (or stop it), "
                                    "then rerun; a writer that exits or is killed releases the lock.") from None
-        self.holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                           "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                           "command": command_line()[:300]}))
+        # Written whole under a temporary name, then renamed: a refused writer never reads half a record.
+        tmp = self.holder.with_name(f"{self.holder.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                   "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": command_line()[:300]}))
+        os.replace(tmp, self.holder)
         return self
+
+    def _who(self, wait: float = 2.0) -> str:
+        """Who holds the lock. The holder records itself just after it takes the lock, so a writer refused in
+        that instant waits up to `wait` seconds for the record."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                h = json.loads(self.holder.read_text())
+                return f"pid {h['pid']} on {h['host']}, since {h['since']}: {h['command']}"
+            except (OSError, ValueError, KeyError):
+                if time.monotonic() > deadline:
+                    return "another process"
+                time.sleep(0.05)
 
     def release(self) -> None:
         if self.lock.is_locked:
