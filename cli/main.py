@@ -228,11 +228,16 @@ def embed(
     --scheduler/--workers hand shards to a Dask cluster, --rank/--world-size split them between launches;
     any mix of reruns, worker counts and ranks ends in the same complete cache.
     """
+    from sam_cache import options as O
     from sam_cache.ingest.intensity import Intensity
+    from sam_cache.store.spec import parse as parse_store
 
     # what the command line parses is checked before the engine (torch) is imported
     patch, stride, workers = _pair("--patch", patch), _pair("--stride", stride), _workers(workers)
     scaling = Intensity.parse(intensity, window, percentiles)
+    O.embed_values(dtype, label_kind, precision, shard_size, batch_size)
+    parse_store(store, dtype)
+    O.known_names("--model", model, (*C.MODEL_TYPES, "auto"), C.MODEL_PLUGINS, C.MODEL_REGISTRY)
     import sam_cache
 
     summary = sam_cache.embed(
@@ -378,6 +383,11 @@ def evaluate(
         scoring, per = per, None
     if per:
         O.choice("--per", per, C.GROUPINGS)
+    # before the engine is imported: what evaluate checks first, on the values alone
+    O.evaluate_values(prompt, split, views, scoring, iterations, labels, propagate_from, tolerance)
+    O.known_names("prompt strategy", propagate_from if prompt == C.PROPAGATE else prompt, C.PROMPTS, C.PROMPT_PLUGINS,
+                      C.PROMPT_REGISTRY)
+    O.scoring_values(mask, min_area, iterations, (seed,))
     import sam_cache
 
     fmt = lambda v: f"{v:.4f}"  # noqa: E731
@@ -436,6 +446,13 @@ def ablate(
     """Score prompt strategies × checkpoints × seeds on every object, in one pass over the cache.
     Rerunning the same command after a crash resumes it (the partitions already done are kept); a
     different command into the same --out is refused unless --overwrite."""
+    from sam_cache import options as O
+
+    O.known_names("prompt strategy", _list(prompts), C.PROMPTS, C.PROMPT_PLUGINS,
+                      C.PROMPT_REGISTRY)  # before the engine is imported
+    O.scoring_values(mask, min_area, iterations, range(seeds))
+    O.choice("--split", split, C.ABLATE_SPLITS)
+    O.at_least("--partition-size", partition_size, 1)
     import sam_cache
 
     results = sam_cache.ablate(
@@ -505,13 +522,17 @@ def segment(
     COCO JSON, and scores against the cache's labels; `--sweep` tries many settings for one decoding.
     Rerunning the same command after a crash resumes it (the sources already done are kept); a different
     command into the same --out is refused unless --overwrite."""
-    import sam_cache
-    from sam_cache.amg.knobs import parse_sweep
+    from sam_cache import options as O
+    from sam_cache.amg.knobs import Sweep, parse_sweep
 
     settings = dict(points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
                     stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
                     box_nms_thresh=box_nms_thresh, min_mask_region_area=min_mask_region_area,
                     crop_n_layers=crop_n_layers)
+    plan = Sweep.of(settings, parse_sweep(sweep))  # the knobs and the options, before the engine is imported
+    O.segment_values(mask, output_mode, points_per_batch, partition_size, keep, len(plan.settings()))
+    import sam_cache
+
     result = sam_cache.segment(
         cache, out, settings=settings, sweep=parse_sweep(sweep), checkpoint=checkpoint, output_mode=output_mode,
         sources=_list(sources) if sources else None, points_per_batch=points_per_batch,
@@ -567,6 +588,12 @@ def predict(
 ):
     """Masks for your own prompts (or prompts drawn from the labels), decoded from the cached embeddings:
     label images per source, a COCO JSON with scores, and optionally a label layer of the cache."""
+    from sam_cache import options as O
+
+    O.predict_values(prompts, prompts_from_labels, mask, output_mode)  # before the engine is imported
+    if prompts_from_labels is not None:
+        O.known_names("--prompts-from-labels", prompts_from_labels, C.PROMPTS, C.PROMPT_PLUGINS,
+                      C.PROMPT_REGISTRY)
     import sam_cache
 
     result = sam_cache.predict(

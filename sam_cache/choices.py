@@ -4,6 +4,11 @@ CLI builds its help from here in a fraction of a second, and each owner checks a
 
 PROMPTS = ("box", "box-jitter", "box-larger", "center-point", "random-point", "random-3-points", "points-neg",
            "box+point", "none")  # decode.prompts registers exactly these
+SEMANTIC = "none"  # the prompt-free strategy: one target per tile, the union of its objects
+# entry point groups through which an installed package adds prompt strategies and model types (sam_cache.plugins),
+# and the registries that hold them
+PROMPT_PLUGINS, MODEL_PLUGINS = "samcache.prompts", "samcache.models"
+PROMPT_REGISTRY, MODEL_REGISTRY = "sam_cache.decode.prompts", "sam_cache.registry"
 # every option a prompt strategy accepts, with its default, and its valid range (lowest value, what it means)
 PROMPT_OPTIONS = {"jitter": 0.1, "margin": 5, "n_pos": 1, "n_neg": 1, "neg_margin": 10}
 PROMPT_LIMITS = {"jitter": (0, "a fraction (< 1) or pixels"), "margin": (0, "pixels"), "n_pos": (1, "points"),

@@ -4,9 +4,11 @@ call, and name the option, the value and the valid choices."""
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Iterable
 
-from .choices import PROMPT_LIMITS, PROMPT_OPTIONS
+from .choices import (AMG_OUTPUT_MODES, DTYPES, EVAL_SPLITS, EVAL_VIEWS, LABEL_KINDS, MASK_MODES, PRECISIONS,
+                      PROMPT_LIMITS, PROMPT_OPTIONS, PROMPTS, PROPAGATE, PROPAGATE_FROM, SCORINGS, SEMANTIC)
 from .errors import OptionError
 
 
@@ -49,3 +51,85 @@ def views_without_layer(option: str, labels: str | None) -> None:
     if labels is not None:
         raise OptionError(f"{option} uses the stored views of the ground truth; a label layer holds identity views "
                           "only: drop --labels or --views")
+
+
+def known_names(option: str, names, builtin: Iterable, group: str, registry: str) -> None:
+    """Names checked against the built-in ones without importing their registry (the module `registry`, which
+    imports torch): a name that is not built in is refused here only when nothing could have added it: no
+    installed package (a `group` entry point), and no code of this process (the registry is not imported
+    yet); otherwise the registry decides."""
+    import sys
+    from importlib.metadata import entry_points
+
+    names, builtin = ([names] if isinstance(names, str) else list(names)), list(builtin)
+    if all(n in builtin for n in names) or registry in sys.modules or entry_points(group=group):
+        return
+    choices(option, names, builtin)
+
+
+# ---- each command's plain values: checked by the CLI before it imports the engine, and by the command itself
+def embed_values(dtype: str, label_kind: str, precision: str, shard_size: int, batch_size: int | None) -> None:
+    choice("--dtype", dtype, DTYPES)
+    choice("--label-kind", label_kind, LABEL_KINDS)
+    choice("--precision", precision, PRECISIONS)
+    at_least("--shard-size", shard_size, 1)
+    if batch_size is not None:
+        at_least("--batch-size", batch_size, 1)
+
+
+def scoring_values(mask_mode: str, min_area: int | None, iterations, seeds=(0,)) -> None:
+    """What every scoring request (evaluate, ablate, the scoring runner) takes: a mask mode, a minimum object
+    area (None: the run's own), rounds per object and distinct prompt seeds."""
+    choice("--mask", mask_mode, MASK_MODES)
+    if min_area is not None:
+        at_least("--min-area", min_area, 1)
+    if isinstance(iterations, bool) or not isinstance(iterations, Integral):
+        raise OptionError(f"--iterations must be a whole number >= 1, not {iterations!r}")
+    at_least("--iterations", iterations, 1)
+    seeds = list(seeds)
+    if not seeds:
+        raise OptionError("--seeds must be >= 1: give at least one prompt seed")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, Integral) or s < 0]
+    if bad or len(set(seeds)) != len(seeds):
+        raise OptionError(f"seeds must be distinct whole numbers >= 0, not {seeds}")
+
+
+def evaluate_values(prompt: str, split: str, views: str, per: str, iterations, labels: str | None,
+                    propagate_from: str, tolerance: float) -> None:
+    """`evaluate`'s combinations: what its split, views, scoring (`per`) and prompt allow together."""
+    choice("--split", split, EVAL_SPLITS)
+    choice("--views", views, EVAL_VIEWS)
+    if views != EVAL_VIEWS[0]:
+        views_without_layer(f"--views {views}", labels)
+        if per != "object" or prompt == SEMANTIC:
+            raise OptionError(f"--views {views} scores prompted objects tile by tile (--per object), not with --per "
+                              f"image or volume (identity views only) or --prompt {SEMANTIC}")
+    choice("--per", per, SCORINGS)
+    if per != "object" and (prompt == SEMANTIC or iterations > 1):
+        raise OptionError(f"--per {per} scores prompted objects in one round (not --prompt none or --iterations)")
+    if per == "volume":
+        choice("--propagate-from", propagate_from, PROPAGATE_FROM)
+        at_least("--tolerance", tolerance, 0)
+    elif prompt == PROPAGATE:
+        raise OptionError("--prompt propagate is scored in 3D: add --per volume")
+    if prompt == SEMANTIC and iterations > 1:
+        raise OptionError("--iterations scores objects by corrective clicks; --prompt none scores tiles")
+
+
+def segment_values(mask_mode: str, output_mode: str, points_per_batch: int, partition_size: int, keep: int | None,
+                   n_settings: int) -> None:
+    choice("--mask", mask_mode, MASK_MODES)
+    choice("--output-mode", output_mode, AMG_OUTPUT_MODES)
+    at_least("--points-per-batch", points_per_batch, 1)
+    at_least("--partition-size", partition_size, 1)
+    if keep is not None and not 0 <= keep < n_settings:
+        raise OptionError(f"--keep must name a setting 0..{n_settings - 1} of the sweep, not {keep}")
+
+
+def predict_values(prompts, prompts_from_labels: str | None, mask_mode: str, output_mode: str) -> None:
+    if (prompts is None) == (prompts_from_labels is None):
+        raise OptionError("give --prompts FILE or --prompts-from-labels STRATEGY (one of them)")
+    choice("--mask", mask_mode, MASK_MODES)
+    choice("--output-mode", output_mode, AMG_OUTPUT_MODES)
+    if prompts_from_labels == SEMANTIC:
+        choice("--prompts-from-labels", prompts_from_labels, [p for p in PROMPTS if p != SEMANTIC])

@@ -36,10 +36,10 @@ from typing import Callable, Mapping
 import torch
 
 from . import plugins
-from .choices import MODEL_TYPES
+from .choices import MODEL_PLUGINS, MODEL_TYPES
 from .errors import CheckpointError, OptionError
 
-ENTRY_POINTS = "samcache.models"
+ENTRY_POINTS = MODEL_PLUGINS
 AUTO = "auto"  # load_sam: the type whose shapes fit the checkpoint
 SEED = 0  # random-init architectures are built from this seed, so reruns and resumes agree
 

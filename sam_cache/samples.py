@@ -28,9 +28,7 @@ from .ingest import views as V
 from .runs import Run, is_run
 from .store.reader import CacheReader, Preloaded, layer_objects
 
-from .choices import ABLATE_SPLITS, MIN_AREA, PRELOADS, SPLITS
-
-SEMANTIC = "none"  # the prompt-free strategy: one target per tile, the union of its objects
+from .choices import ABLATE_SPLITS, MIN_AREA, PRELOADS, SEMANTIC, SPLITS  # noqa: F401 - SEMANTIC: samples.SEMANTIC
 
 
 def sample_generator(seed: int, epoch: int, sample: int) -> torch.Generator:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -71,3 +72,53 @@ def test_finetune_returns_its_history_and_decoder(rect_cache, tmp_path):
     assert r.history.loc[r.best_epoch, "val_dice"] == r.best_val_dice
     kept = torch.load(tmp_path / "run" / "decoder.pth", weights_only=True)
     assert all(torch.equal(v, kept[f"mask_decoder.{k}"]) for k, v in r.decoder.mask_decoder.state_dict().items())
+
+
+BAD_OPTIONS = """
+import json, sys
+from typer.testing import CliRunner
+from sam_cache.cli.main import app
+said = []
+for args in json.loads(sys.argv[1]):
+    r = CliRunner().invoke(app, args)
+    said.append([r.exit_code, r.output.strip(), [m for m in ("torch", "zarr") if m in sys.modules]])
+print(json.dumps(said))
+"""
+
+
+def test_option_errors_answer_before_the_engine_is_imported(tmp_path):
+    """Each bad value is refused with one line naming the option, and neither torch nor zarr is imported: the
+    answer comes as fast as --help. The cache named does not exist, so a check the CLI missed would reach the
+    engine and fail on the cache instead."""
+    data, cache = str(tmp_path), str(tmp_path / "no.zarr")
+    cases = {
+        "--dtype": ["embed", data, "-o", cache, "--dtype", "float64"],
+        "--store": ["embed", data, "-o", cache, "--store", "bitround:99"],
+        "--precision": ["embed", data, "-o", cache, "--precision", "fp8"],
+        "--label-kind": ["embed", data, "-o", cache, "--label-kind", "rgb"],
+        "--shard-size": ["embed", data, "-o", cache, "--shard-size", "0"],
+        "--model": ["embed", data, "-o", cache, "--model", "vit_z"],
+        "prompt strategy": ["evaluate", cache, "--prompt", "boxx"],
+        "--mask": ["evaluate", cache, "--mask", "best"],
+        "--iterations": ["evaluate", cache, "--iterations", "0"],
+        "--split": ["evaluate", cache, "--split", "vall"],
+        "--propagate-from": ["evaluate", cache, "--scoring", "volume", "--propagate-from", "points"],
+        "centre-point": ["ablate", cache, "--prompts", "box,centre-point"],
+        "--seeds": ["ablate", cache, "--seeds", "0"],
+        "--partition-size": ["ablate", cache, "--partition-size", "0"],
+        "pred_iou_thresh": ["segment", cache, "--sweep", "pred_iou_thresh=0.5,2"],
+        "--output-mode": ["segment", cache, "--output-mode", "png"],
+        "--keep": ["segment", cache, "--sweep", "pred_iou_thresh=0.5,0.8", "--keep", "2"],
+        "--prompts-from-labels": ["predict", cache],
+        "--epochs": ["finetune", cache, "--epochs", "0"],
+    }
+    out = subprocess.run([sys.executable, "-c", BAD_OPTIONS, json.dumps(list(cases.values()))], capture_output=True,
+                         text=True, check=True).stdout
+    for (option, args), (code, said, imported) in zip(cases.items(), json.loads(out)):
+        assert code == 2 and option in said and len(said.splitlines()) == 1, (args, code, said)
+        assert imported == [], (args, imported)
+    import importlib
+
+    from sam_cache import choices as C
+    for registry, group in ((C.PROMPT_REGISTRY, C.PROMPT_PLUGINS), (C.MODEL_REGISTRY, C.MODEL_PLUGINS)):
+        assert importlib.import_module(registry).ENTRY_POINTS == group  # the registry the check defers to

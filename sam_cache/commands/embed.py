@@ -35,8 +35,6 @@ from ..store.reader import size_on_disk
 from ..store.writer import CacheWriter, Layout
 from ..version import __version__
 
-from ..choices import DTYPES, LABEL_KINDS, PRECISIONS  # noqa: E402
-
 
 @dataclass
 class EmbedSummary:
@@ -163,13 +161,8 @@ def embed(
     (in `dtype`), bitround:K (K mantissa bits) or int8 (a scale per channel); see `store.lossy`. Returns a summary.
     """
     t0 = time.perf_counter()
-    options.choice("--dtype", dtype, DTYPES)
+    options.embed_values(dtype, label_kind, precision, shard_size, batch_size)
     keep = lossy.parse(store, dtype)  # how embeddings are kept: exact, bitround:K or int8
-    options.choice("--label-kind", label_kind, LABEL_KINDS)
-    options.choice("--precision", precision, PRECISIONS)
-    options.at_least("--shard-size", shard_size, 1)
-    if batch_size is not None:
-        options.at_least("--batch-size", batch_size, 1)
     rank, world_size = cluster.ranks(rank, world_size)
     on_cluster = bool(scheduler) or workers not in (None, 0)
     if on_cluster and rank is not None:

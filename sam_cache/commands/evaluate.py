@@ -6,7 +6,7 @@ from __future__ import annotations
 import xarray as xr
 
 from .. import options as O
-from ..choices import MIN_AREA, PROPAGATE, PROPAGATE_FROM, SCORINGS, TOLERANCE_MM
+from ..choices import EVAL_VIEWS, MIN_AREA, PROPAGATE, SEMANTIC, TOLERANCE_MM
 from ..device import default_device
 from ..ingest import views as V
 from ..metrics.aggregate import name_classes, read_class_names
@@ -14,9 +14,6 @@ from ..runs import checkpoint_name, min_area_of
 from ..samples import scored_samples
 from ..scoring import runner
 from ..store.reader import CacheReader
-
-from ..choices import EVAL_SPLITS as SPLITS, EVAL_VIEWS  # noqa: E402
-from ..samples import SEMANTIC  # noqa: E402  the prompt `none`
 
 
 def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = "all", seed: int = 0,
@@ -48,27 +45,11 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
     Every command scores the tiles themselves (their identity views). `views="all"` (a cache made with `embed
     --views`) scores every stored view of the split's samples too (test-time augmentation): each object row gets
     `view` and `view_of` coordinates, and `aggregate.per_view` gives the spread across views."""
-    O.choice("--split", split, SPLITS)
-    O.choice("--views", views, EVAL_VIEWS)
-    if views != EVAL_VIEWS[0]:
-        O.views_without_layer(f"--views {views}", labels)
-        if per != "object" or prompt == SEMANTIC:
-            raise O.OptionError(f"--views {views} scores prompted objects tile by tile (--per object), not with --per "
-                                f"image or volume (identity views only) or --prompt {SEMANTIC}")
-    O.choice("--per", per, SCORINGS)
-    if per != "object" and (prompt == SEMANTIC or iterations > 1):
-        raise O.OptionError(f"--per {per} scores prompted objects in one round (not --prompt none or --iterations)")
-    if per == "volume":
-        O.choice("--propagate-from", propagate_from, PROPAGATE_FROM)
-        O.at_least("--tolerance", tolerance, 0)
-    elif prompt == PROPAGATE:
-        raise O.OptionError("--prompt propagate is scored in 3D: add --per volume")
+    O.evaluate_values(prompt, split, views, per, iterations, labels, propagate_from, tolerance)
     names = read_class_names(class_names) if class_names else None
     request = runner.Request((propagate_from if prompt == PROPAGATE else prompt,), (str(checkpoint),), (seed,), mask_mode,
                              min_area_of([str(checkpoint)], MIN_AREA) if min_area is None else min_area,
                              prompt_options or {}, labels, iterations).check()
-    if prompt == SEMANTIC and iterations > 1:
-        raise O.OptionError("--iterations scores objects by corrective clicks; --prompt none scores tiles")
     reader = CacheReader(cache)
     if labels is None:
         reader.require_labels("to score against")

@@ -25,7 +25,7 @@ import torch
 
 from .. import options as O
 from .. import schema as S
-from ..choices import MASK_MODES, MIN_AREA
+from ..choices import MIN_AREA
 from ..decode import prompts as P
 from ..decode.place import Placed, Tiles, decode_placed
 from ..decode.prompts_file import Prompt, read_prompts
@@ -148,10 +148,7 @@ def predict(cache, out, prompts=None, prompts_from_labels: str | None = None, ch
     never over the ground truth; an existing layer only with `overwrite_layer`). `annotated_fraction` or
     `annotated_region` restrict the annotation to part of each plane: prompts outside it are dropped and
     its outside is -1 in the layer (ignored by `finetune --labels`), or 0 with `zero_unannotated`."""
-    if (prompts is None) == (prompts_from_labels is None):
-        raise O.OptionError("give --prompts FILE or --prompts-from-labels STRATEGY (one of them)")
-    O.choice("--mask", mask_mode, MASK_MODES)
-    O.choice("--output-mode", output_mode, outputs.OUTPUT_MODES)
+    O.predict_values(prompts, prompts_from_labels, mask_mode, output_mode)
     if prompts_from_labels is not None:
         O.choice("--prompts-from-labels", prompts_from_labels, [p for p in P.prompt_names() if p != "none"])
         P.check([prompts_from_labels], prompt_options or {})

@@ -28,7 +28,6 @@ import torch
 from .. import options as O
 from .. import tasks as grid_tasks
 from .. import schema as S
-from ..choices import MASK_MODES
 from ..amg import generator as amg, stitch
 from ..amg.knobs import KNOBS, Settings, Sweep
 from ..decode.pipeline import resolve_mask_mode
@@ -244,13 +243,8 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
     `best-iou` (SAM's generator: all three multimask outputs are candidates), `single` (the single-mask
     output), or `auto` (what the model was trained to give: single for lite_medsam)."""
     plan = Sweep.of(settings, sweep)
-    O.choice("--mask", mask_mode, MASK_MODES)
-    O.choice("--output-mode", output_mode, outputs.OUTPUT_MODES)
-    O.at_least("--points-per-batch", points_per_batch, 1)
-    O.at_least("--partition-size", partition_size, 1)
     n_settings = len(plan.settings())
-    if keep is not None and not 0 <= keep < n_settings:
-        raise O.OptionError(f"--keep must name a setting 0..{n_settings - 1} of the sweep, not {keep}")
+    O.segment_values(mask_mode, output_mode, points_per_batch, partition_size, keep, n_settings)
     reader = CacheReader(cache)
     if write_layer is not None:  # refused before any work
         check_label_layer(reader.group, cache, write_layer, overwrite_layer)

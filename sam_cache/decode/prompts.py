@@ -31,10 +31,10 @@ from monai.transforms.utils import distance_transform_edt
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from .. import options as O, plugins
-from ..choices import PROMPT_OPTIONS, PROMPTS as BUILTIN
+from ..choices import PROMPT_OPTIONS, PROMPT_PLUGINS, PROMPTS as BUILTIN
 from ..errors import OptionError
 
-ENTRY_POINTS = "samcache.prompts"  # a module that calls register_prompt on import, or a function that is called
+ENTRY_POINTS = PROMPT_PLUGINS  # a module that calls register_prompt on import, or a function that is called
 
 
 @dataclass

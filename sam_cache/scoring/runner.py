@@ -27,7 +27,7 @@ import xarray as xr
 from .. import options as O
 from .. import tasks
 from .. import schema as S
-from ..choices import MASK_MODES, MIN_AREA
+from ..choices import MIN_AREA
 from ..decode import prompts as P
 from ..decode.pipeline import PromptBatch, decode_prompts, decode_tiles, rows_per_pass
 from ..files import atomic
@@ -58,16 +58,7 @@ class Request:
 
     def check(self) -> "Request":
         P.check(self.prompts, self.prompt_options)
-        O.choice("--mask", self.mask_mode, MASK_MODES)
-        O.at_least("--min-area", self.min_area, 1)
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, (int, np.integer)):
-            raise O.OptionError(f"--iterations must be a whole number >= 1, not {self.iterations!r}")
-        O.at_least("--iterations", self.iterations, 1)
-        if not self.seeds:
-            raise O.OptionError("--seeds must be >= 1: give at least one prompt seed")
-        bad = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0]
-        if bad or len(set(self.seeds)) != len(self.seeds):
-            raise O.OptionError(f"seeds must be distinct whole numbers >= 0, not {list(self.seeds)}")
+        O.scoring_values(self.mask_mode, self.min_area, self.iterations, self.seeds)
         if not self.checkpoints:
             raise O.OptionError("give at least one checkpoint (base, a run folder or a .pth file)")
         names = [checkpoint_name(c) for c in self.checkpoints]
