@@ -48,6 +48,14 @@ def fractional_label(path):
     tifffile.imwrite(path.with_suffix(".tif"), a)
 
 
+def colour_label(path):
+    """A 3-channel label whose channels differ (an RGB rendering of ids): no channel is the ids."""
+    a = np.zeros((64, 96, 3), np.uint8)
+    a[5:9, 5:9] = (255, 0, 0)
+    a[20:30, 40:50] = (0, 0, 255)
+    Image.fromarray(a).save(path)
+
+
 # (which file to break, how, the words the error must hold)
 CASES = {
     "truncated image": ("images", truncate, "cannot read"),
@@ -55,6 +63,7 @@ CASES = {
     "label shape": ("labels", label_shape, "label shape"),
     "negative label": ("labels", negative_label, "negative"),
     "fractional label": ("labels", fractional_label, "fractional"),
+    "colour label": ("labels", colour_label, "colour label image"),
     "missing pair": ("labels", lambda p: p.unlink(), "has no label"),
 }
 
