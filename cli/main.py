@@ -384,7 +384,7 @@ def evaluate(
     if per:
         O.choice("--per", per, C.GROUPINGS)
     # before the engine is imported: what evaluate checks first, on the values alone
-    O.evaluate_values(prompt, split, views, scoring, iterations, labels, propagate_from, tolerance)
+    O.evaluate_values(prompt, split, views, scoring, iterations, labels, propagate_from, tolerance, threshold)
     O.known_names("prompt strategy", propagate_from if prompt == C.PROPAGATE else prompt, C.PROMPTS, C.PROMPT_PLUGINS,
                       C.PROMPT_REGISTRY)
     O.scoring_values(mask, min_area, iterations, (seed,))
@@ -453,6 +453,7 @@ def ablate(
     O.scoring_values(mask, min_area, iterations, range(seeds))
     O.choice("--split", split, C.ABLATE_SPLITS)
     O.at_least("--partition-size", partition_size, 1)
+    O.at_least("--examples", examples, 0)
     import sam_cache
 
     results = sam_cache.ablate(

@@ -36,5 +36,9 @@ def atomic(path: str | Path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:  # name the file the user asked for (a full disk's error often names none, or the tmp)
+        if e.filename in (None, str(tmp)) and e.errno is not None:
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)

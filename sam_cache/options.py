@@ -95,8 +95,9 @@ def scoring_values(mask_mode: str, min_area: int | None, iterations, seeds=(0,))
 
 
 def evaluate_values(prompt: str, split: str, views: str, per: str, iterations, labels: str | None,
-                    propagate_from: str, tolerance: float) -> None:
+                    propagate_from: str, tolerance: float, threshold: float = 0.5) -> None:
     """`evaluate`'s combinations: what its split, views, scoring (`per`) and prompt allow together."""
+    at_least("--threshold", threshold, 0, 1)
     choice("--split", split, EVAL_SPLITS)
     choice("--views", views, EVAL_VIEWS)
     if views != EVAL_VIEWS[0]:

@@ -111,6 +111,9 @@ def test_option_errors_answer_before_the_engine_is_imported(tmp_path):
         "--keep": ["segment", cache, "--sweep", "pred_iou_thresh=0.5,0.8", "--keep", "2"],
         "--prompts-from-labels": ["predict", cache],
         "--epochs": ["finetune", cache, "--epochs", "0"],
+        "--percentiles": ["embed", data, "-o", cache, "--intensity", "percentile", "--percentiles", "99,1"],
+        "--threshold": ["evaluate", cache, "--prompt", "none", "--threshold", "2"],
+        "--examples": ["ablate", cache, "--examples", "-1"],
     }
     out = subprocess.run([sys.executable, "-c", BAD_OPTIONS, json.dumps(list(cases.values()))], capture_output=True,
                          text=True, check=True).stdout

@@ -217,3 +217,21 @@ def test_files_symlinked_from_outside_are_followed_and_info_names_where_they_lea
                                f"{data / 'labels' / second.name} -> {elsewhere / 'labels' / second.name}"]
     text = cli("info", cache).output
     assert "3 files read through a symlink, followed" in text and f"-> {first}" in text
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path):
+    """ENOSPC from a writer (h5py's, torch's) often names no file: the error then names the output asked for."""
+    import errno
+
+    from sam_cache.errors import user_os_error
+    from sam_cache.files import atomic
+
+    out = tmp_path / "ablation" / "results.nc"
+    out.parent.mkdir()
+    with pytest.raises(OSError) as e:
+        with atomic(out) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(out)
+    assert str(user_os_error(e.value)).startswith(f"{out}: no space left on device")
+    assert list(out.parent.iterdir()) == []  # nothing half-written left

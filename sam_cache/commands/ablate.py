@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 import xarray as xr
 
+from .. import options as O
 from ..choices import DEFAULT_PROMPTS, MIN_AREA
 from ..device import default_device
 from ..files import atomic
@@ -49,6 +50,7 @@ def ablate(cache, out, prompts=DEFAULT_PROMPTS, checkpoints=("base",), seeds=(0,
     request = runner.Request(tuple(prompts), tuple(checkpoints), tuple(seeds), mask_mode,
                              min_area_of(checkpoints, MIN_AREA) if min_area is None else min_area,
                              prompt_options or {}, iterations=iterations).check()
+    O.at_least("--examples", examples, 0)
     names = read_class_names(class_names) if class_names else None
     reader = CacheReader(cache)
     reader.require_labels("to score against")

@@ -45,7 +45,7 @@ def evaluate(cache, checkpoint: str = "base", prompt: str = "box", split: str = 
     Every command scores the tiles themselves (their identity views). `views="all"` (a cache made with `embed
     --views`) scores every stored view of the split's samples too (test-time augmentation): each object row gets
     `view` and `view_of` coordinates, and `aggregate.per_view` gives the spread across views."""
-    O.evaluate_values(prompt, split, views, per, iterations, labels, propagate_from, tolerance)
+    O.evaluate_values(prompt, split, views, per, iterations, labels, propagate_from, tolerance, threshold)
     names = read_class_names(class_names) if class_names else None
     request = runner.Request((propagate_from if prompt == PROPAGATE else prompt,), (str(checkpoint),), (seed,), mask_mode,
                              min_area_of([str(checkpoint)], MIN_AREA) if min_area is None else min_area,

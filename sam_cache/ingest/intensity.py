@@ -43,7 +43,14 @@ class Intensity:
             return cls("window", window=lw)
         if mode not in MODES:
             raise OptionError(f"unknown intensity mode {mode!r}; choose one of {', '.join(MODES)}")
-        p = tuple(float(v) for v in percentiles.split(",")) if percentiles else cls.percentiles
+        if not percentiles:
+            return cls(mode)
+        try:
+            p = tuple(float(v) for v in percentiles.split(","))
+        except ValueError:
+            p = ()
+        if len(p) != 2 or not 0 <= p[0] < p[1] <= 100:
+            raise OptionError(f"--percentiles takes LOW,HIGH with 0 <= LOW < HIGH <= 100, not {percentiles!r}")
         return cls(mode, percentiles=p)
 
     def to_dict(self) -> dict:

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .. import schema as S
+from ..files import atomic
 from ..ingest.labels import instance_map
 from ..metrics.instances import scores
 from .figures import UNTRAINED, _outlines, _save
@@ -132,7 +133,8 @@ def write(out: Path, reader, plan, table: pd.DataFrame, per_image: pd.DataFrame,
     if "msa" not in table:
         head += "The cache holds no labels: masks only, no scores.\n\n"
     (out / "sweep.md").write_text(markdown(table, plan.swept, note, head))
-    results_dataset(per_image, plan.swept, plan.base.knobs()).to_netcdf(out / "results.nc", engine=ENGINE)
+    with atomic(out / "results.nc") as tmp:  # whole or not at all, and a full disk names the file
+        results_dataset(per_image, plan.swept, plan.base.knobs()).to_netcdf(tmp, engine=ENGINE)
     title = f"{Path(reader.path).name}: automatic masks" + (UNTRAINED if untrained else "")
     sweep_figure(table, plan.swept, out / "sweep.png", title)
     overlays(reader, out, np.asarray(samples), figures, out / "overlays.png", title + f"\nsetting {keep}")
