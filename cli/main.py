@@ -36,7 +36,23 @@ class Command(_NoFlagType, TyperCommand):
 
 
 class Group(_NoFlagType, TyperGroup):
-    pass
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Click's usage errors (a bad `--epochs abc`, an unknown option) as one `error:` line, exit 2."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as e:  # click's errors: a usage error (exit 2), a file it could not open
+            if type(e).__name__ == "NoArgsIsHelpError":  # `samcache` alone: the help is already printed
+                sys.exit(e.exit_code)
+            ctx = getattr(e, "ctx", None)
+            where = f" (see `{ctx.command_path} -h`)" if ctx is not None else ""
+            typer.secho(f"error: {e.format_message()}{where}", fg=typer.colors.RED, err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 app = typer.Typer(

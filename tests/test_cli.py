@@ -114,6 +114,11 @@ def test_option_errors_answer_before_the_engine_is_imported(tmp_path):
         "--percentiles": ["embed", data, "-o", cache, "--intensity", "percentile", "--percentiles", "99,1"],
         "--threshold": ["evaluate", cache, "--prompt", "none", "--threshold", "2"],
         "--examples": ["ablate", cache, "--examples", "-1"],
+        # click's own checks (a type, an unknown option or command, a missing argument): one line too
+        "'--epochs'": ["finetune", cache, "--epochs", "abc"],
+        "--bogus": ["embed", data, "--bogus"],
+        "'bogus'": ["bogus"],
+        "'cache'": ["finetune"],
     }
     out = subprocess.run([sys.executable, "-c", BAD_OPTIONS, json.dumps(list(cases.values()))], capture_output=True,
                          text=True, check=True).stdout
