@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+import xarray as xr
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -182,6 +183,30 @@ def embed_args(data, out, *extra):
 
 # ---------------------------------------------------------------------------------------------- areas
 
+def read_only(A, data: Path, base: Path):
+    """embed, finetune and ablate told to write into a read-only folder: chmod 0555, or as root (whom a mode does
+    not stop) a read-only tmpfs mounted for the purpose."""
+    ro = W / "ro"
+    ro.mkdir(exist_ok=True)
+    how = "chmod 0555"
+    if os.geteuid() == 0:
+        how = "a read-only tmpfs"
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
+            record(A, "output into a read-only folder", [], None, "", None, "skipped: root, and tmpfs cannot be mounted")
+            return
+    else:
+        ro.chmod(0o555)
+    try:
+        for args in (embed_args(data, ro / "c.zarr"), ["finetune", base, "-o", ro / "run", "--epochs", "1", "-q"],
+                     ["ablate", base, "-o", ro / "abl", "--prompts", "box", "-q"]):
+            bad(A, f"{args[0]} -o into {how}", args, [str(ro)], ["read-only", "permission", "write"], keep=[base])
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(ro)], check=False)
+        else:
+            ro.chmod(0o755)
+
+
 def bad_cli(base: Path, run: Path):
     A = "bad input (CLI)"
     keep = [base]
@@ -267,14 +292,7 @@ def bad_cli(base: Path, run: Path):
     bad(A, "embed: cache inside its own dataset", embed_args(inside, inside / "images" / "c.zarr"), ["inside"], ["dataset"])
     if CASES[-1]["held"] and tree_hash(inside) != before:
         CASES[-1].update(held=False, note="the dataset changed")
-    if os.geteuid() == 0:
-        record(A, "embed -o into a read-only folder (chmod 0555)", [], None, "", None, "skipped: running as root")
-    else:
-        ro = W / "ro"
-        ro.mkdir(exist_ok=True)
-        ro.chmod(0o555)
-        bad(A, "embed -o into a read-only folder (chmod 0555)", embed_args(data, ro / "c.zarr"), [str(ro)], ["read-only", "permission", "write"])
-        ro.chmod(0o755)
+    read_only(A, data, base)
 
     # finetune
     r = W / "ft_bad"
@@ -474,7 +492,7 @@ def concurrency(base: Path):
     record(A, "two finetunes into one --out started together", ["finetune", base, "-o", run, "x2"], codes,
            " || ".join(o for _, o in results), held, "" if held else f"exit codes {codes}")
 
-    big = dataset(W / "big_data", 60, seed=3)
+    big = dataset(W / "big_data", 150, seed=3)
     cache = W / "big.zarr"
     slow = lambda d, out: ["embed", d, "-o", out, "--model", "tiny", "--read-workers", "0", "-q", "--shard-size", "4"]  # noqa: E731
     args = slow(big, cache)  # SAM-sized tiny (1024² input, ~4 images/s here): slow enough to race
@@ -483,13 +501,19 @@ def concurrency(base: Path):
     while time.time() < deadline and not (cache.exists() or any(W.glob(".big.zarr*tmp*")) or any(W.glob(".big.zarr.*"))):
         time.sleep(0.2)
     time.sleep(1.0)
+    info = subprocess.Popen([SAMCACHE, "info", str(cache)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ENV)  # started beside the second embed, so that both meet the first one still writing
     code, out = sub([SAMCACHE, *map(str, args)])
     racing = first.poll() is None
     held, note = judge_bad(code, out, [str(cache)], ["being written", "locked", "pid"])
     if not racing:
         held, note = False, "the first embed had ended before the second finished: race not reached"
     record(A, "second embed into a cache being written", args, code, out, held, note)
-    code, out = sub([SAMCACHE, "info", cache])
+    try:
+        code, out = info.wait(timeout=TIMEOUT), info.stdout.read()
+    except subprocess.TimeoutExpired:
+        info.kill()
+        code, out = 124, "timed out"
     racing = first.poll() is None
     held = "Traceback" not in out and (code == 0 or judge_bad(code, out, [str(cache)])[0]) and racing
     record(A, "info of a cache being written", ["info", cache], code, out, held, "" if held else f"exit {code}, racing {racing}")
@@ -515,9 +539,77 @@ def concurrency(base: Path):
     code, out = sub([SAMCACHE, *map(str, args)])
     vcode, vout = sub([SAMCACHE, "info", crashed, "--verify"])
     n = sam_cache.open_cache(crashed).sizes["sample"] if vcode == 0 else None
-    held = alive and code == 0 and vcode == 0 and n == 60
+    held = alive and code == 0 and vcode == 0 and n == len(list((big / "images").iterdir()))
     record(A, "embed killed (SIGKILL) midway, then the same command resumes", args, code, out + vout, held,
            "" if held else f"killed while running {alive}, rerun exit {code}, verify exit {vcode}, samples {n}")
+
+
+def killed(args, delay: float) -> bool:
+    """Start a command, SIGKILL it after `delay` s; whether it was still running when killed."""
+    p = subprocess.Popen([SAMCACHE, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    time.sleep(delay)
+    alive = p.poll() is None
+    p.kill()
+    p.wait()
+    return alive
+
+
+def timed(args) -> tuple[float, int, str]:
+    t = time.time()
+    code, out = sub([SAMCACHE, *args])
+    return time.time() - t, code, out
+
+
+def kills(base: Path):
+    """SIGKILL at spread-out moments, then the same command (finetune: with --resume): it must finish, and give
+    what an uninterrupted run gives."""
+    A = "SIGKILL then rerun"
+    data = dataset(W / "kill_data", 40, seed=5)
+    E = lambda out: ["embed", data, "-o", out, "--model", "tiny", "--read-workers", "0", "-q", "--shard-size", "4"]  # noqa: E731
+    whole = W / "kill_whole.zarr"
+    seconds, code, out = timed(E(whole))
+    assert code == 0, out
+    want = sam_cache.open_cache(whole)
+    for k in range(10):  # from start-up (the model build) to the last shards and the final metadata
+        delay = seconds * (0.05 + 0.1 * k)
+        cache = W / f"kill_{k}.zarr"
+        alive = killed(E(cache), delay)
+        code, out = sub([SAMCACHE, *E(cache)])
+        vcode, vout = sub([SAMCACHE, "info", cache, "--verify"])
+        same = False
+        if code == 0 and vcode == 0:
+            got = sam_cache.open_cache(cache)
+            same = got.sizes == want.sizes and bool(np.array_equal(got.embedding.values, want.embedding.values))
+        held = alive and code == 0 and vcode == 0 and same
+        record(A, f"embed killed at {delay:.1f} s of {seconds:.1f}, then the same command", E(cache), code, out + vout,
+               held, "" if held else f"killed while running {alive}, rerun exit {code}, verify exit {vcode}, same {same}")
+
+    run, whole_run = W / "kill_run", W / "kill_run_whole"
+    F = lambda out, *extra: ["finetune", base, "-o", out, "--epochs", "8", "-q", *extra]  # noqa: E731
+    seconds, code, out = timed(F(whole_run))
+    alive = killed(F(run), seconds * 0.6)
+    code, out = sub([SAMCACHE, *F(run, "--resume")])
+    epochs = lambda r: [row.split(",")[0] for row in (r / "metrics.csv").read_text().splitlines()[1:]]  # noqa: E731
+    same = code == 0 and epochs(run) == epochs(whole_run)
+    record(A, f"finetune killed at {seconds * 0.6:.1f} s of {seconds:.1f}, then --resume", F(run, "--resume"), code, out,
+           alive and same, "" if alive and same else f"killed while running {alive}, exit {code}, epochs as uninterrupted {same}")
+
+    for name, cmd, result in (
+            ("ablate", ["ablate", base, "--prompts", "box,center-point", "--partition-size", "2", "-q"], "results.nc"),
+            ("segment", ["segment", base, "--points-per-side", "8", "--pred-iou-thresh", "0", "--stability-score-thresh",
+                         "0", "--partition-size", "2", "--figures", "0", "-q"], "sweep.csv")):
+        out_dir, whole_dir = W / f"kill_{name}", W / f"kill_{name}_whole"
+        seconds, code, out = timed([*cmd, "-o", whole_dir])
+        assert code == 0, out
+        alive = killed([*cmd, "-o", out_dir], seconds * 0.6)
+        code, out = sub([SAMCACHE, *cmd, "-o", out_dir])
+        if name == "ablate":
+            same = code == 0 and xr.open_dataset(out_dir / result).load().equals(xr.open_dataset(whole_dir / result).load())
+        else:
+            same = code == 0 and (out_dir / result).read_text() == (whole_dir / result).read_text()
+        held = alive and same
+        record(A, f"{name} killed at {seconds * 0.6:.1f} s of {seconds:.1f}, then the same command", cmd, code, out, held,
+               "" if held else f"killed while running {alive}, exit {code}, same result {same}")
 
 
 PRELUDE = """
@@ -762,6 +854,8 @@ def main():
     global W, CKPT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=OUT / "probe", help="Work folder (emptied first).")
+    ap.add_argument("--only", default="", help="Comma-separated areas to run (bad, unusual, damage, concurrency, kill, "
+                    "full, security); default all.")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
@@ -777,8 +871,12 @@ def main():
     code, out = cli("finetune", base, "-o", run, "--epochs", "1", "-q")
     assert code == 0, out
     pristine = tree_hash(base)
-    for area in (lambda: bad_cli(base, run), lambda: unusual(base), lambda: on_disk(base), lambda: concurrency(base),
-                 lambda: full_disk(base, data), lambda: security(base, data)):
+    areas = {"bad": lambda: bad_cli(base, run), "unusual": lambda: unusual(base), "damage": lambda: on_disk(base),
+             "concurrency": lambda: concurrency(base), "kill": lambda: kills(base),
+             "full": lambda: full_disk(base, data), "security": lambda: security(base, data)}
+    for name, area in areas.items():
+        if args.only and name not in args.only.split(","):
+            continue
         area()
         assert tree_hash(base) == pristine, "a probe changed the base cache"
     seconds = time.time() - t0
@@ -797,7 +895,7 @@ def main():
         if c["held"] is None:
             print(f"- skipped: {c['area']} | {c['case']} | {c['note']}")
     print(f"\n{seconds:.0f} s")
-    path = args.out.parent / "probe.json"
+    path = args.out.parent / ("probe.json" if not args.only else f"probe-{args.only.replace(',', '-')}.json")
     path.write_text(json.dumps({"seconds": round(seconds, 1), "cases": CASES}, indent=1, default=str))
     print(f"wrote {path}")
 
