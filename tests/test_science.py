@@ -34,13 +34,14 @@ def em(data_root, tmp_path_factory):
     return root
 
 
-def held_out_dice(cache, run, prompt: str) -> dict:
-    """Mean box/point Dice of base and the run on the run's held-out samples (ablate, split auto)."""
+def held_out_dice(cache, run, prompt: str, metric: str = "dice") -> dict:
+    """Mean box/point Dice (or mDice, the mean over classes) of base and the run on the run's held-out samples
+    (ablate, split auto)."""
     out = cache.parent / f"ablate-{prompt}-{run.name}"
     results = sam_cache.ablate(cache, out, prompts=(prompt,), checkpoints=("base", str(run)), progress=False,
                                log=lambda m: None, overwrite=True)
     table = sam_cache.summarize(results)
-    return {row.checkpoint: float(row.dice) for row in table[table.prompt == prompt].itertuples()}
+    return {row.checkpoint: float(getattr(row, metric)) for row in table[table.prompt == prompt].itertuples()}
 
 
 def priors(cache, samples) -> dict:
@@ -74,7 +75,9 @@ def test_em_box_finetuning_lifts_litemedsam_and_beats_the_filled_box(em):
     prior = priors(cache, sam_cache.runs.Run.open(run).indices("val"))["box"]
     print(f"\nEM box Dice on held-out slices: base {dice['base']:.4f}, finetuned {dice['box']:.4f}, "
           f"filled box {prior:.4f}")
-    assert dice["box"] > dice["base"] + 0.01  # measured on these 16 slices: 83.86 -> 85.56 after 4 of 5 epochs
+    # the issue's targets: up from base, and above 85; measured on these 16 slices: 83.86 -> 85.82 (2026-12-04),
+    # 85.56 (2026-12-03); the filled box 73.68
+    assert dice["box"] > dice["base"] + 0.01 and dice["box"] > 0.85
     assert dice["box"] > prior + 0.03
 
 
@@ -89,8 +92,9 @@ def test_em_center_points_are_taught_from_the_cache(em):
     print(f"\nEM center-point Dice on held-out slices: base {dice['base']:.4f}, finetuned "
           f"{dice['center-point']:.4f}, centre disk {prior:.4f}")
     assert dice["base"] < 0.2  # LiteMedSAM never saw points in training
-    # measured on all 30 slices (the same objects per epoch as here): 2.2 -> 69.2 after 5 epochs
-    assert dice["center-point"] > 0.55 and dice["center-point"] > prior
+    # the issue's target: from under 5 to above 60; measured on these 16 slices: 2.74 -> 71.76 (2026-12-04; the
+    # centre disk 50.40), on all 30 slices 2.2 -> 69.2
+    assert dice["center-point"] > 0.6 and dice["center-point"] > prior
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +153,17 @@ def test_nuclei_automatic_masks_after_points_are_taught_from_the_cache(nuclei):
     # measured (2026-12-03): mSA 0.068, SA50 0.163 at stability 0.5 after these 15 epochs (0.116 / 0.313 after 40);
     # base and random-init 0.000
     assert best("points") > best("random-init") + 0.03 and best("points") > best("base") + 0.03
+
+
+def test_ct_center_points_are_taught_from_the_cache(data_root, tmp_path):
+    """The CT study's recipe (examples/studies/ct_prompts.py) on the shared TotalSegmentator volume: slices with an
+    organ, abdomen window, a held-out block of slices; a center-point decoder finetuned from the cache."""
+    cache, run = tmp_path / "ct.zarr", tmp_path / "center-point"
+    sam_cache.embed(data_root / "ct-totalseg", cache, images="example_ct_sm.nii.gz", labels="example_seg.nii.gz",
+                    model="lite_medsam", skip_empty=True, intensity=sam_cache.Intensity.parse(window="abdomen"),
+                    read_workers=0, **QUIET)
+    finetune(cache, run, FinetuneConfig(prompt="center-point", lr=1e-4, epochs=20, split="slice"), **QUIET)
+    mdice = held_out_dice(cache, run, "center-point", "mdice")
+    print(f"\nCT center-point mDice on held-out slices: base {mdice['base']:.4f}, finetuned {mdice['center-point']:.4f}")
+    assert mdice["base"] < 0.1  # measured (the study, 2026-12-03): 0.014
+    assert mdice["center-point"] > 0.6  # the issue's target; measured (the study): 0.706
