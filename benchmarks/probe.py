@@ -607,10 +607,12 @@ def kills(base: Path):
         assert code == 0, out
         alive = killed([*cmd, "-o", out_dir], seconds * 0.6)
         code, out = sub([SAMCACHE, *cmd, "-o", out_dir])
-        if name == "ablate":
-            same = code == 0 and xr.open_dataset(out_dir / result).load().equals(xr.open_dataset(whole_dir / result).load())
-        else:
-            same = code == 0 and (out_dir / result).read_text() == (whole_dir / result).read_text()
+        same = False
+        if code == 0 and name == "ablate":
+            with xr.open_dataset(out_dir / result) as got, xr.open_dataset(whole_dir / result) as want:
+                same = got.equals(want)
+        elif code == 0:
+            same = (out_dir / result).read_text() == (whole_dir / result).read_text()
         held = alive and same
         record(A, f"{name} killed at {seconds * 0.6:.1f} s of {seconds:.1f}, then the same command", cmd, code, out, held,
                "" if held else f"killed while running {alive}, exit {code}, same result {same}")
