@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam
 
+from ..device import keep_freed_blocks
 from . import fast
 
 __all__ = ["Decoded", "decode", "upscale_masks", "PromptDecoder"]
@@ -114,6 +115,7 @@ def decode(
     """
     B, K = _check_prompts(embeddings, points, labels, boxes, n_prompts)
     device = mask_decoder.iou_token.weight.device
+    keep_freed_blocks(device)  # on CPU: the upscaling's large blocks are reused, not faulted in again (device.py)
     dtype = mask_decoder.iou_token.weight.dtype  # decoder compute dtype (autocast may lower it further)
 
     # --- prompts, flattened to B*K rows (PromptEncoder handles points+boxes and the padding point) ---

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from segment_anything.modeling import Sam
 
-from ..device import default_device
+from ..device import default_device, keep_freed_blocks
 from .preprocess import input_size, policy_for
 
 
@@ -25,6 +25,8 @@ class Encoder:
         `place=False` nothing is moved to the device: only the identity, input size and embedding shape
         are known (what a cluster's client needs; its workers encode)."""
         self.device = torch.device(device) if device else default_device()
+        if place:
+            keep_freed_blocks(self.device)  # on CPU: large freed blocks stay in the heap (see device.py)
         if precision == "auto":
             precision = "bf16" if self.device.type == "cuda" else "fp32"
         if precision not in ("fp32", "bf16"):
