@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xarray as xr
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
+from skimage.segmentation import find_boundaries
 
 from .. import schema as S
 from .tables import summary_table
@@ -79,10 +81,15 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _outlines(ax, masks: np.ndarray) -> None:
-    colors = [f"C{k % 10}" for k in range(len(masks))]
-    for m, color in zip(masks, colors):
-        if m.any():
-            ax.contour(m.astype(float), levels=[0.5], colors=[color], linewidths=1.2)
+    """Each mask's outline (its pixels next to the background, skimage's inner boundary) in colour C{k}, as one
+    RGBA layer over the panel: one image per panel, where a contour per object took most of the figure's time."""
+    if not len(masks):
+        return
+    layer = np.zeros((*masks.shape[1:], 4))
+    for k, m in enumerate(masks):
+        edge = find_boundaries(m, mode="inner")
+        layer[edge] = to_rgba(f"C{k % 10}")
+    ax.imshow(layer, interpolation="nearest")
 
 
 def _prompts(ax, box: np.ndarray, points: np.ndarray, labels: np.ndarray) -> None:
