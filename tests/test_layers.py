@@ -25,6 +25,7 @@ LAYERS = [
     {"runs"},  # run folders and their decoders
     {"samples"},  # sample selection, splits and loading
     {"metrics"},  # mask and instance scores, aggregates
+    {"instance"},  # automatic instance segmentation: distance targets from labels, the seeded watershed
     {"scoring", "amg", "classify", "training"},  # evaluation, automatic masks, class heads; the training loop
     {"reports"},  # tables, figures, output files
     {"commands"},  # embed, finetune, evaluate, ablate, segment, predict, classify
