@@ -7,9 +7,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from sam_cache.instance.decoder import AISDecoder, train_step
 from sam_cache.instance.targets import distance_targets
 from sam_cache.instance.watershed import instances
+from sam_cache.metrics.instances import scores
 
 
 def square(size=7, side=5):
@@ -100,3 +103,64 @@ def test_post_processing_options():
         instances(*t, center_threshold=0.4)
     with pytest.raises(ValueError, match="one shape"):
         instances(t[0], t[1][:10], t[2])
+
+
+def blob_tiles(n, seed, size=64):
+    """N tiles of 2-4 touching or nearby discs (radius 7-10), their instance labels, and stand-in 'embeddings'
+    that hold each tile's image: the disc image (bright centres, dimmer rims, so the seam of two touching
+    discs is visible) unshuffled to [16, 16, 16] and projected to 32 channels by a fixed random 1x1 map."""
+    rng = np.random.default_rng(seed)
+    labels, images = [], []
+    yy, xx = np.indices((size, size))
+    for _ in range(n):
+        lab = np.zeros((size, size), np.uint16)
+        img = np.zeros((size, size), np.float32)
+        for k in range(1, rng.integers(2, 5) + 1):
+            r = rng.uniform(7, 10)
+            cy, cx = rng.uniform(r, size - r, 2)
+            d = np.hypot(yy - cy, xx - cx)
+            disc = (d <= r) & (lab == 0)
+            lab[disc] = k
+            img[disc] = np.maximum(img[disc], 1 - 0.7 * d[disc] / r)
+        labels.append(lab)
+        images.append(img)
+    images = torch.from_numpy(np.stack(images))[:, None]
+    mix = torch.from_numpy(np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32))
+    emb = torch.einsum("oc,bchw->bohw", mix, torch.nn.functional.pixel_unshuffle(images, 4))
+    return emb, np.stack(labels)
+
+
+def test_an_ais_decoder_trained_for_a_few_steps_separates_blobs():
+    """Trained from the stand-in embeddings for 150 steps, the decoder's outputs through the watershed score an
+    mSA on held-out tiles far above that of its untrained outputs (measured 0.936 against 0.000; 0.933 and
+    0.902 with torch seeds 1 and 2)."""
+    torch.manual_seed(0)
+    emb, labels = blob_tiles(48, seed=1)
+    targets = torch.from_numpy(np.stack([distance_targets(lab) for lab in labels]))
+    test_emb, test_labels = blob_tiles(8, seed=2)
+    decoder = AISDecoder(embedding_channels=32, embedding_size=16, input_size=64, width=64)
+    assert len([m for m in decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]) == 2  # 16 -> 64
+
+    def msa():
+        decoder.eval()
+        with torch.no_grad():
+            maps = torch.sigmoid(decoder(test_emb)).numpy()
+        return np.nanmean([scores(lab, instances(*m))["msa"] for lab, m in zip(test_labels, maps)])
+
+    before = msa()
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(150):
+        batch = rng.choice(len(emb), 8, replace=False)
+        losses.append(train_step(decoder, optimizer, emb[batch], targets[batch]))
+    after = msa()
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+    assert before < 0.1 and after > 0.8, (before, after)
+
+
+def test_the_decoder_refuses_an_embedding_of_another_shape():
+    with pytest.raises(ValueError, match="power of 2"):
+        AISDecoder(256, 64, 200)
+    with pytest.raises(ValueError, match=r"do not fit this decoder, built for \(256, 64, 64\)"):
+        AISDecoder(256, 64, 256)(torch.zeros(1, 256, 32, 32))
