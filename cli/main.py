@@ -498,6 +498,10 @@ def segment(
     mask: str = typer.Option("auto", help="The grid points' masks: auto (what the model was trained to give: single "
                              "for lite_medsam, best-iou for SAM), best-iou (SAM's generator: all 3 multimask outputs "
                              "are candidates) or single (the single-mask output).", rich_help_panel=MODEL),
+    mode: str = typer.Option("amg", help="amg (SAM's generator on a point grid) or ais (the AIS decoder of a "
+                             "`samcache train-ais` run, given as --checkpoint, then a seeded watershed; --sweep then "
+                             "takes its options: center_distance_threshold, boundary_distance_threshold, "
+                             "foreground_threshold, distance_smoothing, min_size).", rich_help_panel=MODEL),
     points_per_side: int = typer.Option(AMG.points_per_side, help="Grid of points per tile side.",
                                         rich_help_panel=GENERATOR),
     pred_iou_thresh: float = typer.Option(AMG.pred_iou_thresh, help="Keep masks whose predicted IoU is above this.",
@@ -542,6 +546,18 @@ def segment(
     from sam_cache import options as O
     from sam_cache.amg.knobs import Sweep, parse_sweep
 
+    O.choice("--mode", mode, ("amg", "ais"))
+    if mode == "ais":
+        import sam_cache
+        from sam_cache.instance.segment import parse_sweep as ais_sweep
+
+        result = sam_cache.segment(
+            cache, out, sweep=ais_sweep(sweep), checkpoint=checkpoint, output_mode=output_mode,
+            sources=_list(sources) if sources else None, partition_size=partition_size, device=device, keep=keep,
+            overwrite=overwrite, mode="ais", progress=not quiet, log=_say)
+        typer.echo(result.summary_md)
+        typer.echo(str(result))
+        return
     settings = dict(points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
                     stability_score_thresh=stability_score_thresh, stability_score_offset=stability_score_offset,
                     box_nms_thresh=box_nms_thresh, min_mask_region_area=min_mask_region_area,
@@ -676,6 +692,51 @@ def classify(
         schedule=schedule)
     typer.echo(str(result))
     typer.echo(f"report: {out}/report.md, per_class.csv, confusion_*.csv/png")
+
+
+@command("samcache train-ais nuclei.zarr -o runs/ais --epochs 20")
+def train_ais(
+    cache: str = typer.Argument(..., help="A cache with instance (or binary) labels, made by `samcache embed`."),
+    out: Path = typer.Option(Path("runs/ais"), "--out", "-o", help="Run folder: ais.pth (the epoch of the best "
+                             "validation mSA), ais_last.pth, config.json, metrics.csv, state.pth.",
+                             rich_help_panel=OUTPUT),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace whatever --out holds, whole.",
+                                   rich_help_panel=OUTPUT),
+    resume: bool = typer.Option(False, "--resume", metavar="", help="Continue the run in --out from its last epoch "
+                                "(same settings; --epochs may grow).", rich_help_panel=OUTPUT),
+    epochs: int = typer.Option(20, help="Epochs.", rich_help_panel=RECIPE),
+    lr: float = typer.Option(1e-3, help="Adam learning rate.", rich_help_panel=RECIPE),
+    batch_size: int = typer.Option(8, help="Cached tiles per step.", rich_help_panel=RECIPE),
+    width: int = typer.Option(128, help="The decoder's first width (halved at each upsampling stage).",
+                              rich_help_panel=RECIPE),
+    min_size: int = typer.Option(25, help="Objects under this many pixels are background in the targets.",
+                                 rich_help_panel=RECIPE),
+    schedule: str = typer.Option("constant", help="LR schedule: " + ", ".join(C.SCHEDULES) + ".",
+                                 rich_help_panel=RECIPE),
+    early_stopping: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val mSA.",
+                                                 rich_help_panel=RECIPE),
+    seed: int = typer.Option(0, help="Seed for the split, the decoder's init and the order.", rich_help_panel=RECIPE),
+    split: str = typer.Option(C.SPLITS[0], help="Validation by source (files), slice, tile, or column.",
+                              rich_help_panel=INPUT),
+    split_file: Optional[Path] = typer.Option(None, help="CSV of `source,split` or `sample,split` rows.",
+                                              rich_help_panel=INPUT),
+    val_fraction: float = typer.Option(0.2, help="Share of the files (slices, tiles) held out for validation (0: "
+                                       "none; the lowest train loss picks the epoch).", rich_help_panel=INPUT),
+    device: Optional[str] = DEVICE,
+    preload: str = typer.Option("auto", help="Where the embeddings live while training: " + ", ".join(C.PRELOADS)
+                                + ".", rich_help_panel=RUN),
+    quiet: bool = QUIET,
+):
+    """Train an automatic instance segmentation (AIS) decoder from the cached embeddings: foreground, centre and
+    boundary distances (torch_em's targets), scored each epoch by the seeded watershed's mSA on held-out tiles.
+    The image encoder is never run."""
+    from sam_cache.commands.train_ais import train_ais as run_train_ais
+
+    result = run_train_ais(cache, out, epochs=epochs, lr=lr, batch_size=batch_size, width=width, min_size=min_size,
+                           val_fraction=val_fraction, split=split, split_file=split_file, seed=seed, schedule=schedule,
+                           early_stopping=early_stopping, preload=preload, device=device, resume=resume,
+                           overwrite=overwrite, progress=not quiet, log=_say)
+    typer.echo(str(result))
 
 
 @command("samcache info em.zarr --verify")

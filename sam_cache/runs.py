@@ -8,6 +8,9 @@
     sam_finetuned.pth  a full SAM checkpoint with the best decoder, for segment_anything's registry
     metrics.csv        one row per epoch (epoch 0 is the untrained decoder); curves.png draws it
 
+An AIS run (`train-ais`, config `head: instance`) holds ais.pth and ais_last.pth (the AIS decoder's weights
+and its shape) in place of the decoder files; it is not a SAM decoder, and `load_decoder` says so.
+
 A checkpoint is named on the command line as `base` (the cache's own SAM), a run folder, or a SAM .pth
 file; `load_decoder` turns any of them into a decoder that fits the cache.
 """
@@ -29,6 +32,7 @@ from .models import detect_type, load_sam, load_state_dict, resolve_checkpoint, 
 
 CONFIG, DECODER, LAST, STATE = "config.json", "decoder.pth", "decoder_last.pth", "state.pth"
 FULL, METRICS, CURVES = "sam_finetuned.pth", "metrics.csv", "curves.png"
+AIS, AIS_LAST = "ais.pth", "ais_last.pth"
 METRIC_COLUMNS = ["epoch", "train_loss", "val_dice", "val_iou", "val_objects", "lr", "seconds", "read_wait_s"]
 
 
@@ -41,12 +45,15 @@ class Run:
     @classmethod
     def open(cls, path: str | Path) -> "Run":
         path = Path(path)
-        if not (path / CONFIG).is_file() or not (path / DECODER).is_file():
+        if not (path / CONFIG).is_file():
             raise CheckpointError(f"{path}: not a finetune run folder (no {CONFIG} and {DECODER})")
         try:
             config = json.loads((path / CONFIG).read_text())
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{path / CONFIG}: unreadable run config: {e}") from e
+        weights = AIS if isinstance(config, dict) and config.get("head") == "instance" else DECODER
+        if not (path / weights).is_file():
+            raise CheckpointError(f"{path}: not a finetune run folder (no {CONFIG} and {weights})")
         for key in ("recipe", "cache_fingerprint", "model", "sets"):
             if key not in config:
                 raise CheckpointError(f"{path / CONFIG}: no `{key}`; a run of an older samcache? Finetune it again")
@@ -118,6 +125,18 @@ class Run:
         state.update(weights)
         torch_save(state, self.path / FULL)
 
+    @property
+    def is_ais(self) -> bool:
+        return self.config.get("head") == "instance"
+
+    def save_ais(self, decoder, config: dict, which: str = AIS) -> None:
+        """An AIS decoder's weights and the shape it was built with (`instance.decoder.AISDecoder(**config)`)."""
+        torch_save({"config": config, "state_dict": {k: v.detach().cpu() for k, v in decoder.state_dict().items()}},
+                   self.path / which)
+
+    def ais_weights(self, which: str = AIS) -> dict:
+        return _safe_load(self.path / which)
+
     def decoder_weights(self, which: str = DECODER) -> dict:
         return _safe_load(self.path / which)
 
@@ -184,6 +203,9 @@ def load_decoder(reader, spec: str, base_checkpoint=None):
     path = Path(spec)
     if path.is_dir():
         run = Run.open(path)
+        if run.is_ais:
+            raise CheckpointError(f"{spec}: an AIS run (samcache train-ais), not a SAM mask decoder; name a finetune "
+                                  "run, a SAM .pth or base")
         run.check_cache(reader)
         state = run.decoder_weights()
         if run.recipe.get("multimask") is not None:  # `auto` scores the output the run trained

@@ -33,12 +33,14 @@ from ..amg.knobs import KNOBS, Settings, Sweep
 from ..decode.pipeline import resolve_mask_mode
 from ..device import default_device
 from ..errors import SamCacheError
-from ..files import atomic
+from ..files import atomic, file_sha256
 from ..ingest.labels import instance_map
+from ..instance import segment as ais
+from ..instance.watershed import instances
 from ..metrics.instances import SCORES, scores
 from ..progress import Progress
 from ..reports import outputs
-from ..runs import checkpoint_name, load_decoder
+from ..runs import AIS, checkpoint_name, load_decoder
 from ..scoring import grid
 from ..store.layers import check_label_layer, write_label_layer
 from ..store.reader import CacheReader
@@ -46,6 +48,8 @@ from ..store.reader import CacheReader
 OUTPUTS = ("labels", "masks.json", "masks", "sweep.csv", "per_image.csv", "sweep.md", "results.nc", "sweep.png",
            "overlays.png", ".parts")
 PARTS = ".parts"
+MODES = ("amg", "ais")
+AIS_OUTPUTS = ("labels", "masks.json", "masks", "sweep.csv", "per_image.csv", "sweep.md", ".parts")
 TILES_PER_PASS = 16  # embeddings read at a time per task (points_per_batch sets the decoder pass)
 
 
@@ -63,8 +67,9 @@ class SegmentResult:
         return (Path(self.out) / "sweep.md").read_text()
 
     def __str__(self) -> str:
+        nc = ", results.nc" if (Path(self.out) / "results.nc").is_file() else ""
         return (f"{len(self.sweep)} setting(s); labels in {self.out}/labels/, masks in {self.out}/masks.json, "
-                f"scores in {self.out}/sweep.csv, per_image.csv, results.nc")
+                f"scores in {self.out}/sweep.csv, per_image.csv{nc}")
 
 
 def _blank(image: np.ndarray) -> bool:
@@ -232,7 +237,7 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
             output_mode: str = "coco_rle", sources=None, points_per_batch: int = 256, partition_size: int = 64,
             scheduler: str | None = None, device: str | None = None, base_checkpoint=None, keep: int | None = None,
             figures: int = 4, overwrite: bool = False, write_layer: str | None = None, overwrite_layer: bool = False,
-            mask_mode: str = "auto", progress: bool = True, log=print) -> SegmentResult:
+            mask_mode: str = "auto", mode: str = "amg", progress: bool = True, log=print) -> SegmentResult:
     """Automatic masks of every source of `cache` (or of `sources`), written into OUT (a new or empty
     folder, or any with `overwrite`; the same call into the same OUT resumes an interrupted run, keeping
     the tasks already done). `settings`: knob values other than SAM's defaults; `sweep`:
@@ -241,7 +246,15 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
     `write_layer`: also write those masks into the cache as the label layer `label_<name>` (never over
     the ground truth; an existing layer only with `overwrite_layer`). `mask_mode`: the grid points' masks,
     `best-iou` (SAM's generator: all three multimask outputs are candidates), `single` (the single-mask
-    output), or `auto` (what the model was trained to give: single for lite_medsam)."""
+    output), or `auto` (what the model was trained to give: single for lite_medsam).
+
+    `mode`: `amg` (SAM's generator, above) or `ais`: the AIS decoder of a `train-ais` run (`checkpoint`) on each
+    tile, the maps put together per plane, then the seeded watershed; `settings` and `sweep` are then the
+    watershed's options (`instance.watershed.Thresholds`), and a sweep re-runs only the watershed."""
+    O.choice("--mode", mode, MODES)
+    if mode == "ais":
+        return _segment_ais(cache, out, settings, sweep, checkpoint, sources, partition_size, device, keep,
+                            output_mode, overwrite, progress, log)
     plan = Sweep.of(settings, sweep)
     n_settings = len(plan.settings())
     O.segment_values(mask_mode, output_mode, points_per_batch, partition_size, keep, n_settings)
@@ -328,4 +341,94 @@ def _finish(reader, out: Path, plan: Sweep, per_image: pd.DataFrame, keep, outpu
     per_image.to_csv(out / "per_image.csv", index=False)
     report.write(out, reader, plan, table, per_image, keep, note, samples, figures)
     log(note)
+    return SegmentResult(out, table, per_image, keep, note)
+
+
+def _ais_task(reader, decoder, plan: list[dict], parts: Path, device, on_tile, t, sources_samples) -> int:
+    """One task of `--mode ais`: whole sources through the AIS decoder once, then every watershed setting; each
+    setting's label images into parts/<k>/labels/, and last and whole the score rows into parts/rows/<t>.json."""
+    rows, files = [], outputs.label_names(reader)
+    for source, samples in sources_samples:
+        n_planes, plane_shape, axis = reader.planes(source)
+        maps = ais.source_maps(reader, decoder, samples, n_planes, plane_shape, device)
+        if on_tile is not None:
+            on_tile(len(samples))
+        truth = _truth(reader, samples, n_planes, plane_shape) if reader.label_kind else None
+        segmented = sorted(set(np.maximum(reader.coord(S.SLICE)[samples], 0).tolist()))
+        for k, setting in enumerate(plan):
+            label = np.zeros((n_planes, *plane_shape), np.uint32)
+            for z in segmented:
+                label[z] = instances(*maps[z], **setting)
+                row = {"setting": k, **setting, "source": source, "file": reader.source_name(source),
+                       "slice": z if axis >= 0 else -1}
+                row.update(scores(truth[z], label[z]) if truth is not None else
+                           {"n_pred": int(label[z].max())})
+                rows.append(row)
+            volume = label[0] if axis < 0 else np.moveaxis(label, 0, axis)
+            part = parts / f"{k:03d}"
+            outputs.write_label(part / outputs.LABELS / files[source], volume)
+            (part / "objects").mkdir(parents=True, exist_ok=True)  # no per-object scores: AIS has no IoU head
+            (part / "objects" / f"{source:06d}.json").write_text(json.dumps([{}] * n_planes))
+    _rows_file(parts, t).parent.mkdir(exist_ok=True)
+    with atomic(_rows_file(parts, t)) as tmp:
+        tmp.write_text(json.dumps(rows, default=lambda v: v.item()))
+    return t
+
+
+def _segment_ais(cache, out, settings, sweep, checkpoint, sources, partition_size, device, keep, output_mode,
+                 overwrite, progress, log) -> SegmentResult:
+    plan = ais.settings(settings, sweep)  # the options, checked before any work
+    O.segment_values("auto", output_mode, 1, partition_size, keep, len(plan))
+    reader = CacheReader(cache)
+    device = torch.device(device) if device else default_device()
+    decoder = ais.load_ais(reader, checkpoint, device)  # no AIS run: says what to run first
+    if reader.label_kind is None:
+        log(f"{cache}: the cache holds no labels, so the instances are written but cannot be scored")
+    samples = select_samples(reader, sources)
+    tasks = _group(reader, samples, partition_size)
+    record = {"command": "segment", "mode": "ais", "settings": plan, "checkpoint": checkpoint,
+              "weights": {"sha256": file_sha256(Path(checkpoint) / AIS)}, "cache_fingerprint": reader.fingerprint,
+              "samples": samples.tolist(), "partition_size": partition_size}
+    parts, resumed = grid.start(out, "segment", AIS_OUTPUTS, PARTS, record, overwrite)
+    out = parts.parent
+    todo = grid_tasks.pending(tasks, lambda t: _rows_file(parts, t).is_file())
+    if resumed:
+        log(f"resuming: {len(tasks) - len(todo)} of {len(tasks)} partitions already done")
+    log(f"segmenting {len(samples)} tiles with the AIS decoder of {checkpoint_name(checkpoint)}: {len(plan)} "
+        f"watershed setting{'s' if len(plan) > 1 else ''}, one decoder pass per tile")
+    bar = Progress(sum(len(m) for _, task in todo for _, m in task), "segment", "tiles", enabled=progress)
+    try:
+        local = partial(_ais_task, reader, decoder, plan, parts, device, bar.update)
+        grid_tasks.run(local, todo, bar, lambda task, _: sum(len(m) for _, m in task), local=local)
+    finally:
+        bar.close()
+    per_image = pd.DataFrame([r for t in range(len(tasks)) for r in json.loads(_rows_file(parts, t).read_text())])
+    knobs = list(plan[0])
+    scored = "msa" in per_image
+    agg = {m: "mean" for m in SCORES if m in per_image and not m.startswith(("n_", "tp"))}
+    agg.update({m: "sum" for m in ("n_pred", "n_true", "tp50") if m in per_image})
+    table = per_image.groupby(["setting", *knobs], sort=True).agg(agg).reset_index()
+    if keep is None:
+        keep = int(table.loc[table["msa"].fillna(-1).idxmax(), "setting"]) if scored and len(table) > 1 else 0
+        why = "the best mSA of the sweep" if scored and len(table) > 1 else "the only setting" if len(table) == 1 \
+            else "the first setting (no labels to score with)"
+    else:
+        why = "chosen with --keep"
+    note = f"instances written for setting {keep} ({why}): " + ", ".join(f"{k}={v}" for k, v in plan[keep].items())
+    shutil.rmtree(out / outputs.LABELS, ignore_errors=True)  # of a finish that was interrupted
+    shutil.copytree(parts / f"{keep:03d}" / outputs.LABELS, out / outputs.LABELS, copy_function=os.link)
+    images, annotations = _coco(reader, out, parts / f"{keep:03d}", output_mode)
+    outputs.write_coco(out / "masks.json", images, annotations, {
+        "description": f"samcache segment --mode ais of {reader.path}", "checkpoint": str(checkpoint),
+        "output_mode": output_mode, "setting": plan[keep], "untrained": not reader.model["trained"]})
+    table.to_csv(out / "sweep.csv", index=False)
+    per_image.to_csv(out / "per_image.csv", index=False)
+    shown = [c for c in ["setting", *knobs, "msa", "sa50", "sa75", "f1", "n_pred", "n_true"] if c in table]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |"
+              for row in table[shown].itertuples(index=False)]
+    (out / "sweep.md").write_text(f"AIS ({checkpoint_name(checkpoint)}) on {reader.path}: mean over images\n\n"
+                                  + "\n".join(lines) + f"\n\n{note}\n")
+    log(note)
+    shutil.rmtree(parts)
     return SegmentResult(out, table, per_image, keep, note)

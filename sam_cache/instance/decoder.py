@@ -34,6 +34,7 @@ class AISDecoder(torch.nn.Module):
             raise ValueError(f"the model input ({input_size}) must be the embedding size ({embedding_size}) "
                              "times a power of 2")
         self.embedding_channels, self.embedding_size, self.input_size = embedding_channels, embedding_size, input_size
+        self.img_size = (input_size, input_size)  # the padded model input its maps cover (SAM's postprocessing)
         layers = [Convolution(2, embedding_channels, width, kernel_size=3, norm="instance", act="prelu")]
         channels = width
         for _ in range(int(stages)):

@@ -1,0 +1,95 @@
+"""`segment --mode ais`'s engine: an AIS run's decoder over a source's cached tiles, the maps put together per
+plane, and the watershed settings of a sweep.
+
+Each tile's three maps (sigmoid of the decoder's output, brought to the tile's valid size by SAM's
+postprocessing geometry) are pasted at the tile's origin in its plane; where tiles overlap (a stride or a
+halo) the maps are averaged. A pixel no tile covers is background (foreground 0, distances 1). The decoder
+runs once per tile; every setting of a sweep re-runs only the watershed (`instances`) on the same maps.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from .. import schema as S
+from ..decode.pipeline import resize_logits
+from ..errors import CheckpointError
+from ..options import OptionError
+from ..runs import Run
+from .decoder import AISDecoder
+from .watershed import Thresholds
+
+__all__ = ["load_ais", "parse_sweep", "settings", "source_maps"]
+
+TILES_PER_PASS = 8
+
+
+def load_ais(reader, spec, device) -> AISDecoder:
+    """The AIS decoder of the run folder `spec`, checked against the cache of `reader`."""
+    if spec in (None, "base"):
+        raise CheckpointError(f"segment --mode ais needs a trained AIS decoder: run `samcache train-ais {reader.path} "
+                              "-o runs/ais` first, then pass --checkpoint runs/ais")
+    run = Run.open(spec)
+    if not run.is_ais:
+        raise CheckpointError(f"{spec}: a finetune run of SAM's mask decoder, not an AIS run; --mode ais needs a run "
+                              f"of `samcache train-ais` (or use --mode amg with this one)")
+    run.check_cache(reader)
+    saved = run.ais_weights()
+    decoder = AISDecoder(**saved["config"])
+    decoder.load_state_dict(saved["state_dict"])
+    return decoder.to(device).eval()
+
+
+def parse_sweep(items) -> dict[str, list]:
+    """`NAME=V1,V2,...` items -> {name: [values]} over the watershed's options (`Thresholds`)."""
+    grid: dict[str, list] = {}
+    for item in items or ():
+        name, sep, values = str(item).partition("=")
+        name = name.strip().replace("-", "_")
+        if name not in Thresholds.DEFAULTS:
+            raise OptionError(f"--sweep {name!r}: --mode ais sweeps {', '.join(Thresholds.DEFAULTS)}")
+        if not sep or not values.strip() or name in grid:
+            raise OptionError(f"--sweep takes NAME=V1,V2,... once per name, not {item!r}")
+        try:
+            grid[name] = [(int if name == "min_size" else float)(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise OptionError(f"--sweep {name} takes numbers, not {values!r}") from None
+    return grid
+
+
+def settings(base: dict | None = None, grid: dict | None = None) -> list[dict]:
+    """Every combination of `grid` around `base` (both over `Thresholds`' names), in a fixed order."""
+    try:
+        base = dict(Thresholds(**(base or {})))
+        Thresholds(**{k: v[0] for k, v in (grid or {}).items()})
+    except ValueError as e:
+        raise OptionError(str(e)) from e
+    names = list(grid or {})
+    return [{**base, **dict(zip(names, combo))} for combo in itertools.product(*(grid[n] for n in names))] or [base]
+
+
+@torch.no_grad()
+def source_maps(reader, decoder: AISDecoder, samples, n_planes: int, plane_shape, device) -> np.ndarray:
+    """[planes, 3, H, W] float32: the source's foreground and distance maps from its tiles `samples`."""
+    total = np.zeros((n_planes, 3, *plane_shape), np.float32)
+    count = np.zeros((n_planes, *plane_shape), np.float32)
+    for k in range(0, len(samples), TILES_PER_PASS):
+        chunk = [int(i) for i in samples[k:k + TILES_PER_PASS]]
+        emb = torch.stack([torch.as_tensor(reader.embedding(i)) for i in chunk]).to(device).float()
+        logits = decoder(emb)
+        for b, i in enumerate(chunk):
+            h, w = reader.valid_size(i)
+            tile = torch.sigmoid(resize_logits(decoder, logits[b], (h, w))).float().cpu().numpy()
+            z, y0, x0 = max(int(reader.coord(S.SLICE)[i]), 0), int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
+            total[z, :, y0:y0 + h, x0:x0 + w] += tile
+            count[z, y0:y0 + h, x0:x0 + w] += 1
+    covered = count > 0
+    maps = np.empty_like(total)
+    maps[:, 0] = 0.0
+    maps[:, 1:] = 1.0
+    for c in range(3):
+        maps[:, c][covered] = total[:, c][covered] / count[covered]
+    return maps
