@@ -13,7 +13,7 @@ SCRIPTS = sorted(p.stem for p in STUDIES.glob("*.py") if p.stem not in ("common"
 
 
 def test_every_study_has_a_script():
-    assert SCRIPTS == ["amg", "cells", "ct_prompts", "em_mito", "weak_labels"]
+    assert SCRIPTS == ["ais", "amg", "cells", "ct_prompts", "em_mito", "weak_labels"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
