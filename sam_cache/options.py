@@ -117,6 +117,21 @@ def evaluate_values(prompt: str, split: str, views: str, per: str, iterations, l
         raise OptionError("--iterations scores objects by corrective clicks; --prompt none scores tiles")
 
 
+def parse_grid(items, value) -> dict[str, list]:
+    """`NAME=V1,V2,...` items (each name once) -> {name: [values]}; `value(name, text)` checks the name and
+    converts each value (and raises OptionError for a name or value it refuses)."""
+    grid: dict[str, list] = {}
+    for item in items or ():
+        name, sep, values = str(item).partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise OptionError(f"--sweep takes NAME=V1,V2,..., not {item!r}")
+        if name in grid:
+            raise OptionError(f"--sweep names {name} twice")
+        grid[name] = [value(name, v.strip()) for v in values.split(",") if v.strip()]
+    return grid
+
+
 def segment_values(mask_mode: str, output_mode: str, points_per_batch: int, partition_size: int, keep: int | None,
                    n_settings: int) -> None:
     choice("--mask", mask_mode, MASK_MODES)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, fields, replace
 
-from ..options import OptionError
+from ..options import OptionError, parse_grid
 
 DECODE_KNOBS = ("points_per_side",)
 SCORE_KNOBS = ("stability_score_offset",)
@@ -76,16 +76,7 @@ def value(name: str, text) -> int | float:
 
 def parse_sweep(items) -> dict[str, list]:
     """`NAME=V1,V2,...` items (each knob once) -> {name: [values]}."""
-    grid: dict[str, list] = {}
-    for item in items or ():
-        name, sep, values = str(item).partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or not values.strip():
-            raise OptionError(f"--sweep takes NAME=V1,V2,..., not {item!r}")
-        if name in grid:
-            raise OptionError(f"--sweep names {name} twice")
-        grid[name] = [value(name, v.strip()) for v in values.split(",") if v.strip()]
-    return grid
+    return parse_grid(items, value)
 
 
 @dataclass(frozen=True)

@@ -309,23 +309,11 @@ def _finish(reader, out: Path, plan: Sweep, per_image: pd.DataFrame, keep, outpu
             checkpoint, log) -> SegmentResult:
     from ..reports import segment as report
 
-    scored = "msa" in per_image
     blanks = int(per_image.loc[per_image.setting == 0, "blank_tiles"].sum())
     if blanks:
         log(f"{blanks} blank tile{'s' if blanks > 1 else ''} (one value throughout) got no masks")
-    knobs = list(KNOBS)
-    agg = {m: "mean" for m in SCORES if m in per_image and not m.startswith(("n_", "tp"))}
-    agg.update({m: "sum" for m in ("n_pred", "n_true", "tp50") if m in per_image})
-    table = per_image.groupby(["setting", *knobs], sort=True).agg(agg).reset_index()
-    table.insert(len(knobs) + 1, "images", per_image.groupby("setting").size().to_numpy())
-    if keep is not None:
-        why = "chosen with --keep"
-    elif len(table) == 1:
-        keep, why = 0, "the only setting"
-    elif scored:
-        keep, why = int(table.loc[table["msa"].fillna(-1).idxmax(), "setting"]), "the best mSA of the sweep"
-    else:
-        keep, why = 0, "the first setting (no labels to score with)"
+    table = _sweep_table(per_image, list(KNOBS))
+    keep, why = _kept(table, keep)
     s = plan.settings()[keep]
     swept = {k: getattr(s, k) for k in plan.swept} or s.knobs()
     note = f"masks written for setting {keep} ({why}): " + ", ".join(f"{k}={v}" for k, v in swept.items())
@@ -342,6 +330,26 @@ def _finish(reader, out: Path, plan: Sweep, per_image: pd.DataFrame, keep, outpu
     report.write(out, reader, plan, table, per_image, keep, note, samples, figures)
     log(note)
     return SegmentResult(out, table, per_image, keep, note)
+
+
+def _sweep_table(per_image: pd.DataFrame, knobs: list[str]) -> pd.DataFrame:
+    """One row per setting: its knobs, the images scored, mean scores over images and total counts."""
+    agg = {m: "mean" for m in SCORES if m in per_image and not m.startswith(("n_", "tp"))}
+    agg.update({m: "sum" for m in ("n_pred", "n_true", "tp50") if m in per_image})
+    table = per_image.groupby(["setting", *knobs], sort=True).agg(agg).reset_index()
+    table.insert(len(knobs) + 1, "images", per_image.groupby("setting").size().to_numpy())
+    return table
+
+
+def _kept(table: pd.DataFrame, keep: int | None) -> tuple[int, str]:
+    """The setting whose masks are written, and why: `keep`, the only one, or the best mSA of the sweep."""
+    if keep is not None:
+        return keep, "chosen with --keep"
+    if len(table) == 1:
+        return 0, "the only setting"
+    if "msa" in table:
+        return int(table.loc[table["msa"].fillna(-1).idxmax(), "setting"]), "the best mSA of the sweep"
+    return 0, "the first setting (no labels to score with)"
 
 
 def _ais_task(reader, decoder, plan: list[dict], parts: Path, device, on_tile, t, sources_samples) -> int:
@@ -377,6 +385,8 @@ def _ais_task(reader, decoder, plan: list[dict], parts: Path, device, on_tile, t
 
 def _segment_ais(cache, out, settings, sweep, checkpoint, sources, partition_size, device, keep, output_mode,
                  overwrite, progress, log) -> SegmentResult:
+    from ..reports import segment as report
+
     plan = ais.settings(settings, sweep)  # the options, checked before any work
     O.segment_values("auto", output_mode, 1, partition_size, keep, len(plan))
     reader = CacheReader(cache)
@@ -404,16 +414,8 @@ def _segment_ais(cache, out, settings, sweep, checkpoint, sources, partition_siz
         bar.close()
     per_image = pd.DataFrame([r for t in range(len(tasks)) for r in json.loads(_rows_file(parts, t).read_text())])
     knobs = list(plan[0])
-    scored = "msa" in per_image
-    agg = {m: "mean" for m in SCORES if m in per_image and not m.startswith(("n_", "tp"))}
-    agg.update({m: "sum" for m in ("n_pred", "n_true", "tp50") if m in per_image})
-    table = per_image.groupby(["setting", *knobs], sort=True).agg(agg).reset_index()
-    if keep is None:
-        keep = int(table.loc[table["msa"].fillna(-1).idxmax(), "setting"]) if scored and len(table) > 1 else 0
-        why = "the best mSA of the sweep" if scored and len(table) > 1 else "the only setting" if len(table) == 1 \
-            else "the first setting (no labels to score with)"
-    else:
-        why = "chosen with --keep"
+    table = _sweep_table(per_image, knobs)
+    keep, why = _kept(table, keep)
     note = f"instances written for setting {keep} ({why}): " + ", ".join(f"{k}={v}" for k, v in plan[keep].items())
     shutil.rmtree(out / outputs.LABELS, ignore_errors=True)  # of a finish that was interrupted
     shutil.copytree(parts / f"{keep:03d}" / outputs.LABELS, out / outputs.LABELS, copy_function=os.link)
@@ -423,12 +425,10 @@ def _segment_ais(cache, out, settings, sweep, checkpoint, sources, partition_siz
         "output_mode": output_mode, "setting": plan[keep], "untrained": not reader.model["trained"]})
     table.to_csv(out / "sweep.csv", index=False)
     per_image.to_csv(out / "per_image.csv", index=False)
-    shown = [c for c in ["setting", *knobs, "msa", "sa50", "sa75", "f1", "n_pred", "n_true"] if c in table]
-    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    lines += ["| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |"
-              for row in table[shown].itertuples(index=False)]
-    (out / "sweep.md").write_text(f"AIS ({checkpoint_name(checkpoint)}) on {reader.path}: mean over images\n\n"
-                                  + "\n".join(lines) + f"\n\n{note}\n")
+    swept = [k for k in knobs if len({setting[k] for setting in plan}) > 1]
+    head = f"AIS ({checkpoint_name(checkpoint)}) on {reader.path}\n\n" + (
+        "" if "msa" in table else "The cache holds no labels: instances only, no scores.\n\n")
+    (out / "sweep.md").write_text(report.markdown(table, swept, note, head))
     log(note)
     shutil.rmtree(parts)
     return SegmentResult(out, table, per_image, keep, note)

@@ -139,14 +139,15 @@ def train_ais(cache, out, epochs: int = 20, lr: float = 1e-3, batch_size: int = 
     log(f"split by {how}: {len(train_idx)} training tiles, {len(val_idx)} validation tiles; AIS decoder "
         f"{channels}x{h}x{w} -> 3x{input_size}x{input_size}")
 
-    def loss_of(indices):
+    def decoded(indices):
+        """Per tile of `indices`: its logits at its valid size [3, h, w], and its loss against its targets."""
         logits = decoder(tiles.embeddings(indices, device))
-        losses = [ais_loss(resize_logits(decoder, logits[b], reader.valid_size(int(i)))[None],
-                           tiles.targets(int(i))[None].to(device)) for b, i in enumerate(indices)]
-        return torch.stack(losses).mean()
+        for b, i in enumerate(indices):
+            tile = resize_logits(decoder, logits[b], reader.valid_size(int(i)))
+            yield int(i), tile, ais_loss(tile[None], tiles.targets(int(i))[None].to(device))
 
     def step(batch):
-        return loss_of(batch), len(batch)
+        return torch.stack([loss for _, _, loss in decoded(batch)]).mean(), len(batch)
 
     def batches(epoch, generator):
         order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
@@ -157,13 +158,10 @@ def train_ais(cache, out, epochs: int = 20, lr: float = 1e-3, batch_size: int = 
         decoder.eval()
         losses, rows = [], []
         for k in range(0, len(val_idx), batch_size):
-            chunk = val_idx[k:k + batch_size]
-            logits = decoder(tiles.embeddings(chunk, device))
-            for b, i in enumerate(chunk):
-                tile = resize_logits(decoder, logits[b], reader.valid_size(int(i)))
-                losses.append(float(ais_loss(tile[None], tiles.targets(int(i))[None].to(device))))
+            for i, tile, loss in decoded(val_idx[k:k + batch_size]):
+                losses.append(float(loss))
                 maps = torch.sigmoid(tile).float().cpu().numpy()
-                rows.append(scores(tiles.truth(int(i)), instances(*maps, **thresholds)))
+                rows.append(scores(tiles.truth(i), instances(*maps, **thresholds)))
         decoder.train()
         return {"val_loss": float(np.mean(losses)), "val_msa": float(np.nanmean([r["msa"] for r in rows])),
                 "val_sa50": float(np.nanmean([r["sa50"] for r in rows]))}

@@ -23,7 +23,7 @@ import torch
 from monai.losses import DiceLoss
 from monai.networks.blocks import Convolution, UpSample
 
-__all__ = ["AISDecoder", "ais_loss", "train_step"]
+__all__ = ["AISDecoder", "ais_loss"]
 
 
 class AISDecoder(torch.nn.Module):
@@ -67,13 +67,3 @@ def ais_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = loss + _dice(p[:, c:c + 1] * fg, targets[:, c:c + 1] * fg)
     return loss
 
-
-def train_step(decoder: AISDecoder, optimizer: torch.optim.Optimizer, embeddings: torch.Tensor,
-               targets: torch.Tensor) -> float:
-    """One optimiser step on a batch; returns its loss."""
-    decoder.train()
-    optimizer.zero_grad(set_to_none=True)
-    loss = ais_loss(decoder(embeddings), targets)
-    loss.backward()
-    optimizer.step()
-    return loss.item()

@@ -17,7 +17,7 @@ import torch
 from .. import schema as S
 from ..decode.pipeline import resize_logits
 from ..errors import CheckpointError
-from ..options import OptionError
+from ..options import OptionError, parse_grid
 from ..runs import Run
 from .decoder import AISDecoder
 from .watershed import Thresholds
@@ -45,19 +45,16 @@ def load_ais(reader, spec, device) -> AISDecoder:
 
 def parse_sweep(items) -> dict[str, list]:
     """`NAME=V1,V2,...` items -> {name: [values]} over the watershed's options (`Thresholds`)."""
-    grid: dict[str, list] = {}
-    for item in items or ():
-        name, sep, values = str(item).partition("=")
-        name = name.strip().replace("-", "_")
-        if name not in Thresholds.DEFAULTS:
-            raise OptionError(f"--sweep {name!r}: --mode ais sweeps {', '.join(Thresholds.DEFAULTS)}")
-        if not sep or not values.strip() or name in grid:
-            raise OptionError(f"--sweep takes NAME=V1,V2,... once per name, not {item!r}")
-        try:
-            grid[name] = [(int if name == "min_size" else float)(v) for v in values.split(",") if v.strip()]
-        except ValueError:
-            raise OptionError(f"--sweep {name} takes numbers, not {values!r}") from None
-    return grid
+    return parse_grid(items, _value)
+
+
+def _value(name: str, text: str):
+    if name not in Thresholds.DEFAULTS:
+        raise OptionError(f"--sweep {name!r}: --mode ais sweeps {', '.join(Thresholds.DEFAULTS)}")
+    try:
+        return (int if name == "min_size" else float)(text)
+    except ValueError:
+        raise OptionError(f"--sweep {name} takes numbers, not {text!r}") from None
 
 
 def settings(base: dict | None = None, grid: dict | None = None) -> list[dict]:
@@ -86,10 +83,5 @@ def source_maps(reader, decoder: AISDecoder, samples, n_planes: int, plane_shape
             z, y0, x0 = max(int(reader.coord(S.SLICE)[i]), 0), int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
             total[z, :, y0:y0 + h, x0:x0 + w] += tile
             count[z, y0:y0 + h, x0:x0 + w] += 1
-    covered = count > 0
-    maps = np.empty_like(total)
-    maps[:, 0] = 0.0
-    maps[:, 1:] = 1.0
-    for c in range(3):
-        maps[:, c][covered] = total[:, c][covered] / count[covered]
-    return maps
+    background = np.array([0.0, 1.0, 1.0], np.float32)[:, None, None]  # foreground 0, both distances 1
+    return np.where(count[:, None] > 0, total / np.maximum(count, 1)[:, None], background).astype(np.float32)
