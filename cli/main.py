@@ -498,10 +498,15 @@ def segment(
     mask: str = typer.Option("auto", help="The grid points' masks: auto (what the model was trained to give: single "
                              "for lite_medsam, best-iou for SAM), best-iou (SAM's generator: all 3 multimask outputs "
                              "are candidates) or single (the single-mask output).", rich_help_panel=MODEL),
-    mode: str = typer.Option("amg", help="amg (SAM's generator on a point grid) or ais (the AIS decoder of a "
-                             "`samcache train-ais` run, given as --checkpoint, then a seeded watershed; --sweep then "
-                             "takes its options: center_distance_threshold, boundary_distance_threshold, "
-                             "foreground_threshold, distance_smoothing, min_size).", rich_help_panel=MODEL),
+    mode: str = typer.Option("amg", help="amg (SAM's generator on a point grid); ais (the AIS decoder of a "
+                             "`samcache train-ais` run, given as --checkpoint or --ais, then a seeded watershed; "
+                             "--sweep then takes center_distance_threshold, boundary_distance_threshold, "
+                             "foreground_threshold, distance_smoothing, min_size); or apg (the seeds of the --ais run "
+                             "as point prompts to the SAM decoder --checkpoint, the masks merged by NMS; --sweep then "
+                             "takes those three thresholds and min_size, nms_threshold, intersection_over_min, "
+                             "pred_iou_thresh, stability_score_thresh).", rich_help_panel=MODEL),
+    ais: Optional[str] = typer.Option(None, help="The `samcache train-ais` run folder for --mode apg (and ais).",
+                                      rich_help_panel=MODEL),
     points_per_side: int = typer.Option(AMG.points_per_side, help="Grid of points per tile side.",
                                         rich_help_panel=GENERATOR),
     pred_iou_thresh: float = typer.Option(AMG.pred_iou_thresh, help="Keep masks whose predicted IoU is above this.",
@@ -546,15 +551,16 @@ def segment(
     from sam_cache import options as O
     from sam_cache.amg.knobs import Sweep, parse_sweep
 
-    O.choice("--mode", mode, ("amg", "ais"))
-    if mode == "ais":
+    O.choice("--mode", mode, ("amg", "ais", "apg"))
+    if mode in ("ais", "apg"):
         import sam_cache
         from sam_cache.instance.segment import parse_sweep as ais_sweep
 
         result = sam_cache.segment(
-            cache, out, sweep=ais_sweep(sweep), checkpoint=checkpoint, output_mode=output_mode,
+            cache, out, sweep=ais_sweep(sweep, mode), checkpoint=checkpoint, output_mode=output_mode,
             sources=_list(sources) if sources else None, partition_size=partition_size, device=device, keep=keep,
-            overwrite=overwrite, mode="ais", progress=not quiet, log=_say)
+            overwrite=overwrite, mode=mode, ais=ais, base_checkpoint=base_checkpoint, mask_mode=mask,
+            progress=not quiet, log=_say)
         typer.echo(result.summary_md)
         typer.echo(str(result))
         return

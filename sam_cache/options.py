@@ -12,6 +12,20 @@ from .choices import (AMG_OUTPUT_MODES, DTYPES, EVAL_SPLITS, EVAL_VIEWS, LABEL_K
 from .errors import OptionError
 
 
+class Named(dict):
+    """A set of named options over the class's `DEFAULTS`: the given values over the defaults, and a name not
+    in them refused (ValueError) naming `WHAT`, the options' owner."""
+
+    DEFAULTS: dict = {}
+    WHAT = "an"
+
+    def __init__(self, **given):
+        unknown = set(given) - set(self.DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown {self.WHAT} option(s) {sorted(unknown)}; known: {sorted(self.DEFAULTS)}")
+        super().__init__({**self.DEFAULTS, **given})
+
+
 def choice(option: str, value, choices: Iterable):
     choices = list(choices)
     if value not in choices:

@@ -31,11 +31,12 @@ from .. import schema as S
 from ..amg import generator as amg, stitch
 from ..amg.knobs import KNOBS, Settings, Sweep
 from ..decode.pipeline import resolve_mask_mode
+from ..decode.place import Tiles
 from ..device import default_device
 from ..errors import SamCacheError
 from ..files import atomic, file_sha256
 from ..ingest.labels import instance_map
-from ..instance import segment as ais
+from ..instance import apg, segment as ais_maps
 from ..instance.watershed import instances
 from ..metrics.instances import SCORES, scores
 from ..progress import Progress
@@ -48,7 +49,7 @@ from ..store.reader import CacheReader
 OUTPUTS = ("labels", "masks.json", "masks", "sweep.csv", "per_image.csv", "sweep.md", "results.nc", "sweep.png",
            "overlays.png", ".parts")
 PARTS = ".parts"
-MODES = ("amg", "ais")
+MODES = ("amg", "ais", "apg")
 AIS_OUTPUTS = ("labels", "masks.json", "masks", "sweep.csv", "per_image.csv", "sweep.md", ".parts")
 TILES_PER_PASS = 16  # embeddings read at a time per task (points_per_batch sets the decoder pass)
 
@@ -237,7 +238,8 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
             output_mode: str = "coco_rle", sources=None, points_per_batch: int = 256, partition_size: int = 64,
             scheduler: str | None = None, device: str | None = None, base_checkpoint=None, keep: int | None = None,
             figures: int = 4, overwrite: bool = False, write_layer: str | None = None, overwrite_layer: bool = False,
-            mask_mode: str = "auto", mode: str = "amg", progress: bool = True, log=print) -> SegmentResult:
+            mask_mode: str = "auto", mode: str = "amg", ais: str | None = None, progress: bool = True,
+            log=print) -> SegmentResult:
     """Automatic masks of every source of `cache` (or of `sources`), written into OUT (a new or empty
     folder, or any with `overwrite`; the same call into the same OUT resumes an interrupted run, keeping
     the tasks already done). `settings`: knob values other than SAM's defaults; `sweep`:
@@ -250,11 +252,15 @@ def segment(cache, out, settings: dict | None = None, sweep: dict | None = None,
 
     `mode`: `amg` (SAM's generator, above) or `ais`: the AIS decoder of a `train-ais` run (`checkpoint`) on each
     tile, the maps put together per plane, then the seeded watershed; `settings` and `sweep` are then the
-    watershed's options (`instance.watershed.Thresholds`), and a sweep re-runs only the watershed."""
+    watershed's options (`instance.watershed.Thresholds`), and a sweep re-runs only the watershed. Or `apg`:
+    the AIS run `ais` gives the maps, their seeds go as point prompts to the SAM decoder `checkpoint` (base or
+    a finetune run; `mask_mode` auto is the single-mask output, as micro-sam's APG) and the masks are merged
+    (`instance.apg`); `settings` and `sweep` are `instance.apg.Options`, and each seed is decoded once
+    whatever the settings that ask for it."""
     O.choice("--mode", mode, MODES)
-    if mode == "ais":
-        return _segment_ais(cache, out, settings, sweep, checkpoint, sources, partition_size, device, keep,
-                            output_mode, overwrite, progress, log)
+    if mode in ("ais", "apg"):
+        return _segment_ais(cache, out, mode, settings, sweep, checkpoint, ais, base_checkpoint, mask_mode, sources,
+                            partition_size, device, keep, output_mode, overwrite, progress, log)
     plan = Sweep.of(settings, sweep)
     n_settings = len(plan.settings())
     O.segment_values(mask_mode, output_mode, points_per_batch, partition_size, keep, n_settings)
@@ -352,63 +358,86 @@ def _kept(table: pd.DataFrame, keep: int | None) -> tuple[int, str]:
     return 0, "the first setting (no labels to score with)"
 
 
-def _ais_task(reader, decoder, plan: list[dict], parts: Path, device, on_tile, t, sources_samples) -> int:
-    """One task of `--mode ais`: whole sources through the AIS decoder once, then every watershed setting; each
-    setting's label images into parts/<k>/labels/, and last and whole the score rows into parts/rows/<t>.json."""
+def _ais_task(reader, decoder, plan: list[dict], parts: Path, device, on_tile, sam, t, sources_samples) -> int:
+    """One task of `--mode ais` or `apg`: whole sources through the AIS decoder once, then every setting: the
+    watershed (ais), or (apg, `sam` = (SAM's decoder, mask mode)) the seeds of the maps decoded by SAM's decoder,
+    each seed once whatever the settings that ask for it, and merged. Each setting's label images into
+    parts/<k>/labels/ and its objects into parts/<k>/objects/; last and whole the score rows into
+    parts/rows/<t>.json."""
     rows, files = [], outputs.label_names(reader)
+    tiles = Tiles(reader) if sam is not None else None
     for source, samples in sources_samples:
         n_planes, plane_shape, axis = reader.planes(source)
-        maps = ais.source_maps(reader, decoder, samples, n_planes, plane_shape, device)
+        maps = ais_maps.source_maps(reader, decoder, samples, n_planes, plane_shape, device)
         if on_tile is not None:
             on_tile(len(samples))
         truth = _truth(reader, samples, n_planes, plane_shape) if reader.label_kind else None
         segmented = sorted(set(np.maximum(reader.coord(S.SLICE)[samples], 0).tolist()))
+        prompts = None if sam is None else apg.SourcePrompts(reader, sam[0], tiles, source, sam[1])
         for k, setting in enumerate(plan):
             label = np.zeros((n_planes, *plane_shape), np.uint32)
+            objects = [{} for _ in range(n_planes)]  # per plane: each object's predicted IoU, stability, prompt
+            first = 1
             for z in segmented:
-                label[z] = instances(*maps[z], **setting)
+                if prompts is None:
+                    label[z] = instances(*maps[z], **setting)
+                else:
+                    points = apg.seeds(*maps[z], **{o: setting[o] for o in apg.SEED_OPTIONS})
+                    plane, info = apg.merge(prompts.masks(z, points), plane_shape, **setting)
+                    label[z] = np.where(plane > 0, plane + (first - 1), 0)
+                    objects[z] = {first - 1 + n: v for n, v in info.items()}
+                    first += int(plane.max())
                 row = {"setting": k, **setting, "source": source, "file": reader.source_name(source),
                        "slice": z if axis >= 0 else -1}
                 row.update(scores(truth[z], label[z]) if truth is not None else
-                           {"n_pred": int(label[z].max())})
+                           {"n_pred": int(len(np.unique(label[z])) - (label[z] == 0).any())})
                 rows.append(row)
             volume = label[0] if axis < 0 else np.moveaxis(label, 0, axis)
             part = parts / f"{k:03d}"
             outputs.write_label(part / outputs.LABELS / files[source], volume)
-            (part / "objects").mkdir(parents=True, exist_ok=True)  # no per-object scores: AIS has no IoU head
-            (part / "objects" / f"{source:06d}.json").write_text(json.dumps([{}] * n_planes))
+            (part / "objects").mkdir(parents=True, exist_ok=True)  # AIS has no IoU head: its objects carry nothing
+            (part / "objects" / f"{source:06d}.json").write_text(json.dumps(objects))
     _rows_file(parts, t).parent.mkdir(exist_ok=True)
     with atomic(_rows_file(parts, t)) as tmp:
         tmp.write_text(json.dumps(rows, default=lambda v: v.item()))
     return t
 
 
-def _segment_ais(cache, out, settings, sweep, checkpoint, sources, partition_size, device, keep, output_mode,
-                 overwrite, progress, log) -> SegmentResult:
+def _segment_ais(cache, out, mode, settings, sweep, checkpoint, ais_run, base_checkpoint, mask_mode, sources,
+                 partition_size, device, keep, output_mode, overwrite, progress, log) -> SegmentResult:
     from ..reports import segment as report
 
-    plan = ais.settings(settings, sweep)  # the options, checked before any work
-    O.segment_values("auto", output_mode, 1, partition_size, keep, len(plan))
+    plan = ais_maps.settings(settings, sweep, mode)  # the options, checked before any work
+    O.segment_values(mask_mode, output_mode, 1, partition_size, keep, len(plan))
     reader = CacheReader(cache)
     device = torch.device(device) if device else default_device()
-    decoder = ais.load_ais(reader, checkpoint, device)  # no AIS run: says what to run first
+    run = ais_run if mode == "apg" or ais_run is not None else checkpoint
+    decoder = ais_maps.load_ais(reader, run, device, mode)  # no AIS run: says what to run first
+    sam = None
+    if mode == "apg":  # SAM's decoder, for the prompts; micro-sam's APG decodes the single-mask output
+        sam_decoder = load_decoder(reader, checkpoint, base_checkpoint).to(device).eval()
+        sam = (sam_decoder, "single" if mask_mode == "auto" else resolve_mask_mode(sam_decoder, mask_mode))
     if reader.label_kind is None:
         log(f"{cache}: the cache holds no labels, so the instances are written but cannot be scored")
     samples = select_samples(reader, sources)
     tasks = _group(reader, samples, partition_size)
-    record = {"command": "segment", "mode": "ais", "settings": plan, "checkpoint": checkpoint,
-              "weights": {"sha256": file_sha256(Path(checkpoint) / AIS)}, "cache_fingerprint": reader.fingerprint,
+    record = {"command": "segment", "mode": mode, "settings": plan, "ais": str(run),
+              "ais_weights": {"sha256": file_sha256(Path(run) / AIS)}, "cache_fingerprint": reader.fingerprint,
               "samples": samples.tolist(), "partition_size": partition_size}
+    if sam is not None:
+        record.update(checkpoint=checkpoint, weights=grid.weights(checkpoint, reader), mask_mode=sam[1])
     parts, resumed = grid.start(out, "segment", AIS_OUTPUTS, PARTS, record, overwrite)
     out = parts.parent
     todo = grid_tasks.pending(tasks, lambda t: _rows_file(parts, t).is_file())
     if resumed:
         log(f"resuming: {len(tasks) - len(todo)} of {len(tasks)} partitions already done")
-    log(f"segmenting {len(samples)} tiles with the AIS decoder of {checkpoint_name(checkpoint)}: {len(plan)} "
-        f"watershed setting{'s' if len(plan) > 1 else ''}, one decoder pass per tile")
+    what = {"ais": f"{len(plan)} watershed setting{'s' if len(plan) > 1 else ''}, one decoder pass per tile",
+            "apg": f"its seeds as point prompts to {checkpoint_name(checkpoint)}, {len(plan)} setting"
+                   f"{'s' if len(plan) > 1 else ''}, each seed decoded once"}[mode]
+    log(f"segmenting {len(samples)} tiles with the AIS decoder of {checkpoint_name(run)}: {what}")
     bar = Progress(sum(len(m) for _, task in todo for _, m in task), "segment", "tiles", enabled=progress)
     try:
-        local = partial(_ais_task, reader, decoder, plan, parts, device, bar.update)
+        local = partial(_ais_task, reader, decoder, plan, parts, device, bar.update, sam)
         grid_tasks.run(local, todo, bar, lambda task, _: sum(len(m) for _, m in task), local=local)
     finally:
         bar.close()
@@ -421,13 +450,15 @@ def _segment_ais(cache, out, settings, sweep, checkpoint, sources, partition_siz
     shutil.copytree(parts / f"{keep:03d}" / outputs.LABELS, out / outputs.LABELS, copy_function=os.link)
     images, annotations = _coco(reader, out, parts / f"{keep:03d}", output_mode)
     outputs.write_coco(out / "masks.json", images, annotations, {
-        "description": f"samcache segment --mode ais of {reader.path}", "checkpoint": str(checkpoint),
-        "output_mode": output_mode, "setting": plan[keep], "untrained": not reader.model["trained"]})
+        "description": f"samcache segment --mode {mode} of {reader.path}", "checkpoint": str(checkpoint),
+        "ais": str(run), "output_mode": output_mode, "setting": plan[keep], "untrained": not reader.model["trained"]})
     table.to_csv(out / "sweep.csv", index=False)
     per_image.to_csv(out / "per_image.csv", index=False)
     swept = [k for k in knobs if len({setting[k] for setting in plan}) > 1]
-    head = f"AIS ({checkpoint_name(checkpoint)}) on {reader.path}\n\n" + (
-        "" if "msa" in table else "The cache holds no labels: instances only, no scores.\n\n")
+    title = f"AIS ({checkpoint_name(run)})" if mode == "ais" else \
+        f"APG (AIS {checkpoint_name(run)}, seeds to {checkpoint_name(checkpoint)})"
+    head = f"{title} on {reader.path}\n\n" + ("" if "msa" in table else
+                                               "The cache holds no labels: instances only, no scores.\n\n")
     (out / "sweep.md").write_text(report.markdown(table, swept, note, head))
     log(note)
     shutil.rmtree(parts)

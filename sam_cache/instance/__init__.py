@@ -1,2 +1,2 @@
-"""Automatic instance segmentation from the cache (AIS): the decoder's targets from instance labels, and the
-seeded watershed that turns its outputs into instances."""
+"""Automatic instance segmentation from the cache (AIS): the decoder's targets from instance labels, the
+seeded watershed that turns its outputs into instances, and APG, which turns them into prompts for SAM's decoder."""

@@ -1,4 +1,4 @@
-"""`segment --mode ais`'s engine: an AIS run's decoder over a source's cached tiles, the maps put together per
+"""`segment --mode ais` and `apg`: an AIS run's decoder over a source's cached tiles, the maps put together per
 plane, and the watershed settings of a sweep.
 
 Each tile's three maps (sigmoid of the decoder's output, brought to the tile's valid size by SAM's
@@ -19,23 +19,27 @@ from ..decode.pipeline import resize_logits
 from ..errors import CheckpointError
 from ..options import OptionError, parse_grid
 from ..runs import Run
+from . import apg
 from .decoder import AISDecoder
 from .watershed import Thresholds
 
-__all__ = ["load_ais", "parse_sweep", "settings", "source_maps"]
+__all__ = ["load_ais", "options", "parse_sweep", "settings", "source_maps"]
 
 TILES_PER_PASS = 8
 
 
-def load_ais(reader, spec, device) -> AISDecoder:
-    """The AIS decoder of the run folder `spec`, checked against the cache of `reader`."""
+def load_ais(reader, spec, device, mode: str = "ais") -> AISDecoder:
+    """The AIS decoder of the run folder `spec`, checked against the cache of `reader`. `mode` (ais or apg)
+    only words the errors: the option that names the run is --checkpoint for ais, --ais for apg."""
+    option = "--checkpoint" if mode == "ais" else "--ais"
     if spec in (None, "base"):
-        raise CheckpointError(f"segment --mode ais needs a trained AIS decoder: run `samcache train-ais {reader.path} "
-                              "-o runs/ais` first, then pass --checkpoint runs/ais")
+        raise CheckpointError(f"segment --mode {mode} needs a trained AIS decoder: run `samcache train-ais "
+                              f"{reader.path} -o runs/ais` first, then pass {option} runs/ais")
     run = Run.open(spec)
     if not run.is_ais:
-        raise CheckpointError(f"{spec}: a finetune run of SAM's mask decoder, not an AIS run; --mode ais needs a run "
-                              f"of `samcache train-ais` (or use --mode amg with this one)")
+        raise CheckpointError(f"{spec}: a finetune run of SAM's mask decoder, not an AIS run; --mode {mode} needs a "
+                              f"run of `samcache train-ais` as {option}" + (" (or use --mode amg with this one)"
+                                                                           if mode == "ais" else ""))
     run.check_cache(reader)
     saved = run.ais_weights()
     decoder = AISDecoder(**saved["config"])
@@ -43,25 +47,38 @@ def load_ais(reader, spec, device) -> AISDecoder:
     return decoder.to(device).eval()
 
 
-def parse_sweep(items) -> dict[str, list]:
-    """`NAME=V1,V2,...` items -> {name: [values]} over the watershed's options (`Thresholds`)."""
-    return parse_grid(items, _value)
+def options(mode: str):
+    """The options class of a mode: the watershed's (`Thresholds`) for ais, `apg.Options` for apg."""
+    return {"ais": Thresholds, "apg": apg.Options}[mode]
 
 
-def _value(name: str, text: str):
-    if name not in Thresholds.DEFAULTS:
-        raise OptionError(f"--sweep {name!r}: --mode ais sweeps {', '.join(Thresholds.DEFAULTS)}")
+def parse_sweep(items, mode: str = "ais") -> dict[str, list]:
+    """`NAME=V1,V2,...` items -> {name: [values]} over the options of `mode` (ais: `Thresholds`, apg:
+    `apg.Options`)."""
+    known = options(mode).DEFAULTS
+
+    def value(name: str, text: str):
+        if name not in known:
+            raise OptionError(f"--sweep {name!r}: --mode {mode} sweeps {', '.join(known)}")
+        kind = type(known[name])
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise OptionError(f"--sweep {name} takes true or false, not {text!r}")
+            return text.lower() in ("true", "1")
+        try:
+            return kind(text)
+        except ValueError:
+            raise OptionError(f"--sweep {name} takes numbers, not {text!r}") from None
+
+    return parse_grid(items, value)
+
+
+def settings(base: dict | None = None, grid: dict | None = None, mode: str = "ais") -> list[dict]:
+    """Every combination of `grid` around `base` (both over the names of `options(mode)`), in a fixed order."""
+    kind = options(mode)
     try:
-        return (int if name == "min_size" else float)(text)
-    except ValueError:
-        raise OptionError(f"--sweep {name} takes numbers, not {text!r}") from None
-
-
-def settings(base: dict | None = None, grid: dict | None = None) -> list[dict]:
-    """Every combination of `grid` around `base` (both over `Thresholds`' names), in a fixed order."""
-    try:
-        base = dict(Thresholds(**(base or {})))
-        Thresholds(**{k: v[0] for k, v in (grid or {}).items()})
+        base = dict(kind(**(base or {})))
+        kind(**{k: v[0] for k, v in (grid or {}).items()})
     except ValueError as e:
         raise OptionError(str(e)) from e
     names = list(grid or {})

@@ -18,22 +18,18 @@ from skimage.filters import gaussian
 from skimage.measure import label
 from skimage.segmentation import watershed
 
+from ..options import Named
 from .targets import drop_small
 
 __all__ = ["Thresholds", "instances"]
 
 
-class Thresholds(dict):
+class Thresholds(Named):
     """The post-processing's options and their defaults (torch_em's)."""
 
     DEFAULTS = {"center_distance_threshold": 0.5, "boundary_distance_threshold": 0.5, "foreground_threshold": 0.5,
                 "distance_smoothing": 1.6, "min_size": 0}
-
-    def __init__(self, **given):
-        unknown = set(given) - set(self.DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown AIS post-processing option(s) {sorted(unknown)}; known: {sorted(self.DEFAULTS)}")
-        super().__init__({**self.DEFAULTS, **given})
+    WHAT = "AIS post-processing"
 
 
 def instances(foreground: np.ndarray, center_distance: np.ndarray, boundary_distance: np.ndarray,
