@@ -213,10 +213,10 @@ def merge(masks: Masks, shape, min_size: int = 25, nms_threshold: float = 0.9, i
     pieces[sizes[pieces] < min_size] = 0
     pieces, _, _ = relabel_sequential(pieces)
     info = {}
-    if pieces.max():
-        first = ndimage.minimum_position(np.arange(pieces.size).reshape(shape), pieces, np.arange(1, pieces.max() + 1))
-        for k, pos in enumerate(first, start=1):
-            m = int(painted[pos]) - 1
+    if pieces.max():  # each piece lies within one painted mask: its id is the piece's value in `painted`
+        owners = ndimage.maximum(painted, pieces, np.arange(1, pieces.max() + 1))
+        for k, owner in enumerate(np.atleast_1d(owners), start=1):
+            m = int(owner) - 1
             info[k] = {"predicted_iou": float(masks.iou[m]), "stability_score": float(masks.stability[m]),
                        "point_coords": [[float(masks.points[m][0]), float(masks.points[m][1])]]}
     return pieces.astype(np.uint32), info
