@@ -722,6 +722,9 @@ def train_ais(
     early_stopping: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better val mSA.",
                                                  rich_help_panel=RECIPE),
     seed: int = typer.Option(0, help="Seed for the split, the decoder's init and the order.", rich_help_panel=RECIPE),
+    views: str = typer.Option(C.TRAIN_VIEWS[0], help="identity (the tiles themselves) or random: each epoch, one "
+                              "stored view of each training tile (a cache made with embed --views) as augmentation; "
+                              "validation uses identity views.", rich_help_panel=RECIPE),
     split: str = typer.Option(C.SPLITS[0], help="Validation by source (files), slice, tile, or column.",
                               rich_help_panel=INPUT),
     split_file: Optional[Path] = typer.Option(None, help="CSV of `source,split` or `sample,split` rows.",
@@ -740,8 +743,8 @@ def train_ais(
 
     result = run_train_ais(cache, out, epochs=epochs, lr=lr, batch_size=batch_size, width=width, min_size=min_size,
                            val_fraction=val_fraction, split=split, split_file=split_file, seed=seed, schedule=schedule,
-                           early_stopping=early_stopping, preload=preload, device=device, resume=resume,
-                           overwrite=overwrite, progress=not quiet, log=_say)
+                           early_stopping=early_stopping, views=views, preload=preload, device=device,
+                           resume=resume, overwrite=overwrite, progress=not quiet, log=_say)
     typer.echo(str(result))
 
 

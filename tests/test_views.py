@@ -156,6 +156,48 @@ def test_finetune_views_random_is_seeded_and_keeps_to_the_training_side(view_cac
     assert not torch.equal(last(a)[key], last(c)[key])
 
 
+def _ais_trained(cache, out, monkeypatch, **kw):
+    """train-ais for 2 epochs, recording every sample whose targets a training step uses, with its labels."""
+    from sam_cache.commands import train_ais as T
+
+    seen, truth, targets = [], {}, T._Tiles.targets
+
+    def record(self, i):
+        seen.append(int(i))
+        truth[int(i)] = self.truth(int(i))
+        return targets(self, i)
+
+    monkeypatch.setattr(T._Tiles, "targets", record)
+    result = sam_cache.train_ais(cache, out, epochs=2, batch_size=4, width=16, split="tile", device="cpu",
+                                 progress=False, log=lambda m: None, **kw)
+    monkeypatch.setattr(T._Tiles, "targets", targets)
+    config = json.loads((out / "config.json").read_text())
+    train = set(config["sets"]["train"])
+    return result, [i for i in seen if i not in set(config["sets"]["val"])], truth, train, config
+
+
+def test_train_ais_views_random_trains_on_the_views_own_targets(view_cache, rect_cache, monkeypatch, tmp_path):
+    r = CacheReader(view_cache)
+    a, seen, truth, train, config = _ais_trained(view_cache, tmp_path / "a", monkeypatch, views="random")
+    _, seen_b, *_ = _ais_trained(view_cache, tmp_path / "b", monkeypatch, views="random")
+    assert seen == seen_b and config["recipe"]["views"] == "random"  # seeded: the same draws again
+    assert len(seen) == 2 * len(train) and set(r.view_of[seen]) <= train  # one view per training tile per epoch
+    drawn = {str(v) for v in r.view[seen]}
+    assert drawn - {"identity"}, drawn  # views besides the tiles themselves were trained on
+    for i in set(seen):  # each view's targets come from its own labels: its original's, turned as its image was
+        view, original = str(r.view[i]), int(r.view_of[i])
+        if view != "identity":
+            expected = monai_view(view, np.maximum(r.label(original), 0))
+            assert truth[i].shape == expected.shape == tuple(r.valid_size(i))
+            assert np.array_equal(truth[i] > 0, expected > 0), (i, view)
+    # identity (the default) trains on the tiles themselves, with the recipe of a run before views existed
+    _, seen_c, _, train_c, config_c = _ais_trained(view_cache, tmp_path / "c", monkeypatch)
+    assert set(seen_c) == train_c and "views" not in config_c["recipe"]
+    with pytest.raises(SamCacheError, match="needs a cache made with views"):
+        sam_cache.train_ais(rect_cache, tmp_path / "d", views="random", progress=False, log=lambda m: None)
+    assert not (tmp_path / "d").exists()
+
+
 def test_evaluate_all_views_reports_the_spread(view_cache):
     one = sam_cache.evaluate(view_cache, "base", "box", log=lambda m: None)
     assert set(names(one[S.VIEW])) == {"identity"}
@@ -180,6 +222,8 @@ def test_bad_views_are_refused_with_exit_2(small_dataset, rect_cache, view_cache
     assert r.exit_code == 2 and "needs a cache made with views" in r.output and not (tmp_path / "run").exists()
     r = run_cli("evaluate", rect_cache, "--views", "all", "-q")
     assert r.exit_code == 2 and "needs a cache made with views" in r.output
+    r = run_cli("train-ais", rect_cache, "--out", tmp_path / "ais", "--views", "random", "--epochs", "1", "-q")
+    assert r.exit_code == 2 and "needs a cache made with views" in r.output and not (tmp_path / "ais").exists()
     r = run_cli("finetune", view_cache, "--out", tmp_path / "run", "--views", "some", "-q")
     assert r.exit_code == 2 and "unknown --views 'some'; choose one of: identity, random" in r.output
     r = run_cli("evaluate", view_cache, "--views", "all", "-q")

@@ -21,17 +21,18 @@ import pandas as pd
 import torch
 
 from .. import options as O
-from ..choices import PRELOADS, SCHEDULES, SPLITS
+from ..choices import PRELOADS, SCHEDULES, SPLITS, TRAIN_VIEWS
 from ..decode.pipeline import resize_logits
 from ..device import default_device
 from ..errors import SamCacheError
+from ..ingest import views as V
 from ..ingest.labels import instance_map
 from ..instance.decoder import AISDecoder, ais_loss
 from ..instance.targets import distance_targets
 from ..instance.watershed import Thresholds, instances
 from ..metrics.instances import scores
 from ..runs import AIS, AIS_LAST, CONFIG, DECODER, METRICS, STATE, Run, claim
-from ..samples import choose_preload, preload_bytes, split_by
+from ..samples import choose_preload, preload_bytes, sample_generator, split_by
 from ..store.reader import CacheReader
 from ..training import TRAIN_LOSS, Plan, Task, fit, one_writer, resume_state, schedule as make_schedule
 from ..version import __version__
@@ -81,12 +82,14 @@ class _Tiles:
 def train_ais(cache, out, epochs: int = 20, lr: float = 1e-3, batch_size: int = 8, width: int = 128,
               min_size: int = MIN_SIZE, val_fraction: float = 0.2, split: str = "source", split_file=None,
               seed: int = 0, schedule: str = "constant", early_stopping: int | None = None, thresholds=None,
-              preload: str = "auto", device=None, resume: bool = False, overwrite: bool = False,
-              progress: bool = True, log=print) -> AISResult:
+              views: str = "identity", preload: str = "auto", device=None, resume: bool = False,
+              overwrite: bool = False, progress: bool = True, log=print) -> AISResult:
     """Train an AIS decoder on the instance labels of `cache` into the run folder `out` (a new or empty folder,
     any with `overwrite`, or this run's with `resume`). `width`: the decoder's first width (it halves per
     upsampling stage). `min_size`: objects under this many pixels are background in the targets.
-    `thresholds`: the watershed's options for validation (`instance.watershed.Thresholds`)."""
+    `thresholds`: the watershed's options for validation (`instance.watershed.Thresholds`). `views` (`random`):
+    each epoch, each training tile is one of its stored views (`embed --views`), drawn as finetune draws it;
+    its targets come from the view's own labels. Validation uses the tiles themselves."""
     for name, value in (("epochs", epochs), ("batch-size", batch_size), ("width", width)):
         O.at_least("--" + name, value, 1)
     O.at_least("--min-size", min_size, 0)
@@ -96,6 +99,7 @@ def train_ais(cache, out, epochs: int = 20, lr: float = 1e-3, batch_size: int = 
     O.choice("--split", split, SPLITS)
     O.choice("--schedule", schedule, SCHEDULES)
     O.choice("--preload", preload, PRELOADS)
+    O.choice("--views", views, TRAIN_VIEWS)
     if early_stopping is not None:
         O.at_least("--early-stopping", early_stopping, 1)
         if not val_fraction > 0:
@@ -109,6 +113,8 @@ def train_ais(cache, out, epochs: int = 20, lr: float = 1e-3, batch_size: int = 
         raise SamCacheError(f"{cache}: AIS trains on instance labels, and this cache holds "
                             f"{f'{reader.label_kind} labels' if reader.label_kind else 'no labels'}; embed a dataset "
                             "with instance (or binary) label images")
+    if views != TRAIN_VIEWS[0]:
+        V.require(reader, f"--views {views}")
     train_idx, val_idx, how = split_by(reader, val_fraction, seed, split, split_file)
     device = torch.device(device) if device else default_device()
     if resume and not (Path(out) / CONFIG).is_file():
@@ -121,6 +127,8 @@ def train_ais(cache, out, epochs: int = 20, lr: float = 1e-3, batch_size: int = 
               "width": width, "min_size": min_size, "val_fraction": val_fraction, "split": split,
               "split_file": str(split_file) if split_file else None, "seed": seed, "schedule": schedule,
               "early_stopping": early_stopping, "thresholds": dict(thresholds)}
+    if views != TRAIN_VIEWS[0]:  # a run without views keeps the recipe (and its resume check) it had before
+        recipe["views"] = views
     state = resume_state(out, recipe, reader, device) if resume else None
     decoder_config = {"embedding_channels": channels, "embedding_size": h, "input_size": input_size, "width": width}
     run = Run.start(out, {
@@ -134,6 +142,12 @@ def train_ais(cache, out, epochs: int = 20, lr: float = 1e-3, batch_size: int = 
     opt = torch.optim.Adam(decoder.parameters(), lr=lr)
     sched = make_schedule(opt, schedule, epochs)
     both = np.concatenate([train_idx, val_idx])
+    # a training tile brings its stored views along, so a view always falls on its original's side of the split
+    members = V.of(reader, train_idx) if views != TRAIN_VIEWS[0] else None
+    if members:
+        both = np.unique(np.concatenate([both, *members.values()]))
+        log(f"--views {views}: each of the {len(train_idx)} training tiles is one of its stored views per epoch "
+            f"({sum(map(len, members.values()))} views in all, identity included); validation: identity views")
     where = choose_preload(preload, preload_bytes(reader, both), device)
     tiles = _Tiles(reader, reader if where == "off" else reader.preload(both, "cpu"), reader.label_kind, min_size)
     log(f"split by {how}: {len(train_idx)} training tiles, {len(val_idx)} validation tiles; AIS decoder "
@@ -151,6 +165,8 @@ def train_ais(cache, out, epochs: int = 20, lr: float = 1e-3, batch_size: int = 
 
     def batches(epoch, generator):
         order = train_idx[torch.randperm(len(train_idx), generator=generator).numpy()]
+        if members:  # each tile's view of this epoch, from its own seeded generator (as finetune's ObjectSamples)
+            order = np.array([V.draw(members[int(i)], sample_generator(seed, epoch, int(i))) for i in order])
         return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
 
     @torch.no_grad()
