@@ -504,7 +504,8 @@ def segment(
                              "foreground_threshold, distance_smoothing, min_size); or apg (the seeds of the --ais run "
                              "as point prompts to the SAM decoder --checkpoint, the masks merged by NMS; --sweep then "
                              "takes those three thresholds and min_size, nms_threshold, intersection_over_min, "
-                             "pred_iou_thresh, stability_score_thresh).", rich_help_panel=MODEL),
+                             "pred_iou_thresh, stability_score_thresh, refine_with_box_prompts: each seed's mask "
+                             "decoded again from its box, as micro-sam's option).", rich_help_panel=MODEL),
     ais: Optional[str] = typer.Option(None, help="The `samcache train-ais` run folder for --mode apg (and ais).",
                                       rich_help_panel=MODEL),
     points_per_side: int = typer.Option(AMG.points_per_side, help="Grid of points per tile side.",

@@ -77,6 +77,28 @@ def test_nms_keeps_the_best_of_duplicates_and_merge_paints_largest_first():
     assert apg.merge(masks_of(labels, [1], [0.9]), labels.shape, min_size=10_000)[0].max() == 0
 
 
+def test_refine_boxes_widen_each_masks_box_by_one_percent_within_the_plane():
+    labels = np.zeros((100, 120), np.int64)
+    labels[20:40, 10:30] = 1  # a 20 × 20 box: 0.2 px a side
+    labels[0:50, 70:120] = 2  # 50 × 50 at the top right corner: clipped there
+    boxes = apg.refine_boxes(masks_of(labels, [1, 2], [0.9, 0.9]), labels.shape)
+    np.testing.assert_allclose(boxes, [[9.8, 19.8, 29.2, 39.2], [69.5, 0.0, 119.0, 49.5]])
+
+
+def best_box(truth: np.ndarray, box: np.ndarray) -> int:
+    """The instance of `truth` whose box has the highest IoU with `box` (x0, y0, x1, y1), 0 if none meets it."""
+    best, found = 0.0, 0
+    for k in np.unique(truth)[1:]:
+        y, x = np.nonzero(truth == k)
+        own = np.array([x.min(), y.min(), x.max() + 1, y.max() + 1], np.float64)
+        w, h = np.minimum(own[2:], box[2:]) - np.maximum(own[:2], box[:2])
+        inter = max(w, 0) * max(h, 0)
+        iou = inter / (np.prod(own[2:] - own[:2]) + np.prod(box[2:] - box[:2]) - inter)
+        if iou > best:
+            best, found = iou, int(k)
+    return found
+
+
 class OracleDecoder(torch.nn.Module):
     """A stand-in for SAM's decoder that knows the truth: a point prompt's mask is the true instance under the
     point (for tiles whose valid size maps one to one onto the low-res mask, as the cache of rectangles'
@@ -93,14 +115,18 @@ class OracleDecoder(torch.nn.Module):
         self.rows = 0
 
     def forward(self, embeddings, points=None, labels=None, boxes=None, multimask=True, n_prompts=1, mask_input=None):
-        B, K = points.shape[:2]
+        B, K = (points if points is not None else boxes).shape[:2]
         logits = torch.full((B, K, 1, 64, 64), -10.0)
         for b in range(B):
             truth = next(t for e, t in self.tiles if torch.equal(e, embeddings[b]))
             for k in range(K):
-                x, y = (points[b, k, 0] * 64 / 256).long().tolist()
-                if truth[y, x]:
-                    logits[b, k, 0][torch.from_numpy(truth == truth[y, x])] = 10.0
+                if points is not None:  # a point: the instance under it
+                    x, y = (points[b, k, 0] * 64 / 256).long().tolist()
+                    found = truth[y, x]
+                else:  # a box: the instance whose own box matches it best
+                    found = best_box(truth, boxes[b, k].numpy() * 64 / 256)
+                if found:
+                    logits[b, k, 0][torch.from_numpy(truth == found)] = 10.0
         self.rows += B * K
         return logits, torch.full((B, K, 1), 0.9), torch.zeros(B, K, 2, 4)
 
@@ -123,6 +149,12 @@ def test_apg_on_an_oracle_ais_output_with_an_oracle_decoder_recovers_the_instanc
         before = decoder.rows
         prompts.masks(0, points)  # asked again: nothing decoded
         assert decoder.rows == before
+        # refined with box prompts: each point's mask's box, in the tile's frame, finds the same instance
+        refined, _ = apg.merge(prompts.masks(0, points, refine_with_box_prompts=True), t.shape)
+        assert scores(t, refined)["msa"] == 1.0, f"tile {i}"
+        assert decoder.rows == before + len(points)
+        prompts.masks(0, points, refine_with_box_prompts=True)
+        assert decoder.rows == before + len(points)
         exact += 1
     assert exact >= 20
 
@@ -138,9 +170,9 @@ def test_segment_apg_scores_instances_and_a_sweep_decodes_each_seed_once(rect_ca
     rows = []
     original = PromptDecoder.forward
 
-    def counted(self, embeddings, points=None, *args, **kwargs):
-        rows.append(points.shape[1])
-        return original(self, embeddings, points, *args, **kwargs)
+    def counted(self, embeddings, points=None, labels=None, boxes=None, *args, **kwargs):
+        rows.append((points if points is not None else boxes).shape[1])
+        return original(self, embeddings, points, labels, boxes, *args, **kwargs)
 
     PromptDecoder.forward = counted
     quiet = dict(progress=False, log=lambda *_: None)
@@ -154,11 +186,17 @@ def test_segment_apg_scores_instances_and_a_sweep_decodes_each_seed_once(rect_ca
         seeds = sam_cache.segment(rect_cache, tmp_path / "seeds", mode="apg", ais=str(ais_run), **quiet,
                                   sweep={"center_distance_threshold": [0.5, 0.5001]})
         reseeded = sum(rows)
+        rows[:] = []
+        refined = sam_cache.segment(rect_cache, tmp_path / "refined", mode="apg", ais=str(ais_run), **quiet,
+                                    sweep={"refine_with_box_prompts": [False, True], "nms_threshold": [0.5, 0.9]})
+        boxed = sum(rows)
     finally:
         PromptDecoder.forward = original
     assert first > 0  # the AIS run finds seeds
     assert merged_only == first  # four merge settings, the same seeds: each decoded once
     assert reseeded == first  # near-equal thresholds, the same seeds: nothing decoded twice
+    # box refinement decodes each seed's box once (a seed whose mask is empty has none), whatever the merge
+    assert first < boxed <= 2 * first and len(refined.sweep) == 4
     assert len(sweep.sweep) == 4 and {"msa", "sa50", "f1"} <= set(sweep.sweep.columns)
     row = sweep.sweep.set_index(["nms_threshold", "min_size"]).loc[(0.9, 25)]
     assert row.msa == pytest.approx(one.sweep.msa.iloc[0])

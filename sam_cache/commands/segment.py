@@ -383,7 +383,8 @@ def _ais_task(reader, decoder, plan: list[dict], parts: Path, device, on_tile, s
                     label[z] = instances(*maps[z], **setting)
                 else:
                     points = apg.seeds(*maps[z], **{o: setting[o] for o in apg.SEED_OPTIONS})
-                    plane, info = apg.merge(prompts.masks(z, points), plane_shape, **setting)
+                    masks = prompts.masks(z, points, setting["refine_with_box_prompts"])
+                    plane, info = apg.merge(masks, plane_shape, **setting)
                     label[z] = np.where(plane > 0, plane + (first - 1), 0)
                     objects[z] = {first - 1 + n: v for n, v in info.items()}
                     first += int(plane.max())

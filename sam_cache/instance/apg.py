@@ -12,7 +12,9 @@ cache's tiles:
 2. `decode_seeds`: one positive point per seed, on the cached tile that holds it with the most margin,
    through the one decode path (`decode.pipeline.decode_prompts`), the prompts of a tile in batched passes.
    The single-mask output, as micro-sam's `multimasking=False`, unless `mask_mode` asks for best-iou; each
-   mask's predicted IoU and its stability score (logit offset 1.0, as `batched_inference`).
+   mask's predicted IoU and its stability score (logit offset 1.0, as `batched_inference`). With
+   `refine_with_box_prompts` (micro-sam's option, off by default), each point's mask is decoded again from
+   its box, widened by 1% of its size on each side (`_derive_box_prompts`), and that mask is the seed's.
 3. `merge`: masks of `min_size` pixels or fewer dropped (and, off by default, those under `pred_iou_thresh`
    or `stability_score_thresh`); greedy mask NMS by predicted IoU × stability, a mask suppressed when its IoU
    (or, with `intersection_over_min`, intersection over the smaller mask) with a kept one exceeds
@@ -40,20 +42,23 @@ from ..decode.pipeline import PromptBatch, decode_prompts, resize_logits, rows_p
 from ..decode.place import Tiles
 from ..options import Named
 
-__all__ = ["Options", "SEED_OPTIONS", "Masks", "SourcePrompts", "seeds", "decode_seeds", "nms", "merge"]
+__all__ = ["Options", "SEED_OPTIONS", "Masks", "SourcePrompts", "seeds", "decode_seeds", "refine_boxes", "nms",
+           "merge"]
 
 STABILITY_OFFSET = 1.0  # micro-sam's batched_inference
 SEED_OPTIONS = ("foreground_threshold", "center_distance_threshold", "boundary_distance_threshold")
+BOX_EXTENSION = 0.01  # micro-sam's refine_with_box_prompts: the box of a point's mask, widened by 1% a side
 
 
 class Options(Named):
     """APG's options and their defaults (micro-sam's `AutomaticPromptGenerator.generate`; the two filters
     are samcache's, off by default). The seed options change the prompts (so a sweep over them decodes the
-    new seeds); the others only filter and merge the same masks."""
+    new seeds), and `refine_with_box_prompts` decodes each seed's box once more; the others only filter and
+    merge the same masks."""
 
     DEFAULTS = {"foreground_threshold": 0.5, "center_distance_threshold": 0.5, "boundary_distance_threshold": 0.5,
                 "min_size": 25, "nms_threshold": 0.9, "intersection_over_min": False, "pred_iou_thresh": 0.0,
-                "stability_score_thresh": 0.0}
+                "stability_score_thresh": 0.0, "refine_with_box_prompts": False}
     WHAT = "APG"
 
 
@@ -106,15 +111,18 @@ class Masks:
 
 @torch.no_grad()
 def decode_seeds(reader, decoder, tiles: Tiles, plane: tuple[int, int], points: np.ndarray, mask_mode: str = "single",
-                 on_pass=None) -> Masks:
+                 on_pass=None, boxes: np.ndarray | None = None) -> Masks:
     """Each (x, y) of `points` (pixels of the (source, plane) `plane`) as a positive point prompt on the tile
-    that holds it with the most margin; the masks in plane pixels. `on_pass(sample, n)` is told of each
-    tile's decoding (n prompts)."""
+    that holds it with the most margin; the masks in plane pixels. With `boxes` ([n, 4] inclusive x0, y0, x1,
+    y1 plane pixels, one per point), each box is the prompt instead, on the tile that holds it best, and the
+    point is only recorded. `on_pass(sample, n)` is told of each tile's decoding (n prompts)."""
     if not len(points):
         return Masks.empty()
     members, shape = tiles.by_plane[plane], reader.planes(plane[0])[1]
     W = shape[1]
-    owner = np.array([tiles.best_tile(members, np.array([x, y, x, y], np.float64), shape)[0] for x, y in points])
+    where = (np.asarray(boxes, np.float64) if boxes is not None else
+             np.concatenate([points, points], axis=1).astype(np.float64))
+    owner = np.array([tiles.best_tile(members, b, shape)[0] for b in where])
     resize = ResizeLongestSide(decoder.img_size[0])
     rows = rows_per_pass(decoder.mask_decoder.iou_token.weight.device)
     parts = []
@@ -122,45 +130,76 @@ def decode_seeds(reader, decoder, tiles: Tiles, plane: tuple[int, int], points: 
         which = np.flatnonzero(owner == i)
         h, w = reader.valid_size(int(i))
         y0, x0 = int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
-        local = points[which] - [x0, y0]
-        model = torch.as_tensor(resize.apply_coords(local.astype(np.float64), (h, w)), dtype=torch.float32)
-        batch = PromptBatch(model[None, :, None, :], torch.ones(1, len(which), 1, dtype=torch.int), None, len(which))
+        if boxes is None:
+            local = points[which] - [x0, y0]
+            model = torch.as_tensor(resize.apply_coords(local.astype(np.float64), (h, w)), dtype=torch.float32)
+            batch = PromptBatch(model[None, :, None, :], torch.ones(1, len(which), 1, dtype=torch.int), None,
+                                len(which))
+        else:  # clipped to the tile: a box over a tile border is cut there
+            local = np.clip(where[which] - [x0, y0, x0, y0], 0, [w - 1, h - 1, w - 1, h - 1])
+            model = torch.as_tensor(resize.apply_boxes(local, (h, w)), dtype=torch.float32)
+            batch = PromptBatch(None, None, model[None], len(which))
         emb = torch.as_tensor(reader.embedding(int(i)))[None].float()
         out = decode_prompts(decoder, emb, batch, torch.tensor([[h, w]]), mask_mode, tile_masks=False, rows=rows)
         logits = resize_logits(decoder, out.chosen[0].float(), (h, w))  # [k, h, w]
         iou = torch.take_along_dim(out.iou[0], out.best[0][:, None], 1)[:, 0].float()
         stability = calculate_stability_score(logits, 0.0, STABILITY_OFFSET)
         masks = (logits > 0).cpu().numpy()
-        pixels, boxes = [], np.zeros((len(which), 4), np.int64)
+        pixels, found = [], np.zeros((len(which), 4), np.int64)
         for r, m in enumerate(masks):
             yy, xx = np.nonzero(m)
             pixels.append(((yy + y0) * W + xx + x0).astype(np.int64))
             if len(yy):
-                boxes[r] = [xx.min() + x0, yy.min() + y0, xx.max() + x0, yy.max() + y0]
-        parts.append(Masks(pixels, boxes, iou.cpu().numpy(), stability.cpu().numpy(), points[which]))
+                found[r] = [xx.min() + x0, yy.min() + y0, xx.max() + x0, yy.max() + y0]
+        parts.append(Masks(pixels, found, iou.cpu().numpy(), stability.cpu().numpy(), points[which]))
         if on_pass is not None:
             on_pass(int(i), len(which))
     return Masks.joined(parts)
 
 
+def refine_boxes(masks: Masks, shape) -> np.ndarray:
+    """[n, 4] the box prompts of micro-sam's refine_with_box_prompts: each mask's box widened by BOX_EXTENSION of
+    its width and height on each side, within the plane of `shape`."""
+    x0, y0, x1, y1 = masks.boxes.T.astype(np.float64)
+    w, h = x1 - x0 + 1, y1 - y0 + 1
+    return np.stack([np.maximum(x0 - w * BOX_EXTENSION, 0), np.maximum(y0 - h * BOX_EXTENSION, 0),
+                     np.minimum(x1 + w * BOX_EXTENSION, shape[1] - 1),
+                     np.minimum(y1 + h * BOX_EXTENSION, shape[0] - 1)], axis=1)
+
+
 class SourcePrompts:
-    """The seeds of one source's planes decoded as they are asked for, each point once: the settings of a
-    sweep that give the same seeds (all but the seed options) decode nothing more."""
+    """The seeds of one source's planes decoded as they are asked for, each point once (and, for settings that
+    refine with box prompts, each point's box once): the settings of a sweep that give the same seeds (all
+    but the seed options) decode nothing more."""
 
     def __init__(self, reader, decoder, tiles: Tiles, source: int, mask_mode: str = "single", on_pass=None):
-        self.args, self.source, self.done = (reader, decoder, tiles), source, {}
+        self.args, self.source, self.done, self.refined = (reader, decoder, tiles), source, {}, {}
         self.mask_mode, self.on_pass = mask_mode, on_pass
 
-    def masks(self, z: int, points: np.ndarray) -> Masks:
+    def masks(self, z: int, points: np.ndarray, refine_with_box_prompts: bool = False) -> Masks:
         keys = [(z, int(x), int(y)) for x, y in points]
-        new = [k for k in dict.fromkeys(keys) if k not in self.done]
+        self._decode(self.done, [k for k in dict.fromkeys(keys) if k not in self.done], z)
+        if not refine_with_box_prompts:
+            return Masks.joined([self.done[k] for k in keys])
+        # a point whose mask is empty has no box: its (empty) mask stays, and the merge drops it
+        new = [k for k in dict.fromkeys(keys) if k not in self.refined]
+        for k in new:
+            if not len(self.done[k].pixels[0]):
+                self.refined[k] = self.done[k]
+        new = [k for k in new if k not in self.refined]
         if new:
-            got = decode_seeds(*self.args, (self.source, z), np.array([k[1:] for k in new]), self.mask_mode,
-                               self.on_pass)
-            order = {(int(x), int(y)): r for r, (x, y) in enumerate(got.points)}
-            for k in new:
-                self.done[k] = got.take([order[k[1:]]])
-        return Masks.joined([self.done[k] for k in keys])
+            shape = self.args[0].planes(self.source)[1]
+            self._decode(self.refined, new, z, refine_boxes(Masks.joined([self.done[k] for k in new]), shape))
+        return Masks.joined([self.refined[k] for k in keys])
+
+    def _decode(self, into: dict, new: list, z: int, boxes=None) -> None:
+        if not new:
+            return
+        got = decode_seeds(*self.args, (self.source, z), np.array([k[1:] for k in new]), self.mask_mode,
+                           self.on_pass, boxes)
+        order = {(int(x), int(y)): r for r, (x, y) in enumerate(got.points)}
+        for k in new:
+            into[k] = got.take([order[k[1:]]])
 
 
 def _overlaps(boxes: np.ndarray) -> np.ndarray:
