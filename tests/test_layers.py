@@ -116,3 +116,13 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     src.write_text("def f():\n    from ..commands import embed\n    from .x import y\n")
     assert _imports("sam_cache.scoring.m", src) == {"sam_cache.commands.embed", "sam_cache.scoring.x"}
     assert RANK[_part("sam_cache.commands.embed")] > RANK[_part("sam_cache.scoring.m")]
+
+
+def test_every_package_is_installed():
+    """pyproject's explicit package list names every sub-package, so a non-editable install holds them all."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "sam_cache").rglob("__init__.py")}
+    found |= {"sam_cache.cli"} if (ROOT / "cli" / "__init__.py").exists() else set()
+    assert listed == found, f"not installed: {sorted(found - listed)}; listed but missing: {sorted(listed - found)}"
