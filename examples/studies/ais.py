@@ -71,7 +71,7 @@ def compare(cache: Path, out: Path, epochs: int, ft_epochs: int, points_per_side
                            settings={"refine_with_box_prompts": refine})
             rows.append({"mode": f"APG (AIS seeds -> {name} decoder{', refined with boxes' if refine else ''})",
                          **apg.sweep[SCORES].iloc[0], "s per tile": s / tiles})
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).astype({"n_pred": int, "n_true": int})
     audit = seed_audit(cache, out / "run-ais", held_out)
     report(out, f"{title}: AIS {epochs} epochs in {ais_s:.0f} s (epoch {ais_run.best_epoch} kept by val mSA on the "
                 f"scored images); point decoder {ft_epochs} epochs in {ft_s:.0f} s; AMG {points_per_side}² points; "
