@@ -35,6 +35,9 @@ STEPS = [
     ("ablation bf16", "ablate_speed.py", "--model vit_h --n 1980 --samples 256 --bf16", "--model tiny --n 8 --samples 2 --prompts box --bf16", "ablate_{m}_{d}"),
     ("ablation compile", "ablate_speed.py", "--model vit_h --n 1980 --samples 256 --compile", "--model tiny --n 8 --samples 2 --prompts box --compile", "ablate_{m}_{d}"),
     ("AMG", "amg.py", "--model vit_h --n 16 --points-per-side 32", "--model tiny --n 2 --points-per-side 4 --random-init-thresholds", "amg_{m}_{d}"),
+    # needs benchmarks/peers/.venv (setup.sh, where pip reaches the registry): without it the step fails saying so
+    ("against the peers", "peers/run.py", "--sizes 16 64 --points-per-side 32", "--sizes 2 --no-stock --points-per-side 4",
+     "peers"),
     ("predict", "predict_speed.py", "--model vit_h --n 64", "--model tiny --n 2", "predict_{m}_{d}"),
     ("corrective clicks", "clicks.py", "--model vit_h --n 1980 --samples 64 --iterations 8", "--model tiny --n 2 --iterations 2", "clicks_{m}_{d}"),
     ("embed on a cluster", "scaling.py", "--model vit_h --n 64 --workers 1 --batch-size 16", "--model tiny --n 4 --workers 1", "scaling"),
@@ -57,6 +60,8 @@ def headline(step: str, rows: list[dict]) -> list[tuple[str, str]]:
                 for r in rows]
     if step == "embed end to end":
         return [(r["what"], f"{r['images_per_s']:.1f} images/s ({r['vs_encoder_only']:.2f} of encoder only)") for r in rows]
+    if step == "against the peers":
+        return [(f"{r['work']}, {r['n']} tiles, vs {r['peer']}", f"{r['ratio']:.2f}x") for r in rows]
     if step == "cache reads":
         return [(f"{r['reader']}, {r['workers']} workers", f"{r['samples_per_s']:.0f} samples/s") for r in rows]
     if step == "finetune epoch":
