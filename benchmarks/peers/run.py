@@ -52,6 +52,7 @@ import sam_cache  # noqa: E402
 from sam_cache.metrics.instances import scores as instance_scores  # noqa: E402
 from sam_cache.models import load_sam  # noqa: E402
 from sam_cache.recipe import FinetuneConfig  # noqa: E402
+from sam_cache.store.location import Location  # noqa: E402
 from sam_cache.store.reader import CacheReader  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -86,17 +87,39 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def read_label(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path)).astype(np.int64)
 
 
-def pixel_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Fraction of pixels on which two label images of the same objects (same ids) agree."""
-    return float((a == b).mean())
+def box_agreement(mine: dict, ids: dict, theirs_dir: Path, tag: str) -> dict:
+    """samcache's box masks (label images with prompt ids) against the peer's (ids 1..K in the order of each
+    image's boxes): the fraction of pixels that agree, and each object's mask IoU."""
+    agree, mask_iou = [], []
+    for s, label in mine.items():
+        renumbered = np.zeros_like(label)
+        for k, pid in enumerate(ids[s], start=1):
+            renumbered[label == pid] = k
+        theirs = read_label(theirs_dir / f"{s}.png") if ids[s] else np.zeros_like(label)
+        agree.append(float((renumbered == theirs).mean()))
+        for k in range(1, len(ids[s]) + 1):
+            a, b = renumbered == k, theirs == k
+            if a.any() or b.any():
+                mask_iou.append((a & b).sum() / (a | b).sum())
+    return {f"box_pixels_agree_{tag}": float(np.mean(agree)), f"box_mask_iou_mean_{tag}": float(np.mean(mask_iou)),
+            f"box_mask_iou_min_{tag}": float(np.min(mask_iou))}
+
+
+def embedding_agreement(mine: dict, theirs_dir: Path) -> dict:
+    """samcache's float16 embeddings (as float32 .npy files) against micro-sam's float32 ones of the same tiles."""
+    import zarr
+
+    diffs, corrs = [], []
+    for s, path in mine.items():
+        a = np.load(path)
+        b = np.asarray(zarr.open_group(theirs_dir / f"{s}.zarr", mode="r")["features"][0])
+        diffs.append(float(np.abs(a - b).max()))
+        corrs.append(float(np.corrcoef(a.ravel(), b.ravel())[0, 1]))
+    return {"embedding_max_abs_diff": max(diffs), "embedding_corr": min(corrs)}
 
 
 def one_size(n: int, args, ckpt: Path) -> dict:
@@ -107,7 +130,7 @@ def one_size(n: int, args, ckpt: Path) -> dict:
     cache = work / "samcache.zarr"
     _, t_embed = timed(lambda: sam_cache.embed(data, cache, model="vit_b", checkpoint=ckpt, overwrite=True, **quiet))
     # mask_mode single: SAM's single-mask output, as predict_torch(multimask_output=False) gives
-    pred, t_boxes = timed(lambda: sam_cache.predict(cache, work / "predict", prompts_from_labels="box",
+    _, t_boxes = timed(lambda: sam_cache.predict(cache, work / "predict", prompts_from_labels="box",
                                                     mask_mode="single", overwrite=True, **quiet))
     knobs = {"points_per_side": args.points_per_side, **THRESHOLDS, "stability_score_offset": OFFSET}
     _, t_amg = timed(lambda: sam_cache.segment(cache, work / "segment", settings=knobs, figures=0,
@@ -129,8 +152,8 @@ def one_size(n: int, args, ckpt: Path) -> dict:
 
     stock = stock_amg(data, stems, ckpt, knobs, args) if args.stock else None
 
-    sc_label = {s: read_label(next((work / "predict" / "labels").glob(f"{s}.*"))) for s in stems}
-    sc_amg = {s: read_label(next((work / "segment" / "labels").glob(f"{s}.*"))) for s in stems}
+    written = {k: {s: next((work / k / "labels").glob(f"{s}.*")) for s in stems} for k in ("predict", "segment")}
+    sc_label = {s: read_label(p) for s, p in written["predict"].items()}
     truth = {s: read_label(data / "labels" / f"{s}.png") for s in stems}
     eroded = work / "eroded"
     eroded.mkdir(exist_ok=True)
@@ -139,15 +162,16 @@ def one_size(n: int, args, ckpt: Path) -> dict:
         e = np.where(ndimage.grey_erosion(truth[s], size=5) == truth[s], truth[s], 0)
         e[np.isin(e, np.unique(e)[1::5])] = 0
         Image.fromarray(e.astype(np.uint16)).save(eroded / f"{s}.png")
-    pairs = [(str(next((work / k / "labels").glob(f"{s}.*"))), str(data / "labels" / f"{s}.png"))
-             for k in ("predict", "segment") for s in stems]
+    pairs = [(str(written[k][s]), str(data / "labels" / f"{s}.png")) for k in written for s in stems]
     pairs += [(str(eroded / f"{s}.png"), str(data / "labels" / f"{s}.png")) for s in stems]
     reader = CacheReader(cache)
     emb_dir = work / "samcache_embeddings"
     emb_dir.mkdir(exist_ok=True)
     for i, s in enumerate(stems):  # one tile per image, in file order
         np.save(emb_dir / f"{s}.npy", np.asarray(reader.embedding(i), np.float32))
-    job = {"work": str(work / "peer"), "samcache_embeddings": {s: str(emb_dir / f"{s}.npy") for s in stems}, "images": [str(data / "images" / f"{s}.png") for s in stems],
+    embeddings = {s: str(emb_dir / f"{s}.npy") for s in stems}
+    job = {"work": str(work / "peer"), "samcache_embeddings": embeddings,
+           "images": [str(data / "images" / f"{s}.png") for s in stems],
            "checkpoint": str(ckpt), "model_type": "vit_b", "device": args.device, "threads": torch.get_num_threads(),
            "points_per_side": args.points_per_side, "points_per_batch": args.points_per_batch,
            "stability_score_offset": OFFSET, "thresholds": THRESHOLDS, "boxes": boxes, "score_pairs": pairs,
@@ -161,39 +185,17 @@ def one_size(n: int, args, ckpt: Path) -> dict:
                    env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     peer = json.loads((work / "peer" / "RESULT.json").read_text())
 
-    agreement = {}
-    for folder in ("boxes_same", "boxes"):  # from samcache's embedding, then from micro-sam's own
-        agree, mask_iou = [], []
-        for s in stems:  # the peer's ids are 1..K in the order of the image's boxes; samcache's are prompt ids
-            mine = np.zeros_like(sc_label[s])
-            for k, pid in enumerate(ids[s], start=1):
-                mine[sc_label[s] == pid] = k
-            theirs = read_label(work / "peer" / folder / f"{s}.png") if boxes[s] else np.zeros_like(mine)
-            agree.append(pixel_agreement(mine, theirs))
-            for k in range(1, len(ids[s]) + 1):
-                a, b = mine == k, theirs == k
-                if a.any() or b.any():
-                    mask_iou.append((a & b).sum() / (a | b).sum())
-        tag = "same_embedding" if folder == "boxes_same" else "own_embeddings"
-        agreement.update({f"box_pixels_agree_{tag}": float(np.mean(agree)),
-                          f"box_mask_iou_mean_{tag}": float(np.mean(mask_iou)),
-                          f"box_mask_iou_min_{tag}": float(np.min(mask_iou))})
-    import zarr
-
-    diffs, corrs = [], []
-    for s in stems:  # samcache's float16 embedding against micro-sam's float32 one of the same tile
-        mine = np.load(emb_dir / f"{s}.npy")
-        theirs = np.asarray(zarr.open_group(work / "peer" / "embeddings" / f"{s}.zarr", mode="r")["features"][0])
-        diffs.append(float(np.abs(mine - theirs).max()))
-        corrs.append(float(np.corrcoef(mine.ravel(), theirs.ravel())[0, 1]))
-    emb_diff, emb_corr = max(diffs), min(corrs)
-    amg_vs = [instance_scores(read_label(work / "peer" / "amg" / f"{s}.png"), sc_amg[s])["msa"] for s in stems]
+    agreement = {**box_agreement(sc_label, ids, work / "peer" / "boxes_same", "same_embedding"),
+                 **box_agreement(sc_label, ids, work / "peer" / "boxes", "own_embeddings"),
+                 **embedding_agreement(embeddings, work / "peer" / "embeddings")}
+    amg_vs = [instance_scores(read_label(work / "peer" / "amg" / f"{s}.png"), read_label(written["segment"][s]))["msa"]
+              for s in stems]
     msa_diff = []
     for row in peer["scores"]:
         mine = instance_scores(read_label(Path(row["true"])), read_label(Path(row["pred"])))
         if not np.isnan(mine["msa"]):
             msa_diff.append(abs(mine["msa"] - row["msa"]))
-    sc_bytes = folder_bytes(cache) / n
+    sc_bytes = Location(cache).size() / n
     rows = [
         {"n": n, "work": "embed", "samcache_s": t_embed, "peer": "micro-sam precompute", "peer_s": peer["times"]["embed"]},
         {"n": n, "work": f"AMG {args.points_per_side}² points, 1 setting", "samcache_s": t_amg,
@@ -209,8 +211,7 @@ def one_size(n: int, args, ckpt: Path) -> dict:
     for r in rows:
         r["ratio"] = r["peer_s"] / r["samcache_s"]
     return {"rows": rows, "agreement": {
-        **agreement, "embedding_max_abs_diff": emb_diff, "embedding_corr": emb_corr,
-        "amg_msa_samcache_vs_microsam": float(np.nanmean(amg_vs)),
+        **agreement, "amg_msa_samcache_vs_microsam": float(np.nanmean(amg_vs)),
         "msa_max_abs_diff_vs_elf": float(max(msa_diff)), "msa_pairs": len(msa_diff)},
         "bytes_per_tile": {"samcache_float16_cache": sc_bytes, "microsam_float32": peer["bytes_per_tile"],
                            "ratio": sc_bytes / peer["bytes_per_tile"]},
