@@ -159,6 +159,32 @@ def test_apg_on_an_oracle_ais_output_with_an_oracle_decoder_recovers_the_instanc
     assert exact >= 20
 
 
+def test_decode_seeds_decodes_a_tiles_prompts_in_slices_with_the_same_masks(rect_cache, monkeypatch):
+    """Thousands of seeds on a tile (an AIS decoder barely trained gives that) are decoded CHUNK at a time, so
+    memory is bounded by the slice; the masks are those of one pass."""
+    reader = CacheReader(rect_cache)
+    truth = {int(i): instance_map(reader.label(int(i)), reader.label_kind) for i in reader.samples}
+    i = int(reader.samples[0])
+    source, (h, w) = int(reader.coord(S.SOURCE)[i]), reader.valid_size(i)
+    yy, xx = np.mgrid[1:h - 1:3, 1:w - 1:3]
+    points = np.stack([xx.ravel(), yy.ravel()], 1)  # a seed every 3 pixels: hundreds on one tile
+    whole = apg.decode_seeds(reader, OracleDecoder(reader, truth), Tiles(reader), (source, 0), points)
+    monkeypatch.setattr(apg, "CHUNK", 7)
+    widest, resize = [], apg.resize_logits
+
+    def recorded(decoder, logits, size):  # the tile-size logits held at once
+        widest.append(logits.shape[0])
+        return resize(decoder, logits, size)
+
+    monkeypatch.setattr(apg, "resize_logits", recorded)
+    decoder = OracleDecoder(reader, truth)
+    sliced = apg.decode_seeds(reader, decoder, Tiles(reader), (source, 0), points)
+    assert max(widest) <= 7 < len(points) == decoder.rows == sum(widest)
+    assert np.array_equal(sliced.points, whole.points) and np.array_equal(sliced.boxes, whole.boxes)
+    assert all(np.array_equal(a, b) for a, b in zip(sliced.pixels, whole.pixels))
+    assert sum(len(p) > 0 for p in sliced.pixels) > 0
+
+
 @pytest.fixture(scope="module")
 def ais_run(rect_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("apg") / "run"

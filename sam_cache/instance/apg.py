@@ -47,6 +47,7 @@ __all__ = ["Options", "SEED_OPTIONS", "Masks", "SourcePrompts", "seeds", "decode
 
 STABILITY_OFFSET = 1.0  # micro-sam's batched_inference
 SEED_OPTIONS = ("foreground_threshold", "center_distance_threshold", "boundary_distance_threshold")
+CHUNK = 256  # prompts of a tile decoded and turned into pixel lists at a time (memory, not results)
 BOX_EXTENSION = 0.01  # micro-sam's refine_with_box_prompts: the box of a point's mask, widened by 1% a side
 
 
@@ -127,33 +128,36 @@ def decode_seeds(reader, decoder, tiles: Tiles, plane: tuple[int, int], points: 
     rows = rows_per_pass(decoder.mask_decoder.iou_token.weight.device)
     parts = []
     for i in np.unique(owner):
-        which = np.flatnonzero(owner == i)
+        mine = np.flatnonzero(owner == i)
         h, w = reader.valid_size(int(i))
         y0, x0 = int(reader.coord(S.Y0)[i]), int(reader.coord(S.X0)[i])
-        if boxes is None:
-            local = points[which] - [x0, y0]
-            model = torch.as_tensor(resize.apply_coords(local.astype(np.float64), (h, w)), dtype=torch.float32)
-            batch = PromptBatch(model[None, :, None, :], torch.ones(1, len(which), 1, dtype=torch.int), None,
-                                len(which))
-        else:  # clipped to the tile: a box over a tile border is cut there
-            local = np.clip(where[which] - [x0, y0, x0, y0], 0, [w - 1, h - 1, w - 1, h - 1])
-            model = torch.as_tensor(resize.apply_boxes(local, (h, w)), dtype=torch.float32)
-            batch = PromptBatch(None, None, model[None], len(which))
         emb = torch.as_tensor(reader.embedding(int(i)))[None].float()
-        out = decode_prompts(decoder, emb, batch, torch.tensor([[h, w]]), mask_mode, tile_masks=False, rows=rows)
-        logits = resize_logits(decoder, out.chosen[0].float(), (h, w))  # [k, h, w]
-        iou = torch.take_along_dim(out.iou[0], out.best[0][:, None], 1)[:, 0].float()
-        stability = calculate_stability_score(logits, 0.0, STABILITY_OFFSET)
-        masks = (logits > 0).cpu().numpy()
-        pixels, found = [], np.zeros((len(which), 4), np.int64)
-        for r, m in enumerate(masks):
-            yy, xx = np.nonzero(m)
-            pixels.append(((yy + y0) * W + xx + x0).astype(np.int64))
-            if len(yy):
-                found[r] = [xx.min() + x0, yy.min() + y0, xx.max() + x0, yy.max() + y0]
-        parts.append(Masks(pixels, found, iou.cpu().numpy(), stability.cpu().numpy(), points[which]))
+        # the tile's prompts in slices of CHUNK: the logits of a slice become pixel lists before the next is
+        # decoded, so a tile of thousands of seeds (an AIS decoder barely trained) costs memory per slice
+        for which in (mine[k:k + CHUNK] for k in range(0, len(mine), CHUNK)):
+            if boxes is None:
+                local = points[which] - [x0, y0]
+                model = torch.as_tensor(resize.apply_coords(local.astype(np.float64), (h, w)), dtype=torch.float32)
+                batch = PromptBatch(model[None, :, None, :], torch.ones(1, len(which), 1, dtype=torch.int), None,
+                                    len(which))
+            else:  # clipped to the tile: a box over a tile border is cut there
+                local = np.clip(where[which] - [x0, y0, x0, y0], 0, [w - 1, h - 1, w - 1, h - 1])
+                model = torch.as_tensor(resize.apply_boxes(local, (h, w)), dtype=torch.float32)
+                batch = PromptBatch(None, None, model[None], len(which))
+            out = decode_prompts(decoder, emb, batch, torch.tensor([[h, w]]), mask_mode, tile_masks=False, rows=rows)
+            logits = resize_logits(decoder, out.chosen[0].float(), (h, w))  # [k, h, w]
+            iou = torch.take_along_dim(out.iou[0], out.best[0][:, None], 1)[:, 0].float()
+            stability = calculate_stability_score(logits, 0.0, STABILITY_OFFSET)
+            masks = (logits > 0).cpu().numpy()
+            pixels, found = [], np.zeros((len(which), 4), np.int64)
+            for r, m in enumerate(masks):
+                yy, xx = np.nonzero(m)
+                pixels.append(((yy + y0) * W + xx + x0).astype(np.int64))
+                if len(yy):
+                    found[r] = [xx.min() + x0, yy.min() + y0, xx.max() + x0, yy.max() + y0]
+            parts.append(Masks(pixels, found, iou.cpu().numpy(), stability.cpu().numpy(), points[which]))
         if on_pass is not None:
-            on_pass(int(i), len(which))
+            on_pass(int(i), len(mine))
     return Masks.joined(parts)
 
 
