@@ -35,6 +35,8 @@ STEPS = [
     ("ablation bf16", "ablate_speed.py", "--model vit_h --n 1980 --samples 256 --bf16", "--model tiny --n 8 --samples 2 --prompts box --bf16", "ablate_{m}_{d}"),
     ("ablation compile", "ablate_speed.py", "--model vit_h --n 1980 --samples 256 --compile", "--model tiny --n 8 --samples 2 --prompts box --compile", "ablate_{m}_{d}"),
     ("AMG", "amg.py", "--model vit_h --n 16 --points-per-side 32", "--model tiny --n 2 --points-per-side 4 --random-init-thresholds", "amg_{m}_{d}"),
+    ("AIS and APG", "ais_speed.py", "--model lite_medsam --n 256 --epochs 5 --points-per-side 32",
+     "--model tiny --n 2 --epochs 10 --points-per-side 4", "ais_{m}_{d}"),
     # needs benchmarks/peers/.venv (setup.sh, where pip reaches the registry): without it the step fails saying so
     ("against the peers", "peers/run.py", "--sizes 16 64 --points-per-side 32", "--sizes 2 --no-stock --points-per-side 4",
      "peers"),
@@ -78,6 +80,11 @@ def headline(step: str, rows: list[dict]) -> list[tuple[str, str]]:
             ("3x3x3 sweep cost vs one setting", f"{ratios['sweep_cost_vs_one_setting']:.2f}x"),
             ("whole-call / decoder-only speed-up over stock", f"{ratios['whole_call_speedup']:.2f}x / "
                                                               f"{ratios['decoder_only_speedup']:.2f}x")]
+    if step == "AIS and APG":
+        runs, ratios = [r for r in rows if "work" in r], rows[-1]
+        return [(r["work"], f"{r['s_per_epoch']:.2f} s/epoch ({r['tiles_per_s']:.1f} tiles/s)" if "s_per_epoch" in r
+                 else f"{r['tiles_per_s']:.2f} tiles/s") for r in runs] + [
+            ("per tile, AIS / APG vs AMG", f"{ratios['ais_vs_amg']:.1f}x / {ratios['apg_vs_amg']:.1f}x")]
     if step == "predict":
         runs, ratios = [r for r in rows if "run" in r], rows[-1]
         return [(r["run"], f"{r['prompts_per_s']:.0f} prompts/s") for r in runs] + [
@@ -148,7 +155,8 @@ def main():
 
 def markdown(summary, device, total, dry) -> str:
     lines = [f"## GPU figures: {device}, {time.strftime('%Y-%m-%d')}" + (" (DRY RUN: toy sizes, not figures)" if dry else ""),
-             "", f"`bash benchmarks/gpu.sh`, {total / 60:.1f} min in all; random-init weights.", "",
+             "", f"`bash benchmarks/gpu.sh`, {total / 60:.1f} min in all; random-init weights, but LiteMedSAM's trained ones "
+             "where a step names lite_medsam.", "",
              "| step | figure | value |", "|---|---|---|"]
     for s in summary:
         if s["ok"]:
