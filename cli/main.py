@@ -749,6 +749,30 @@ def train_ais(
     typer.echo(str(result))
 
 
+@command("samcache import-micro-sam data/em embeddings/ -o em.zarr --checkpoint vit_b.pth")
+def import_micro_sam(
+    dataset: Path = typer.Argument(..., help="The dataset micro-sam embedded: images/ + labels/ (as `embed` reads)."),
+    embeddings: Path = typer.Argument(..., help="micro-sam's embedding folder: one <image name>.zarr per image, "
+                                      "as `micro_sam.precompute_embeddings` writes (tiled or not)."),
+    output: str = typer.Option(..., "-o", "--output", help="The cache to create (a .zarr folder)."),
+    checkpoint: Path = typer.Option(..., help="The SAM checkpoint micro-sam embedded with (checked against the "
+                                    "files' model_hash); the cache's decoder comes from it."),
+    images: Optional[str] = typer.Option(None, help="Image glob within DATASET, as `embed --images`."),
+    labels: Optional[str] = typer.Option(None, help="Label glob within DATASET, as `embed --labels`."),
+    label_kind: str = typer.Option("auto", help="auto, binary, instance or semantic, as `embed`."),
+    dtype: str = typer.Option("float32", help="How the embeddings are stored: float32 (micro-sam's) or float16."),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Rebuild an existing cache."),
+    quiet: bool = QUIET,
+):
+    """Turn micro-sam's precomputed embeddings (and their images and labels) into a samcache cache, without
+    running the encoder: each of micro-sam's tiles becomes a sample, its signature the cache's identity. Each
+    file's data_signature is checked against its image first; nothing is written if any is wrong."""
+    from sam_cache.commands.import_micro_sam import import_micro_sam as run_import
+
+    typer.echo(str(run_import(dataset, embeddings, output, checkpoint, images=images, labels=labels,
+                              label_kind=label_kind, dtype=dtype, overwrite=overwrite, progress=not quiet, log=_say)))
+
+
 @command("samcache info em.zarr --verify")
 def info(
     cache: str = typer.Argument(..., help="A cache made by `samcache embed`."),

@@ -8,7 +8,6 @@ spread over a Dask cluster or over ranks (`cluster.py`).
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,14 +24,14 @@ from ..encode.stage import encode_samples
 from ..ingest import views as V
 from ..ingest.intensity import Intensity
 from ..ingest.readers import is_volume_format
-from ..ingest.sources import discover, links
+from ..ingest.sources import discover
 from ..ingest.tiles import Plan, TileSpec, plan
 from ..models import load_sam, load_sam_or_tiny
 from ..progress import Progress
 from ..store import lossy
 from ..store.location import command_line
 from ..store.reader import size_on_disk
-from ..store.writer import CacheWriter, Layout
+from ..store.writer import CacheWriter, plan_layout
 from ..version import __version__
 
 
@@ -54,28 +53,6 @@ class EmbedSummary:
         return (f"{self.path}: {self.samples} samples ({self.computed} encoded now), {self.objects} objects, "
                 f"{self.bytes / 2**20:.1f} MiB, {self.seconds:.1f} s in all, {self.images_per_s:.2f} images/s encoding, "
                 f"model {self.model}{note}")
-
-
-def _layout(p: Plan, encoder: Encoder, dtype: str, shard: int, store: str = "exact") -> Layout:
-    width = max((len(s.source.names) for s in p.sources), default=0)
-    table = {
-        S.SOURCE_PATH: [s.source.image for s in p.sources],
-        S.LABEL_PATHS: [json.dumps(list(s.source.labels)) for s in p.sources],
-        S.SOURCE_SHA256: [s.sha256 for s in p.sources],
-        S.SOURCE_SHAPE: [json.dumps(list(s.shape)) for s in p.sources],
-        S.LINKS: [json.dumps(links(s.source)) for s in p.sources],
-        S.SLICE_AXIS: [-1 if s.axis is None else s.axis for s in p.sources],
-        S.INTENSITY_LO: [np.nan if s.range is None else s.range[0] for s in p.sources],
-        S.INTENSITY_HI: [np.nan if s.range is None else s.range[1] for s in p.sources],
-    }
-    if p.class_names:  # class of each one-object mask file: label id k of a source is mask k-1
-        index = {n: i for i, n in enumerate(p.class_names)}
-        table[S.MASK_CLASS] = np.array([[index[n] for n in s.source.names] + [-1] * (width - len(s.source.names))
-                                        for s in p.sources], dtype=np.int32)
-    coords = dict(zip(S.SAMPLE_COORDS, p.tiles.T))  # a plan's tile fields are the sample coordinates, in order
-    if p.spec.views:  # then the view (a code in the plan, a name in the cache) and view_of
-        coords.update(V.coords(p.column(S.VIEW), p.column(S.VIEW_OF)))
-    return Layout(p.canvas, encoder.embedding_shape, dtype, shard, p.label_kind is not None, coords, table, store)
 
 
 def _outside(dataset, output) -> None:
@@ -203,7 +180,7 @@ def embed(
                  "command": command_line()[:2000],
                  "embedding_shape": list(encoder.embedding_shape), "complete": False,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with CacheWriter(output, attrs, _layout(p, encoder, dtype, shard_size, keep.name), overwrite, rank, log) as writer:
+        with CacheWriter(output, attrs, plan_layout(p, encoder.embedding_shape, dtype, shard_size, keep.name), overwrite, rank, log) as writer:
             shards = cluster.mine(np.unique(writer.todo // writer.shard), rank, world_size)
             todo = writer.todo[np.isin(writer.todo // writer.shard, shards)]
             t_encode = time.perf_counter()

@@ -36,6 +36,8 @@ import zarr
 
 from .. import identity as fingerprint
 from .. import schema as S
+from ..ingest import views as V
+from ..ingest.sources import links
 from ..errors import CacheLockedError, CacheMismatchError, DiskFullError, OptionError, SamCacheError
 from . import lossy
 from .location import Location, command_line
@@ -61,6 +63,29 @@ class Layout:
     @property
     def samples(self) -> int:
         return len(self.coords[S.SOURCE])
+
+
+def plan_layout(p, embedding_shape, dtype: str, shard: int, store: str = "exact") -> Layout:
+    """The layout of a cache of the tiles of `p` (an `ingest.tiles.Plan`): its coordinates and source table."""
+    width = max((len(s.source.names) for s in p.sources), default=0)
+    table = {
+        S.SOURCE_PATH: [s.source.image for s in p.sources],
+        S.LABEL_PATHS: [json.dumps(list(s.source.labels)) for s in p.sources],
+        S.SOURCE_SHA256: [s.sha256 for s in p.sources],
+        S.SOURCE_SHAPE: [json.dumps(list(s.shape)) for s in p.sources],
+        S.LINKS: [json.dumps(links(s.source)) for s in p.sources],
+        S.SLICE_AXIS: [-1 if s.axis is None else s.axis for s in p.sources],
+        S.INTENSITY_LO: [np.nan if s.range is None else s.range[0] for s in p.sources],
+        S.INTENSITY_HI: [np.nan if s.range is None else s.range[1] for s in p.sources],
+    }
+    if p.class_names:  # class of each one-object mask file: label id k of a source is mask k-1
+        index = {n: i for i, n in enumerate(p.class_names)}
+        table[S.MASK_CLASS] = np.array([[index[n] for n in s.source.names] + [-1] * (width - len(s.source.names))
+                                        for s in p.sources], dtype=np.int32)
+    coords = dict(zip(S.SAMPLE_COORDS, p.tiles.T))  # a plan's tile fields are the sample coordinates, in order
+    if p.spec.views:  # then the view (a code in the plan, a name in the cache) and view_of
+        coords.update(V.coords(p.column(S.VIEW), p.column(S.VIEW_OF)))
+    return Layout(p.canvas, tuple(embedding_shape), dtype, shard, p.label_kind is not None, coords, table, store)
 
 
 def _disk_full(e: BaseException) -> bool:
