@@ -773,6 +773,25 @@ def import_micro_sam(
                               label_kind=label_kind, dtype=dtype, overwrite=overwrite, progress=not quiet, log=_say)))
 
 
+@command("samcache export-micro-sam em.zarr -o em-micro-sam/ --run runs/em")
+def export_micro_sam(
+    cache: str = typer.Argument(..., help="A cache of SAM vit_b/l/h (or vit_t) embeddings."),
+    out: Path = typer.Option(..., "-o", "--out", help="New folder: one <image name>.zarr per source (micro-sam's "
+                             "embedding files) and sam.pth, the checkpoint to open them with."),
+    run: Optional[str] = typer.Option(None, help="A finetune run folder: its sam_finetuned.pth is the checkpoint "
+                                      "(default: the cache's own model)."),
+    sources: Optional[str] = typer.Option(None, help="Comma-separated sources (index, path, file name or stem); "
+                                          "default all."),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace whatever --out holds."),
+):
+    """Write a cache's embeddings as micro-sam's embedding files, with the checkpoint to load them: micro-sam's
+    annotators and automatic_segmentation given them as embedding_path start without running the encoder."""
+    from sam_cache.commands.export_micro_sam import export_micro_sam as run_export
+
+    typer.echo(str(run_export(cache, out, run=run, sources=_list(sources) if sources else None,
+                              overwrite=overwrite)))
+
+
 @command("samcache info em.zarr --verify")
 def info(
     cache: str = typer.Argument(..., help="A cache made by `samcache embed`."),

@@ -19,7 +19,8 @@ _EXPORTS = {
     "finetune": "commands.finetune", "segment": "commands.segment", "SegmentResult": "commands.segment",
     "predict": "commands.predict", "PredictResult": "commands.predict", "register_model": "registry",
     "register_prompt": "decode.prompts", "unregister_prompt": "decode.prompts",
-    "classify": "commands.classify", "ClassifyResult": "classify.report", "train_ais": "commands.train_ais", "import_micro_sam": "commands.import_micro_sam",
+    "classify": "commands.classify", "ClassifyResult": "classify.report", "train_ais": "commands.train_ais",
+    "import_micro_sam": "commands.import_micro_sam", "export_micro_sam": "commands.export_micro_sam",
     "AISResult": "commands.train_ais", "runs": None,
 }
 __all__ = [*_EXPORTS, "__version__"]

@@ -5,6 +5,7 @@ one from a cache samcache embedded itself; tiled imports hold micro-sam's tiles 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -142,3 +143,81 @@ def test_bad_micro_sam_input_is_refused_naming_the_file_and_writes_nothing(micro
     r = _cli(micro / "data", micro / "untiled", "-o", tmp_path / "c.zarr", "--checkpoint", other)
     assert r.exit_code == 2 and "model_hash" in r.output, r.output
     assert not (tmp_path / "c.zarr").exists()
+
+
+def _boxes(label: np.ndarray, inside: int, n: int = 4) -> list[list[int]]:
+    """Up to n boxes (x0, y0, x1, y1, inclusive) of the label's objects lying within [0, inside)²."""
+    from sam_cache.ingest.labels import instance_map
+
+    objects, boxes = instance_map(label, "binary"), []
+    for k in np.unique(objects)[1:]:
+        y, x = np.nonzero(objects == k)
+        if 40 <= len(y) and y.max() < inside and x.max() < inside and y.min() > 0 and x.min() > 0:
+            boxes.append([int(x.min()), int(y.min()), int(x.max()), int(y.max())])
+    return boxes[:n]
+
+
+def _theirs(micro, export: Path, boxes, tmp_path, *tiling) -> np.ndarray:
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    subprocess.run([str(PEERS), str(ROOT / "tests" / "micro_sam_open.py"), str(export),
+                    str(micro / "data" / "images" / "0.png"), str(tmp_path / "boxes.json"),
+                    str(tmp_path / "theirs.npy"),
+                    *map(str, tiling)], check=True, timeout=600, capture_output=True)
+    return np.load(tmp_path / "theirs.npy")
+
+
+def _ours(cache: Path, boxes, checkpoint: str, out: Path) -> np.ndarray:
+    """samcache's predict mask of each box, one call per box (its label images paint overlapping masks)."""
+    from pycocotools import mask as rle
+
+    masks = []
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        csv = out.parent / f"{out.name}-{k}.csv"
+        csv.write_text(f"image,x0,y0,x1,y1\n0.png,{x0},{y0},{x1},{y1}\n")
+        # micro-sam decodes a box with multimask_output=False: SAM's single-mask output
+        sam_cache.predict(cache, out.parent / f"{out.name}-{k}", prompts=csv, checkpoint=checkpoint,
+                          mask_mode="single", progress=False, log=lambda m: None)
+        found = json.loads((out.parent / f"{out.name}-{k}" / "masks.json").read_text())["annotations"]
+        masks.append(rle.decode(found[0]["segmentation"]).astype(bool))
+    return np.stack(masks)
+
+
+def _agree(ours: np.ndarray, theirs: np.ndarray) -> None:
+    assert ours.shape == theirs.shape and ours.any(axis=(1, 2)).sum() >= 2  # random-init: some masks are empty
+    differ = (ours != theirs).sum(axis=(1, 2))
+    assert (differ <= 0.001 * (ours | theirs).sum(axis=(1, 2)) + 2).all(), differ  # a pixel on a logit of ~0
+
+
+def test_an_export_opens_in_micro_sam_without_the_encoder_with_the_finetuned_decoders_masks(micro, tmp_path):
+    ckpt = str(micro / "vit_b.pth")
+    sam_cache.embed(micro / "data", tmp_path / "own.zarr", model="vit_b", checkpoint=ckpt, dtype="float32",
+                    progress=False)
+    config = sam_cache.FinetuneConfig(prompt="box", epochs=1, lr=1e-3, val_fraction=0, seed=0)
+    sam_cache.finetune(tmp_path / "own.zarr", tmp_path / "run", config, progress=False, log=lambda m: None)
+    r = _cli_export(tmp_path / "own.zarr", "-o", tmp_path / "export", "--run", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["0.zarr", "export.json", "sam.pth"]
+    boxes = _boxes(np.array(Image.open(micro / "data" / "labels" / "0.png")), 256)
+    assert len(boxes) == 4
+    _agree(_ours(tmp_path / "own.zarr", boxes, str(tmp_path / "run"), tmp_path / "pred"),
+           _theirs(micro, tmp_path / "export", boxes, tmp_path))
+
+
+def test_a_tiled_export_opens_in_micro_sam_tile_by_tile(micro, tmp_path):
+    sam_cache.import_micro_sam(micro / "data", micro / "tiled", tmp_path / "t.zarr", str(micro / "vit_b.pth"),
+                               progress=False)
+    sam_cache.export_micro_sam(tmp_path / "t.zarr", tmp_path / "export")
+    boxes = _boxes(np.array(Image.open(micro / "data" / "labels" / "0.png")), 112)  # in tile 0 only
+    assert len(boxes) >= 2
+    _agree(_ours(tmp_path / "t.zarr", boxes, "base", tmp_path / "pred"),
+           _theirs(micro, tmp_path / "export", boxes, tmp_path, 128, 16))
+
+
+def _cli_export(*args):
+    return CliRunner().invoke(app, ["export-micro-sam", *map(str, args)])
+
+
+def test_an_export_micro_sam_cannot_open_is_refused_with_the_reason_and_writes_nothing(rect_cache, tmp_path):
+    r = _cli_export(rect_cache, "-o", tmp_path / "x")  # the tiny test model: not one micro-sam knows
+    assert r.exit_code == 2 and "micro-sam opens" in r.output and "tiny" in r.output, r.output
+    assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())

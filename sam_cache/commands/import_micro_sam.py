@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import xxhash
 
 from .. import identity as fingerprint
 from .. import schema as S
@@ -48,15 +47,6 @@ class ImportSummary:
     def __str__(self) -> str:
         return (f"{self.path}: {self.samples} samples from micro-sam's {'tiled ' if self.tiled else ''}embeddings, "
                 f"{self.bytes / 2**20:.1f} MiB, {self.seconds:.1f} s, model {self.model} (no encoder run)")
-
-
-def xxh128(path) -> str:
-    """micro-sam's `model_hash` of a checkpoint file (`util._compute_hash`)."""
-    h = xxhash.xxh128()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return f"xxh128:{h.hexdigest()}"
 
 
 def _files(sources, embeddings: Path) -> list[M.EmbeddingFile]:
@@ -95,7 +85,7 @@ def import_micro_sam(dataset, embeddings, output, checkpoint, images: str | None
     if checkpoint is None or not Path(checkpoint).is_file():
         raise CheckpointError(f"{checkpoint}: pass --checkpoint with the SAM checkpoint file micro-sam embedded with "
                               f"(model_type {sig['model_type']}, model_hash {sig['model_hash']})")
-    got = xxh128(checkpoint)
+    got = M.model_hash(checkpoint)
     if got != sig["model_hash"]:
         raise CheckpointError(f"{checkpoint}: its hash {got} is not the model_hash of {files[0].path} "
                               f"({sig['model_hash']}): pass the checkpoint micro-sam embedded with")

@@ -1,7 +1,7 @@
-"""micro-sam's embedding files, read: the Zarr a `micro_sam.util.precompute_image_embeddings(predictor, image,
-save_path)` call writes (micro_sam/util.py, 1.8.14: `_compute_2d`, `_compute_tiled_features_2d`,
-`_write_embedding_signature`), and `micro_sam.precompute_state` writes one of per image, named after it
-(`0.png` -> `0.zarr`).
+"""micro-sam's embedding files, read and written: the Zarr a
+`micro_sam.util.precompute_image_embeddings(predictor, image, save_path)` call writes (micro_sam/util.py,
+1.8.14: `_compute_2d`, `_compute_tiled_features_2d`, `_write_embedding_signature`), and of which
+`micro_sam.precompute_state` writes one per image, named after it (`0.png` -> `0.zarr`).
 
 - Untiled: a `features` array [1, C, h, w] (float32), and on the root the signature (`data_signature`,
   `tile_shape` null, `halo` null, `model_type`, `model_name`, `micro_sam_version`, `model_hash`) with
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import xxhash
 import zarr
 
 from ..errors import InputError
@@ -63,7 +64,8 @@ class EmbeddingFile:
 
 
 def samcache_model(model_type: str, path) -> str:
-    """samcache's model type for micro-sam's `model_type` (vit_b_lm -> vit_b, vit_t -> vit_t: MobileSAM), or an error naming the file."""
+    """samcache's model type for micro-sam's `model_type` (vit_b_lm -> vit_b, vit_t -> vit_t: MobileSAM), or an
+    error naming the file."""
     base = "_".join(str(model_type).split("_")[:2])
     if base not in MODEL_TYPES:
         raise InputError(path, f"model_type {model_type!r}: not one of micro-sam's SAM architectures samcache knows "
@@ -81,6 +83,15 @@ def grid(shape: tuple[int, int], tile_shape, halo) -> list[Tile]:
             y1, x1 = min(by + th + hy, H), min(bx + tw + hx, W)
             tiles.append(Tile(y0, x0, y1 - y0, x1 - x0, str(len(tiles))))
     return tiles
+
+
+def model_hash(path) -> str:
+    """micro-sam's `model_hash` of a checkpoint file (`util._compute_hash`: xxh128 of its bytes)."""
+    h = xxhash.xxh128()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return f"xxh128:{h.hexdigest()}"
 
 
 def data_signature(image: np.ndarray) -> str:
@@ -144,3 +155,37 @@ def open_file(path: Path, image: np.ndarray) -> EmbeddingFile:
         emb_shape = tuple(features[tiles[0].key].shape[1:])
     return EmbeddingFile(Path(path), {k: attrs[k] for k in (*SIGNATURE, "model_name", "micro_sam_version")
                                       if k in attrs}, shape, tiles, emb_shape)
+
+
+MICRO_SAM_VERSION = "1.8.14"  # the layout written here is that of micro-sam 1.8.14
+
+
+def write_file(path: Path, image: np.ndarray, tiles: list[tuple[Tile, np.ndarray]], img_size: int, model_type: str,
+               model_hash: str, tile_shape=None, halo=None, written_by: str = "") -> None:
+    """A micro-sam embedding file at `path` (Zarr v2, which micro-sam opens with zarr 2 or 3) for `image` from
+    `tiles`, each (Tile, its embedding [C, h, w]) of a model of input `img_size`; untiled (one tile over the
+    image) when `tile_shape` is None.
+    The signature is micro-sam's (`_write_embedding_signature`), so its `precompute_image_embeddings` loads the
+    file instead of computing, and its checks (data signature, tiling, model type) pass for this image."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    def sizes(t: Tile) -> dict:
+        return {"original_size": [t.h, t.w],
+                "input_size": list(ResizeLongestSide.get_preprocess_shape(t.h, t.w, img_size))}
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    signature = {"data_signature": data_signature(image),
+                 "tile_shape": None if tile_shape is None else list(tile_shape),
+                 "halo": None if halo is None else list(halo), "model_type": model_type, "model_name": model_type,
+                 "micro_sam_version": MICRO_SAM_VERSION, "model_hash": model_hash}
+    if tile_shape is None:
+        (t, emb), = tiles
+        group.create_array("features", data=np.asarray(emb, np.float32)[None], chunks=(1, *emb.shape))
+        group.attrs.update({**signature, **sizes(t), "written_by": written_by})
+        return
+    features = group.create_group("features")
+    features.attrs.update({"shape": list(image.shape[:2]), "tile_shape": list(tile_shape), "halo": list(halo)})
+    for t, emb in tiles:
+        a = features.create_array(t.key, data=np.asarray(emb, np.float32)[None], chunks=(1, *emb.shape))
+        a.attrs.update(sizes(t))
+    group.attrs.update({**signature, "input_size": None, "original_size": None, "written_by": written_by})
