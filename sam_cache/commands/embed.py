@@ -180,7 +180,8 @@ def embed(
                  "command": command_line()[:2000],
                  "embedding_shape": list(encoder.embedding_shape), "complete": False,
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with CacheWriter(output, attrs, plan_layout(p, encoder.embedding_shape, dtype, shard_size, keep.name), overwrite, rank, log) as writer:
+        layout = plan_layout(p, encoder.embedding_shape, dtype, shard_size, keep.name)
+        with CacheWriter(output, attrs, layout, overwrite, rank, log) as writer:
             shards = cluster.mine(np.unique(writer.todo // writer.shard), rank, world_size)
             todo = writer.todo[np.isin(writer.todo // writer.shard, shards)]
             t_encode = time.perf_counter()

@@ -23,10 +23,10 @@ from ..encode.encoder import Encoder
 from ..errors import CheckpointError, InputError
 from ..ingest import micro_sam as M
 from ..ingest import views as V
-from ..ingest.labels import count_objects
+from ..ingest import labels as L
 from ..ingest.readers import read_array
 from ..ingest.sources import discover
-from ..ingest.tiles import Plan, TileDataset, TileSpec, plan
+from ..ingest.tiles import Plan, TileSpec, plan
 from ..models import load_sam
 from ..progress import Progress
 from ..store.location import command_line
@@ -68,6 +68,14 @@ def _files(sources, embeddings: Path) -> list[M.EmbeddingFile]:
     return files
 
 
+def _label(p: Plan, i: int) -> np.ndarray | None:
+    """Source i's label as the cache stores it (as `ingest.tiles.TileDataset`); None for an unlabeled dataset."""
+    src = p.sources[i]
+    if not p.label_kind:
+        return None
+    return L.canonical(L.read_label(src.source.labels, src.source.names, shape=src.shape), p.label_kind)
+
+
 def import_micro_sam(dataset, embeddings, output, checkpoint, images: str | None = None, labels: str | None = None,
                      label_kind: str = "auto", dtype: str = "float32", shard_size: int = 32, overwrite: bool = False,
                      progress: bool = True, log=print) -> ImportSummary:
@@ -104,14 +112,14 @@ def import_micro_sam(dataset, embeddings, output, checkpoint, images: str | None
         if s.axis is not None or tuple(s.shape) != f.shape:
             raise InputError(s.source.image, f"image of shape {s.shape}; its micro-sam file {f.path} is of "
                                              f"{f.shape} (only 2D images import)")
-        label = TileDataset(whole, [i])._label(i) if whole.label_kind else None
+        label = _label(whole, i)
         for t in f.tiles:
-            n = 0 if label is None else count_objects(label[t.y0:t.y0 + t.h, t.x0:t.x0 + t.w], whole.label_kind)
+            n = 0 if label is None else L.count_objects(label[t.y0:t.y0 + t.h, t.x0:t.x0 + t.w], whole.label_kind)
             rows.append((i, 0, t.y0, t.x0, t.h, t.w, n))
     tiles = V.expand(np.array(rows, np.int64), ())
     p = Plan(spec, whole.sources, tiles, (int(tiles[:, 4].max()), int(tiles[:, 5].max())), whole.label_kind,
              whole.class_names)
-    tiled = sig["tile_shape"] is not None
+    tiled = files[0].tiled
     preprocessing = {**spec.to_dict(), **encoder.identity, "from": "micro-sam",
                      "to_image": "micro-sam _to_image (per-tile min-max to uint8)", "tile_shape": sig["tile_shape"],
                      "halo": sig["halo"], "canvas": list(p.canvas), "dtype": dtype}
@@ -135,20 +143,22 @@ def import_micro_sam(dataset, embeddings, output, checkpoint, images: str | None
     with CacheWriter(output, attrs, plan_layout(p, encoder.embedding_shape, dtype, shard_size), overwrite,
                      log=log) as writer:
         bar = Progress(len(writer.todo), "import", "tiles", enabled=progress)
-        raw = (None, None)
+        last, image, label = None, None, None  # the source of the last tile, read once for all its tiles
         try:
             for start in np.unique(writer.todo // writer.shard) * writer.shard:
                 idx = np.arange(start, min(start + writer.shard, writer.shards.n))
-                labelled = TileDataset(p, idx) if p.label_kind else None
                 emb, img, lab = [], np.zeros((len(idx), H, W, 3), np.uint8), np.zeros((len(idx), H, W), np.int32)
                 for j, k in enumerate(idx):
                     f, t = where[k]
-                    if raw[0] != f.path:
-                        raw = (f.path, read_array(p.sources[int(tiles[k, 0])].source.image))
-                    img[j, :t.h, :t.w] = M.to_image(raw[1][t.y0:t.y0 + t.h, t.x0:t.x0 + t.w])
+                    if last != int(tiles[k, 0]):
+                        last = int(tiles[k, 0])
+                        # the image as micro-sam read it (the array its data_signature is of)
+                        image, label = read_array(p.sources[last].source.image), _label(p, last)
+                    window = np.s_[t.y0:t.y0 + t.h, t.x0:t.x0 + t.w]
+                    img[j, :t.h, :t.w] = M.to_image(image[window])
                     emb.append(f.embedding(t))
-                    if labelled is not None:
-                        lab[j] = labelled[j][S.LABEL]
+                    if label is not None:
+                        lab[j, :t.h, :t.w] = label[window]
                 arrays = {S.EMBEDDING: np.stack(emb).astype(dtype), S.IMAGE: img}
                 if p.label_kind:
                     arrays[S.LABEL] = lab

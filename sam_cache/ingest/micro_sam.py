@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +51,16 @@ class EmbeddingFile:
     embedding_shape: tuple[int, ...]
 
     @property
-    def model_type(self) -> str:
-        return str(self.signature["model_type"])
-
-    @property
     def tiled(self) -> bool:
         return self.signature["tile_shape"] is not None
 
+    @cached_property
+    def features(self):
+        """The file's `features` (an array, or a group of tile arrays), opened once."""
+        return zarr.open_group(str(self.path), mode="r")["features"]
+
     def embedding(self, tile: Tile) -> np.ndarray:
-        group = zarr.open_group(str(self.path), mode="r")
-        features = group["features"] if tile.key is None else group["features"][tile.key]
+        features = self.features if tile.key is None else self.features[tile.key]
         return np.asarray(features[0], dtype=np.float32)
 
 

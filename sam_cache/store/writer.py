@@ -36,9 +36,9 @@ import zarr
 
 from .. import identity as fingerprint
 from .. import schema as S
+from ..errors import CacheLockedError, CacheMismatchError, DiskFullError, OptionError, SamCacheError
 from ..ingest import views as V
 from ..ingest.sources import links
-from ..errors import CacheLockedError, CacheMismatchError, DiskFullError, OptionError, SamCacheError
 from . import lossy
 from .location import Location, command_line
 from .reader import read_attrs
