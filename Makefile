@@ -14,9 +14,10 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 # the peers' own venv (micro-sam 1.8.14, elf; their numcodecs is below samcache's pin): the micro-sam import tests
-# run micro-sam there to write real embedding files; benchmarks/peers/run.py times against it
+# run micro-sam there to write real embedding files; benchmarks/peers/run.py times against it. It links the torch stack
+# of .venv rather than holding a second copy (setup.sh), so it is rebuilt whenever .venv is.
 PEERS := benchmarks/peers/.venv/bin/.installed
-$(PEERS): benchmarks/peers/setup.sh
+$(PEERS): benchmarks/peers/setup.sh $(BIN)/.installed
 	bash benchmarks/peers/setup.sh
 	touch $@
 
