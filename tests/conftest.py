@@ -82,6 +82,19 @@ def write_rectangles(root: Path, n: int = 32, size: int = 64, seed: int = 0) -> 
     return root
 
 
+def embed_ct(tmp_path: Path, data_root: Path) -> Path:
+    """The real CT example (a NIfTI volume and its class labels, 30 slices along axis 2) embedded with a tiny
+    random-init SAM at 128², empty slices skipped."""
+    import sam_cache
+
+    ct = data_root / "ct-totalseg"
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_tiny(img_size=128), tmp_path / "t.pth")
+    sam_cache.embed(ct / "example_ct_sm.nii.gz", tmp_path / "ct.zarr", labels=str(ct / "example_seg.nii.gz"),
+                    model="tiny", checkpoint=ckpt, read_workers=0, progress=False, skip_empty=True)
+    return tmp_path / "ct.zarr"
+
+
 @pytest.fixture(scope="session")
 def rect_cache(tmp_path_factory, micro_checkpoint) -> Path:
     import sam_cache

@@ -30,7 +30,7 @@ LAYERS = [
     {"reports"},  # tables, figures, output files
     {"commands"},  # embed, finetune, evaluate, ablate, segment, predict, classify
     {"__init__"},  # the public API (sam_cache.embed, …), imported lazily by name
-    {"cli"},  # the samcache command line: parses, calls the API, prints
+    {"cli", "napari"},  # the samcache command line: parses, calls the API, prints; the napari plugin
 ]
 RANK = {part: n for n, parts in enumerate(LAYERS) for part in parts}
 

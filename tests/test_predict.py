@@ -27,7 +27,7 @@ from sam_cache import schema as S
 from sam_cache.store.reader import CacheReader
 from sam_cache.commands.finetune import FinetuneConfig, mask_losses
 
-from .conftest import write_rectangles
+from .conftest import embed_ct, write_rectangles
 
 QUIET = dict(progress=False, log=lambda m: None)
 
@@ -247,12 +247,7 @@ def test_prompt_free_finetune_beats_the_untrained_prompt_free_output(nuclei, tmp
 
 
 def test_a_volume_keeps_its_shape_and_prompts_name_their_slice(tmp_path, data_root):
-    ct = data_root / "ct-totalseg"
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(build_tiny(img_size=128), tmp_path / "t.pth")
-    cache = tmp_path / "ct.zarr"
-    sam_cache.embed(ct / "example_ct_sm.nii.gz", cache, labels=str(ct / "example_seg.nii.gz"), model="tiny",
-                    checkpoint=ckpt, read_workers=0, progress=False, skip_empty=True)
+    cache = embed_ct(tmp_path, data_root)
     (tmp_path / "p.csv").write_text("image,x,y,label,slice\nexample_ct_sm,50,40,1,12\n")
     r = sam_cache.predict(cache, tmp_path / "o", prompts=tmp_path / "p.csv", **QUIET)
     vol = tifffile.imread(tmp_path / "o" / "labels" / "example_ct_sm.tif")  # .nii.gz: the stem without .nii

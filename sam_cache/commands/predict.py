@@ -257,7 +257,7 @@ def _write_outputs(reader, out: Path, planes, placed, status, scores, output_mod
             if (source, z) not in on_plane:
                 continue
             image = {"id": len(images) + 1, "file_name": reader.source_name(source), "source": source, "height": h,
-                     "width": w, **({"slice": z} if axis >= 0 else {})}
+                     "width": w, **({"slice": z, "slice_axis": axis} if axis >= 0 else {})}
             images.append(image)
             stem = f"{source:06d}_{z:04d}"
             found = {a["prompt_id"]: a for a in outputs.annotations(label[z], info, output_mode, out, stem)}

@@ -166,3 +166,15 @@ def decode_placed(reader, decoder, placed: list[Placed], mask_mode: str, on_prom
             masks[n], scores[n] = out.masks[0][r].cpu().numpy(), float(iou[r])
         on_prompt(len(members))
     return masks, scores
+
+
+def prompt_mask(reader, decoder, prompt: Prompt, mask_mode: str = "auto", tiles: Tiles | None = None):
+    """One prompt's mask in its source plane [H, W] bool, as `predict` paints it (decoded on the tile that
+    holds the prompt, from the cached embedding), with its predicted IoU and the placed prompt."""
+    tiles = tiles or Tiles(reader)
+    placed = tiles.place(prompt, prompt.where)
+    masks, scores = decode_placed(reader, decoder, [placed], mask_mode, lambda n: None)
+    _, y0, x0, h, w = reader.origin(placed.sample)
+    plane = np.zeros(reader.planes(int(reader.coord(S.SOURCE)[placed.sample]))[1], bool)
+    plane[y0:y0 + h, x0:x0 + w] = masks[0]
+    return plane, scores[0], placed

@@ -114,12 +114,12 @@ def label_names(reader) -> dict[int, str]:
     """The label image's file name of each source: its stem (without .nii or .ome either) + .tif, with the
     source's index added where two sources share a stem (files of one name in different folders)."""
     sources = [int(s) for s in np.unique(reader.sources())]
-    stems = {s: _stem(reader.source_name(s)) for s in sources}
+    stems = {s: label_stem(reader.source_name(s)) for s in sources}
     seen = Counter(stems.values())
     return {s: f"{stem}-{s}.tif" if seen[stem] > 1 else f"{stem}.tif" for s, stem in stems.items()}
 
 
-def _stem(name: str) -> str:
+def label_stem(name: str) -> str:
     stem = Path(name).stem
     return Path(stem).stem if Path(stem).suffix.lower() in (".nii", ".ome") else stem
 
