@@ -792,6 +792,19 @@ def export_micro_sam(
                               overwrite=overwrite)))
 
 
+@command("samcache view em.zarr")
+def view(
+    path: str = typer.Argument(..., help="A cache, or a `segment` or `predict` output folder."),
+    widget: bool = typer.Option(True, "--widget/--no-widget", help="Dock the prompt widget (a cache only)."),
+):
+    """Open a cache in napari (needs samcache[napari]): each source put back together from its tiles, the ground
+    truth, the label layers and their prompts, read as shown; the prompt widget decodes boxes and points from
+    the cached embeddings. An output folder opens as its label images (and predict's prompts)."""
+    from sam_cache.napari.app import view as open_in_napari
+
+    open_in_napari(path, widget=widget)
+
+
 @command("samcache info em.zarr --verify")
 def info(
     cache: str = typer.Argument(..., help="A cache made by `samcache embed`."),

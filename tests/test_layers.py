@@ -30,7 +30,8 @@ LAYERS = [
     {"reports"},  # tables, figures, output files
     {"commands"},  # embed, finetune, evaluate, ablate, segment, predict, classify
     {"__init__"},  # the public API (sam_cache.embed, …), imported lazily by name
-    {"cli", "napari"},  # the samcache command line: parses, calls the API, prints; the napari plugin
+    {"napari"},  # the napari plugin: a reader, the prompt widget, `view`
+    {"cli"},  # the samcache command line: parses, calls the API, prints
 ]
 RANK = {part: n for n, parts in enumerate(LAYERS) for part in parts}
 

@@ -243,3 +243,13 @@ def test_many_sources_of_one_shape_open_as_a_stack_read_a_source_at_a_time(tmp_p
     mask, _, masks = widget.segment()
     np.testing.assert_array_equal(mask, tifffile.imread(tmp_path / "o" / "labels" / "r03.tif") == 1)
     assert masks.data.shape == (n, 64, 64) and masks.data[3].sum() == mask.sum() and not np.delete(masks.data, 3, 0).any()
+
+
+def test_view_refuses_what_is_not_samcaches_before_opening_a_window(made):
+    from typer.testing import CliRunner
+
+    from sam_cache.cli.main import app
+
+    _, data, _ = made
+    r = CliRunner().invoke(app, ["view", str(data)])
+    assert r.exit_code == 2 and "neither a samcache cache nor a `segment` or `predict` output folder" in r.output
