@@ -18,13 +18,13 @@ def view(path, widget: bool = True, run: bool = True):
     prompt widget docked for a cache; `run`: start napari's event loop (returns when the window closes)."""
     if get_reader(str(path)) is None:
         raise InputError(Path(path), "neither a samcache cache nor a `segment` or `predict` output folder")
-    from . import widget as _  # noqa: F401 - torch, torchvision and triton before napari's OpenGL context
+    from .widget import PromptWidget  # torch, torchvision and triton: before napari's OpenGL context
     import napari
 
     viewer = napari.Viewer(title=f"samcache: {Path(path).name}")
     viewer.open(str(path), plugin="samcache")
     if widget and any("stacked" in layer.metadata.get("samcache", {}) for layer in viewer.layers):
-        viewer.window.add_plugin_dock_widget("samcache", "Prompt the cache")
+        viewer.window.add_dock_widget(PromptWidget(viewer), name="Prompt the cache", area="right")
     if run:
         napari.run()
     return viewer
