@@ -51,23 +51,23 @@ def is_output_folder(path) -> bool:
 STACK_ABOVE = 16  # more sources than this: those of one shape open as one stack (napari adds layers in O(n²))
 
 
-def cache_layers(path, sources=None) -> list[tuple]:
+def cache_layers(path) -> list[tuple]:
     """The layers of a cache: per source, its image, its ground truth (if the cache has labels), its label
-    layers and the prompts of the `predict` runs that wrote them. `sources`: source indices (default all).
-    Beyond STACK_ABOVE sources, the sources of one shape share each layer as a stack (a slider over them,
+    layers and the prompts of the `predict` runs that wrote them. Beyond STACK_ABOVE sources, the sources of one shape share each layer as a stack (a slider over them,
     their names in the layer's metadata), as napari opens a folder of images. Only the first source's (or
     stack's) layers are visible."""
     reader = CacheReader(path)
     tiles = Tiles(reader)
     layers = _label_layers(reader)
-    chosen = sorted({int(s) for s in reader.sources()} if sources is None else sources)
+    chosen = sorted({int(s) for s in reader.sources()})
     groups: dict = {}
     for s in chosen:
         groups.setdefault(reader.planes(s) if len(chosen) > STACK_ABOVE else s, []).append(s)
+    stacked = len(chosen) > STACK_ABOVE
+    prompts_of = {layer: _layer_prompts(reader, tiles, attrs) for layer, attrs in layers.items()}  # each file read once
     out = []
     for n, group in enumerate(groups.values()):
         names, (_, shape, axis) = [reader.source_name(s) for s in group], reader.planes(group[0])
-        stacked = len(chosen) > STACK_ABOVE
         name = (f"{len(group)} sources of {shape[0]}×{shape[1]} ({names[0]} …)" if len(group) > 1 else
                 f"{names[0]} ({shape[0]}×{shape[1]})") if stacked else names[0]
         meta = {"cache": reader.path, "sources": group, "source_names": names, "slice_axis": axis, "stacked": stacked}
@@ -86,8 +86,7 @@ def cache_layers(path, sources=None) -> list[tuple]:
             out.append((stack(layer, shape, np.int32),
                         {"name": f"{name} · {layer} ({_made_by(attrs)})", **show,
                          "metadata": {"samcache": {**meta, "layer": layer, "provenance": attrs}}}, "labels"))
-            prompts = [((k,) if stacked else (), p) for k, s in enumerate(group)
-                       for p in _layer_prompts(reader, tiles, attrs, s)]
+            prompts = [((k,) if stacked else (), p) for k, s in enumerate(group) for p in prompts_of[layer].get(s, [])]
             if prompts:
                 out += prompt_layers(prompts, axis, f"{name} · {layer} prompts", show)
     return out
@@ -131,13 +130,18 @@ def _plane(reader, samples, layer, shape, dtype) -> np.ndarray:
     return plane
 
 
-def _layer_prompts(reader, tiles: Tiles, attrs: dict, source: int) -> list[Prompt]:
-    """The prompts of the `predict` run that wrote a layer, where its prompts file is still there unchanged."""
+def _layer_prompts(reader, tiles: Tiles, attrs: dict) -> dict[int, list[Prompt]]:
+    """Source -> the prompts of the `predict` run that wrote a layer, where its prompts file is still there
+    unchanged (else none)."""
     path = attrs.get("prompts")
     if attrs.get("made_by") != "samcache predict" or not path or not Path(path).is_file() \
             or file_sha256(path) != attrs.get("prompts_sha256"):
-        return []
-    return [p for p in read_prompts(path) if tiles.aliases.get(p.image) == source]
+        return {}
+    out: dict[int, list[Prompt]] = {}
+    for p in read_prompts(path):
+        if p.image in tiles.aliases:
+            out.setdefault(tiles.aliases[p.image], []).append(p)
+    return out
 
 
 # ---- prompts -----------------------------------------------------------------------------------------
