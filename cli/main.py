@@ -212,7 +212,8 @@ def embed(
     precision: str = typer.Option("auto", help="Encoder precision: auto (bf16 on GPU, fp32 on CPU), fp32, bf16.",
                                   rich_help_panel=MODEL),
     fast: Optional[bool] = typer.Option(None, "--fast/--no-fast", metavar="", help="SDPA attention (+ bf16 weights with "
-                                        "bf16); default on for CUDA.", rich_help_panel=MODEL),
+                                        "bf16): the stock encoder's function to float rounding, faster; default on. "
+                                        "--no-fast runs segment_anything's own modules.", rich_help_panel=MODEL),
     dtype: str = typer.Option("float16", help="Embedding storage type: float16 or float32.", rich_help_panel=OUTPUT),
     store: str = typer.Option("exact", help="How embeddings are kept: " + ", ".join(C.STORES) + " (exact: as "
                               "--dtype; bitround:K: K mantissa bits; int8: a scale per channel, needs float16). "

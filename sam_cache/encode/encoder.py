@@ -19,9 +19,9 @@ class Encoder:
 
     def __init__(self, sam: Sam, device: str | torch.device | None = None, precision: str = "auto",
                  fast: bool | None = None, compile: bool = False, place: bool = True):
-        """`fast` (default: on CUDA, and for a TinyViT encoder) swaps in the optimised modules of fast_encoder.py
-        (SDPA attention; for TinyViT also fused BatchNorm and channels-last convolutions) and, with bf16, keeps the
-        weights in bf16 instead of autocasting; `compile` adds torch.compile (static shapes). With
+        """`fast` (default on) swaps in the optimised modules of fast_encoder.py (SDPA attention; for TinyViT also
+        fused BatchNorm and channels-last convolutions) and, with bf16, keeps the weights in bf16 instead of
+        autocasting; `fast=False` runs the stock modules; `compile` adds torch.compile (static shapes). With
         `place=False` nothing is moved to the device: only the identity, input size and embedding shape
         are known (what a cluster's client needs; its workers encode)."""
         self.device = torch.device(device) if device else default_device()
@@ -32,8 +32,8 @@ class Encoder:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
         self.precision = precision
-        if fast is None:  # on by default on CUDA, and for TinyViT everywhere (exact to 4e-6, 1.7-2x on a CPU)
-            fast = self.device.type == "cuda" or type(sam.image_encoder).__name__ == "TinyViT"
+        if fast is None:  # the same function to float rounding (vit_b 7.5e-7, TinyViT 4e-6 relative L2), faster
+            fast = True   # everywhere: on a 2-core CPU vit_b 1.5x, TinyViT 1.7-2x (benchmarks/RESULTS.md, section 1)
         self.fast = fast
         self.dtype = torch.bfloat16 if self.fast and precision == "bf16" else torch.float32
         applied = None
@@ -72,9 +72,11 @@ class Encoder:
             return self.forward(x).float()
 
     def auto_batch_size(self, cap: int = 64) -> int:
-        """Largest batch that fits in ~80% of free device memory, from a one-image probe; 2 on CPU."""
+        """Largest batch that fits in ~80% of free device memory, from a one-image probe; 1 on CPU (a bigger
+        batch does not use the cores better there: the SDPA vit_b encoder took 5.3 s an image at batch 1 and
+        6.3 s at batch 2 on 2 cores)."""
         if self.device.type != "cuda":
-            return 2
+            return 1
         torch.cuda.empty_cache()
         free, _ = torch.cuda.mem_get_info(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
