@@ -1,9 +1,14 @@
 """Instance segmentation scores of one label image against another, with optimal (Hungarian) matching.
 
 For each IoU threshold t, predicted and true objects are matched one to one by scipy's
-`linear_sum_assignment` on their IoU, counting only pairs with IoU >= t; then
+`linear_sum_assignment`: as many pairs with IoU >= t as possible, the higher IoUs preferred among equal
+counts; then
     segmentation accuracy SA(t) = TP / (TP + FP + FN),
-and mSA is its mean over t = 0.50, 0.55, ..., 0.95, as micro-sam reports it. Also: SA50, SA75, F1 at
+and mSA is its mean over t = 0.50, 0.55, ..., 0.95, as micro-sam reports it. This is the published
+definition: micro-sam's papers score with python-elf's `mean_segmentation_accuracy`, and its thresholds are
+`np.arange(0.5, 1.0, 0.05)` as they come out of floating point (0.6000000000000001, 0.7500000000000002, ...),
+so an IoU of exactly 3/4 does not count at "0.75". The same floats and the same matching are used here:
+benchmarks/peers/run.py checks the scores equal elf's on every label-image pair. Also: SA50, SA75, F1 at
 IoU 0.5 = 2TP / (2TP + FP + FN), the mean IoU of the pairs matched at 0.5, and both object counts.
 An image with no object on either side scores NaN (nothing to get right or wrong) and is left out of
 means.
@@ -15,7 +20,7 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
-THRESHOLDS = np.round(np.arange(0.5, 0.96, 0.05), 2)
+THRESHOLDS = np.arange(0.5, 1.0, 0.05)  # elf's, unrounded (see above)
 SCORES = ("msa", "sa50", "sa75", "f1", "mean_iou", "n_pred", "n_true", "tp50")
 
 
@@ -32,13 +37,14 @@ def iou_matrix(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, int, int
 
 
 def matched(iou: np.ndarray, threshold: float) -> np.ndarray:
-    """IoUs of the one-to-one matches that maximise the summed IoU over pairs with IoU >= threshold."""
+    """IoUs of the one-to-one matches with IoU >= threshold: as many as possible, then the highest IoUs
+    (elf's cost: each such pair gains 1, plus its IoU / (2 * the most pairs there can be) to break ties)."""
     if iou.size == 0:
         return np.zeros(0)
-    gain = np.where(iou >= threshold, iou, 0.0)
-    rows, cols = linear_sum_assignment(gain, maximize=True)
-    pairs = gain[rows, cols]
-    return pairs[pairs > 0]
+    ok = iou >= threshold
+    rows, cols = linear_sum_assignment(ok + iou / (2 * min(iou.shape)), maximize=True)
+    keep = ok[rows, cols]
+    return iou[rows, cols][keep]
 
 
 def scores(true: np.ndarray, pred: np.ndarray) -> dict:
@@ -52,7 +58,7 @@ def scores(true: np.ndarray, pred: np.ndarray) -> dict:
     sa = {}
     for t in THRESHOLDS:
         tp = len(matched(iou, t))
-        sa[float(t)] = tp / (n_true + n_pred - tp)
+        sa[round(float(t), 2)] = tp / (n_true + n_pred - tp)
     at50 = matched(iou, 0.5)
     tp = len(at50)
     return {**out, "msa": float(np.mean(list(sa.values()))), "sa50": sa[0.5], "sa75": sa[0.75],
