@@ -74,6 +74,7 @@ def main(job_path: str) -> None:
     predictor = util.get_sam_model(model_type=job["model_type"], checkpoint_path=job["checkpoint"],
                                    device=job["device"])
     images = {Path(p).stem: np.asarray(Image.open(p)) for p in job["images"]}
+    rows = set(job.get("rows", ("boxes", "amg", "finetune")))
     times = {"embed": 0.0, "amg": 0.0, "boxes": 0.0}
     embeddings = {}
     for stem, image in images.items():
@@ -84,7 +85,7 @@ def main(job_path: str) -> None:
     amg = AutomaticMaskGenerator(predictor, points_per_side=job["points_per_side"],
                                  points_per_batch=job["points_per_batch"],
                                  stability_score_offset=job["stability_score_offset"])
-    for stem, image in images.items():
+    for stem, image in images.items() if "amg" in rows else ():
         t = time.perf_counter()
         amg.initialize(image, image_embeddings=embeddings[stem])
         label = amg.generate(**job["thresholds"], output_mode="instance_segmentation")
@@ -111,7 +112,7 @@ def main(job_path: str) -> None:
         masks, _, _ = predictor.predict_torch(None, None, boxes=box, multimask_output=False)
         (work / "boxes_same").mkdir(exist_ok=True)
         Image.fromarray(paint(masks[:, 0].cpu().numpy()).astype(np.uint16)).save(work / "boxes_same" / f"{stem}.png")
-    if job.get("finetune"):
+    if "finetune" in rows:
         times["finetune"] = finetune(job, work)
     scores = []
     for pred, true in job["score_pairs"]:

