@@ -20,16 +20,7 @@ from sam_cache.metrics.instances import scores
 pytestmark = pytest.mark.slow  # starts the peers' python (elf imports numba): ~20 s
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "benchmarks" / "peers" / ".venv" / "bin" / "python"
-ELF = """
-import json, sys
-import numpy as np
-from elf.evaluation import mean_segmentation_accuracy
-out = []
-for pred, true in json.load(open(sys.argv[1])):
-    msa, sa = mean_segmentation_accuracy(np.load(pred), np.load(true), return_accuracies=True)
-    out.append([float(msa), float(sa[0]), float(sa[5])])
-json.dump(out, open(sys.argv[2], "w"))
-"""
+PEER = ROOT / "tests" / "elf_peer.py"
 
 
 def hand_built() -> list[tuple[np.ndarray, np.ndarray]]:
@@ -71,8 +62,7 @@ def test_instance_scores_equal_elfs_on_the_same_label_images(data_root, tmp_path
         np.save(tmp_path / f"t{k}.npy", true)
         files.append([str(tmp_path / f"p{k}.npy"), str(tmp_path / f"t{k}.npy")])
     (tmp_path / "pairs.json").write_text(json.dumps(files))
-    (tmp_path / "score_with_elf.py").write_text(ELF)  # not elf.py: it would shadow the package
-    subprocess.run([str(PEERS), str(tmp_path / "score_with_elf.py"), str(tmp_path / "pairs.json"), str(tmp_path / "elf.json")],
+    subprocess.run([str(PEERS), str(PEER), str(tmp_path / "pairs.json"), str(tmp_path / "elf.json")],
                    check=True, timeout=600, capture_output=True)
     theirs = json.loads((tmp_path / "elf.json").read_text())
     for k, ((pred, true), (msa, sa50, sa75)) in enumerate(zip(pairs, theirs)):

@@ -32,9 +32,9 @@ class Encoder:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
         self.precision = precision
-        if fast is None:  # the same function to float rounding (vit_b 7.5e-7, TinyViT 4e-6 relative L2), faster
-            fast = True   # everywhere: on a 2-core CPU vit_b 1.5x, TinyViT 1.7-2x (benchmarks/RESULTS.md, section 1)
-        self.fast = fast
+        # on unless turned off: the same function to float rounding (vit_b 7.5e-7, TinyViT 4e-6 relative L2),
+        # faster everywhere (on a 2-core CPU vit_b 1.5x, TinyViT 1.7-2x: benchmarks/RESULTS.md, section 1)
+        self.fast = fast is not False
         self.dtype = torch.bfloat16 if self.fast and precision == "bf16" else torch.float32
         applied = None
         if place:

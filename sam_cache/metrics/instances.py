@@ -8,7 +8,7 @@ and mSA is its mean over t = 0.50, 0.55, ..., 0.95, as micro-sam reports it. Thi
 definition: micro-sam's papers score with python-elf's `mean_segmentation_accuracy`, and its thresholds are
 `np.arange(0.5, 1.0, 0.05)` as they come out of floating point (0.6000000000000001, 0.7500000000000002, ...),
 so an IoU of exactly 3/4 does not count at "0.75". The same floats and the same matching are used here:
-benchmarks/peers/run.py checks the scores equal elf's on every label-image pair. Also: SA50, SA75, F1 at
+tests/test_metrics_elf.py and benchmarks/peers/run.py check the scores equal elf's. Also: SA50, SA75, F1 at
 IoU 0.5 = 2TP / (2TP + FP + FN), the mean IoU of the pairs matched at 0.5, and both object counts.
 An image with no object on either side scores NaN (nothing to get right or wrong) and is left out of
 means.
@@ -55,11 +55,9 @@ def scores(true: np.ndarray, pred: np.ndarray) -> dict:
     out = {"n_true": n_true, "n_pred": n_pred}
     if n_true + n_pred == 0:
         return {**out, "msa": np.nan, "sa50": np.nan, "sa75": np.nan, "f1": np.nan, "mean_iou": np.nan, "tp50": 0}
-    sa = {}
-    for t in THRESHOLDS:
-        tp = len(matched(iou, t))
-        sa[round(float(t), 2)] = tp / (n_true + n_pred - tp)
-    at50 = matched(iou, 0.5)
+    matches = {round(float(t), 2): matched(iou, t) for t in THRESHOLDS}
+    sa = {t: len(m) / (n_true + n_pred - len(m)) for t, m in matches.items()}
+    at50 = matches[0.5]
     tp = len(at50)
     return {**out, "msa": float(np.mean(list(sa.values()))), "sa50": sa[0.5], "sa75": sa[0.75],
             "f1": 2 * tp / (n_true + n_pred), "mean_iou": float(at50.mean()) if tp else np.nan, "tp50": tp}
