@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+from torch.profiler import record_function
 
 from .errors import SamCacheError
 from .progress import Progress
@@ -133,18 +134,21 @@ def fit(run: Run, task: Task, plan: Plan, opt, sched, recipe: dict, state: dict 
         bar = Progress(len(data), f"epoch {epoch}/{plan.epochs}", "steps", enabled=progress and sys.stderr.isatty())
         batches = Timed(data)
         for batch in batches:
-            loss, n = task.step(batch)
+            with record_function("samcache.step"):  # forward and loss; labels for torch.profiler, free without one
+                loss, n = task.step(batch)
             if n:
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                with record_function("samcache.backward"):
+                    loss.backward()
+                opt.step()  # torch labels it Optimizer.step#<class>.step
                 total, count = total + float(loss.detach()) * n, count + n
             bar.update()
         bar.close()
         sched.step()
         seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": total / max(count, 1), **task.no_validation,
-               **(task.validate() if task.validate is not None else {}),
+        with record_function("samcache.validate"):
+            scored = task.validate() if task.validate is not None else {}
+        row = {"epoch": epoch, "train_loss": total / max(count, 1), **task.no_validation, **scored,
                "seconds": seconds, "read_wait_s": batches.wait, "lr": opt.param_groups[0]["lr"]}
         history.append(row)
         if progress:

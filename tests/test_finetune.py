@@ -185,3 +185,17 @@ def test_preloaded_training_equals_reading_from_the_cache(rect_cache, tmp_path):
     assert [r["val_dice"] for r in rows(tmp_path / "mem")] == [r["val_dice"] for r in rows(tmp_path / "disk")]
     with pytest.raises(SamCacheError, match="unknown --preload 'gpu'"):
         sam_cache.finetune(rect_cache, tmp_path / "x", config, progress=False, preload="gpu")
+
+
+def test_phases_are_labelled_for_the_profiler(rect_cache, tmp_path):
+    """benchmarks/peers/finetune_profile.py splits an epoch by these labels: every step's forward, backward and
+    optimizer step, and both validations (the untrained epoch 0 and epoch 1)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        sam_cache.finetune(rect_cache, tmp_path / "run", FinetuneConfig(epochs=1, val_fraction=0.25, batch_size=4),
+                           progress=False)
+    counts = {e.key: e.count for e in prof.key_averages()}
+    assert counts["samcache.step"] > 1
+    assert counts["samcache.backward"] == counts["samcache.step"] == counts["Optimizer.step#Adam.step"]
+    assert counts["samcache.validate"] == 2

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
+from torch.profiler import record_function
 
 from .. import identity as fingerprint
 from .. import options as O
@@ -225,8 +226,10 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     selected_by = "val_dice" if len(val_idx) else "train_loss"
     base = None
     if state is None:  # epoch 0: the untrained decoder, the one to beat on validation
+        with record_function("samcache.validate"):
+            scored = validate(decoder, val_data, c.multimask) if len(val_idx) else {}
         base = {"epoch": 0, "train_loss": math.nan, "val_dice": math.nan,
-                **(validate(decoder, val_data, c.multimask) if len(val_idx) else {}), "seconds": 0.0,
+                **scored, "seconds": 0.0,
                 "read_wait_s": 0.0, "lr": c.lr}
 
     def train_mode():
