@@ -146,9 +146,8 @@ def fit(run: Run, task: Task, plan: Plan, opt, sched, recipe: dict, state: dict 
         bar.close()
         sched.step()
         seconds = time.perf_counter() - t0
-        with record_function("samcache.validate"):
-            scored = task.validate() if task.validate is not None else {}
-        row = {"epoch": epoch, "train_loss": total / max(count, 1), **task.no_validation, **scored,
+        row = {"epoch": epoch, "train_loss": total / max(count, 1), **task.no_validation,
+               **(task.validate() if task.validate is not None else {}),
                "seconds": seconds, "read_wait_s": batches.wait, "lr": opt.param_groups[0]["lr"]}
         history.append(row)
         if progress:

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from common import OUT, machine, table  # noqa: E402
-from run import tiles  # noqa: E402
+from run import finetune_config, tiles  # noqa: E402
 
 import sam_cache  # noqa: E402
 from sam_cache import schema as S  # noqa: E402
@@ -89,12 +89,7 @@ def main():
             sys.exit(f"{ckpt} not found: run `benchmarks/peers/run.py --sizes {args.n}` first (it writes the file)")
         sam_cache.embed(tiles(work / "data", args.n), cache, model="vit_b", checkpoint=ckpt, overwrite=True, **quiet)
     stems = sorted(p.stem for p in (work / "data" / "images").glob("*.png"))
-    n_val = max(1, args.n // 4)  # as run.py
-    split = work / "split.csv"
-    split.write_text("source,split\n" + "".join(f"{s}.png,{'val' if k >= args.n - n_val else 'train'}\n"
-                                                for k, s in enumerate(stems)))
-    config = FinetuneConfig(prompt="box", epochs=1, batch_size=args.batch_size, objects_per_sample=args.objects,
-                            split_file=str(split))
+    config, n_val = finetune_config(work, stems, args)  # run.py's finetune row
     call = lambda: sam_cache.finetune(cache, work / "finetune_profile", config, overwrite=True, **quiet)  # noqa: E731
     t = time.perf_counter()
     call()

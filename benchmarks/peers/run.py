@@ -82,6 +82,17 @@ def tiles(root: Path, n: int) -> Path:
     return root
 
 
+def finetune_config(work: Path, stems: list[str], args) -> tuple[FinetuneConfig, int]:
+    """The finetune row's recipe (box, one epoch, args.batch_size tiles a step, args.objects a tile) and its split
+    file, work/split.csv: the last quarter of the tiles validates, for both tools. Returns it and the val count."""
+    n = len(stems)
+    n_val = max(1, n // 4)
+    split = work / "split.csv"
+    split.write_text("source,split\n" + "".join(f"{s}.png,{'val' if k >= n - n_val else 'train'}\n" for k, s in enumerate(stems)))
+    return FinetuneConfig(prompt="box", epochs=1, batch_size=args.batch_size, objects_per_sample=args.objects,
+                          split_file=str(split)), n_val
+
+
 def timed(fn):
     t = time.perf_counter()
     out = fn()
@@ -139,11 +150,7 @@ def one_size(n: int, args, ckpt: Path) -> dict:
     if "amg" in rows:
         _, t_amg = timed(lambda: sam_cache.segment(cache, work / "segment", settings=knobs, figures=0,
                                                    points_per_batch=args.points_per_batch, overwrite=True, **quiet))
-    n_val = max(1, n // 4)  # the last quarter of the tiles validates, for both tools
-    split = work / "split.csv"
-    split.write_text("source,split\n" + "".join(f"{s}.png,{'val' if k >= n - n_val else 'train'}\n" for k, s in enumerate(stems)))
-    config = FinetuneConfig(prompt="box", epochs=1, batch_size=args.batch_size, objects_per_sample=args.objects,
-                            split_file=str(split))
+    config, n_val = finetune_config(work, stems, args)
     if "finetune" in rows:
         _, t_ft = timed(lambda: sam_cache.finetune(cache, work / "finetune", config, overwrite=True, **quiet))
     boxes = {s: [] for s in stems}

@@ -118,6 +118,7 @@ def train_step(decoder, batch, c: FinetuneConfig, device) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
+@record_function("samcache.validate")  # a label for torch.profiler (benchmarks/peers/finetune_profile.py)
 def validate(decoder, data, multimask: bool) -> dict:
     """Mean Dice and IoU over the validation objects, at tile resolution (best of 3 by predicted IoU)."""
     decoder.eval()
@@ -226,10 +227,8 @@ def finetune(cache: str | Path, out: str | Path, config: FinetuneConfig | None =
     selected_by = "val_dice" if len(val_idx) else "train_loss"
     base = None
     if state is None:  # epoch 0: the untrained decoder, the one to beat on validation
-        with record_function("samcache.validate"):
-            scored = validate(decoder, val_data, c.multimask) if len(val_idx) else {}
         base = {"epoch": 0, "train_loss": math.nan, "val_dice": math.nan,
-                **scored, "seconds": 0.0,
+                **(validate(decoder, val_data, c.multimask) if len(val_idx) else {}), "seconds": 0.0,
                 "read_wait_s": 0.0, "lr": c.lr}
 
     def train_mode():
